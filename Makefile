@@ -1,0 +1,56 @@
+# The two commands a user needs: `make generate CATALOG=...` and `make test`.
+# Both create the project-local virtual environment (.venv) on demand from
+# pyproject.toml and the pinned constraints.txt.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= data/catalog
+ARGS ?=
+SAMPLE := data/sample/catalog.parquet
+
+# Prefect keeps its state in the project and sends no analytics.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+
+.PHONY: install generate demo test test-slow query sample-data clean help
+
+help:
+	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [ARGS='--flags']"
+	@echo "make demo        # the sample catalog on CPU with random weights"
+	@echo "make test        # the test suite"
+	@echo "make query SQL='select ...' [OUT=dir]"
+	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+generate: $(STAMP)
+	@test -n "$(CATALOG)" || { echo "usage: make generate CATALOG=path/to/catalog.parquet [OUT=dir] [ARGS='--flags']" >&2; exit 2; }
+	$(BIN)/designs generate "$(CATALOG)" --out "$(OUT)" $(ARGS)
+
+demo: $(STAMP)
+	$(BIN)/designs generate $(SAMPLE) --out "$(OUT)" --weights random --size 128 --steps 50 $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q --run-slow $(ARGS)
+
+query: $(STAMP)
+	@test -n "$(SQL)" || { echo "usage: make query SQL=\"select ...\" [OUT=dir]" >&2; exit 2; }
+	$(BIN)/designs query --out "$(OUT)" "$(SQL)"
+
+sample-data: $(STAMP)
+	$(BIN)/python data/make_sample.py
+
+clean:
+	rm -rf $(VENV) .prefect .pytest_cache

@@ -1,0 +1,118 @@
+"""`designs`: the command line. Flags of `generate` are derived from pipeline.config.Config.
+
+Exit status: 0 all designs ok; 1 some designs failed (the rest are committed);
+2 the run was refused before any work (bad catalog, flags or weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pipeline.config import DEFAULT_OUT, Config, coerce, config_fields, element_type, field_type
+
+EXIT_OK, EXIT_FAILED_DESIGNS, EXIT_REFUSED = 0, 1, 2
+# Flags whose names read better than the field's.
+FLAG_NAMES = {"allow_roots": "--allow-root"}
+
+
+def project_root() -> Path:
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+def configure_prefect_env() -> None:
+    """Prefect keeps its state inside the project and sends no analytics."""
+    os.environ.setdefault("PREFECT_HOME", str(project_root() / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = Config()
+    group = parser.add_argument_group("config (pipeline.config.Config)")
+    for f in config_fields():
+        flag = FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        default = getattr(defaults, f.name)
+        help_text = f.metadata["help"]
+        if field_type(f) is tuple:
+            shown = ",".join(map(str, default)) or "none"
+            if f.name == "allow_roots":
+                group.add_argument(flag, dest=f.name, action="append", metavar="DIR", help=f"{help_text}; repeatable (default: {shown})")
+            else:
+                group.add_argument(flag, dest=f.name, metavar=f"{element_type(f).__name__.upper()},...", help=f"{help_text}, comma-separated (default: {shown})")
+        else:
+            group.add_argument(flag, dest=f.name, choices=f.metadata["choices"], metavar=None if f.metadata["choices"] else field_type(f).__name__.upper(),
+                               help=f"{help_text} (default: {default})")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    values = {}
+    for f in config_fields():
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = coerce(f, value)
+    return Config(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="designs", description="Mass style-transfer design generation into a versioned design catalog.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="make every content x style design of a catalog", description=(
+        "Make every content x style design of CATALOG not yet in the design catalog at --out. "
+        "Exit 0: all ok; 1: some designs failed (the rest are committed); 2: refused before any work."))
+    gen.add_argument("catalog", metavar="CATALOG", help="input catalog parquet (image_id, role, uri; optional collection, mask_uri, tags)")
+    gen.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})")
+    add_config_flags(gen)
+
+    query = sub.add_parser("query", help="SQL over the design catalog (DuckDB; the table is `designs`)")
+    query.add_argument("sql", metavar="SQL")
+    query.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})")
+    query.add_argument("--version", type=int, default=None, help="read this table version instead of the latest")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "generate":
+        try:
+            config = config_from_args(args)
+        except ValueError as err:
+            parser.error(str(err))
+        return run_generate(args.catalog, args.out, config)
+    if args.command == "query":
+        from pipeline.query import print_query
+
+        try:
+            print_query(args.out, args.sql, args.version)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"designs query: {err}", file=sys.stderr)
+            return EXIT_REFUSED
+        return EXIT_OK
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_REFUSED
+
+
+def run_generate(catalog: str, out: str, config: Config) -> int:
+    configure_prefect_env()
+    from pipeline.devices import DeviceError
+    from pipeline.inputs import CatalogError
+    from pipeline.weights import WeightsError
+
+    from flows.generate import generate
+
+    try:
+        summary = generate(catalog=catalog, out=out, config=config)
+    except (CatalogError, WeightsError, DeviceError) as err:
+        print(f"designs generate: refused: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    print("\n".join(summary.report_lines()))
+    return EXIT_FAILED_DESIGNS if summary.failed else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

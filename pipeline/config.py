@@ -1,0 +1,186 @@
+"""The one typed config: every tunable of a run and its default.
+
+The CLI flags (`designs generate --help`) and the Prefect flow's parameters are
+derived from this dataclass; nothing else restates a default. Each field's
+metadata carries its help text and whether it changes the pixels of a design
+(`identity=True`: it is hashed into the design id) or only how the run is
+carried out (devices, batch size, file-system limits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_OUT = "data/catalog"
+
+OPTIMIZERS = ("adam", "lbfgs")
+INITS = ("content", "noise")
+# Layer names follow the paper's convention convN_M; see pipeline/vgg.py.
+DEFAULT_CONTENT_LAYERS = ("conv5_2",)
+DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+
+
+def _field(default: Any, help: str, identity: bool = True, choices: tuple[str, ...] | None = None):
+    meta = {"help": help, "identity": identity, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- what the design looks like (hashed into design_id) ---
+    size: int = _field(512, "longest side of the output image in pixels")
+    steps: int = _field(1000, "total optimization steps (the paper: 10 epochs x 100 steps)")
+    optimizer: str = _field("adam", "optimizer", choices=OPTIMIZERS)
+    learning_rate: float = _field(0.02, "Adam learning rate (L-BFGS uses lbfgs_learning_rate)")
+    adam_beta1: float = _field(0.99, "Adam beta1 (the paper's TensorFlow run uses 0.99)")
+    adam_beta2: float = _field(0.999, "Adam beta2")
+    adam_eps: float = _field(0.1, "Adam epsilon (the paper's TensorFlow run uses 0.1)")
+    lbfgs_learning_rate: float = _field(1.0, "L-BFGS step length")
+    content_weight: float = _field(1e4, "weight of the content loss")
+    style_weight: float = _field(1e-2, "weight of the style loss")
+    tv_weight: float = _field(30.0, "weight of the total-variation loss")
+    content_layers: tuple[str, ...] = _field(DEFAULT_CONTENT_LAYERS, "VGG19 layers for the content loss")
+    content_layer_weights: tuple[float, ...] = _field((), "per-layer content weights (empty: all 1)")
+    style_layers: tuple[str, ...] = _field(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss")
+    style_layer_weights: tuple[float, ...] = _field((), "per-layer style weights (empty: all 1)")
+    init: str = _field("content", "starting image of the optimization", choices=INITS)
+    seed: int = _field(0, "seed for noise init and for --weights random")
+    # --- what is recorded (not part of the design id) ---
+    loss_every: int = _field(10, "sample the loss curves every N steps", identity=False)
+    # --- how the run is carried out (not part of the design id) ---
+    weights: str = _field(
+        "auto",
+        "VGG19 weights: a .pth path, 'random' (tests and CPU demos), or 'auto' "
+        "($NST_VGG19_WEIGHTS, the torch hub cache, then a download)",
+        identity=False,
+    )
+    devices: str = _field("auto", "'auto' (every visible CUDA GPU, else cpu), 'cpu', or 'cuda:0,cuda:1'", identity=False)
+    batch_size: int = _field(0, "pairings optimized together on one device (0: chosen per device)", identity=False)
+    shard_size: int = _field(0, "pairings per shard task (0: 4 batches)", identity=False)
+    allow_roots: tuple[str, ...] = _field((), "extra folders that absolute image paths may point into", identity=False)
+    max_image_pixels: int = _field(64_000_000, "refuse images declaring more pixels than this", identity=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        from pipeline.vgg import LAYER_INDEX  # local: vgg imports torch
+
+        def bad(name: str, value: Any, accepted: str) -> ValueError:
+            return ValueError(f"config {name}={value!r} is invalid; accepted: {accepted}")
+
+        if self.size < 16:
+            raise bad("size", self.size, "an integer >= 16 (the deepest layers need 16 px)")
+        if self.steps < 1:
+            raise bad("steps", self.steps, "an integer >= 1")
+        if self.loss_every < 1:
+            raise bad("loss_every", self.loss_every, "an integer >= 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", self.optimizer, " or ".join(OPTIMIZERS))
+        if self.init not in INITS:
+            raise bad("init", self.init, " or ".join(INITS))
+        for name in ("learning_rate", "lbfgs_learning_rate", "adam_eps"):
+            if not getattr(self, name) > 0:
+                raise bad(name, getattr(self, name), "a number > 0")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            if not getattr(self, name) >= 0:
+                raise bad(name, getattr(self, name), "a number >= 0")
+        for layers_name in ("content_layers", "style_layers"):
+            layers = getattr(self, layers_name)
+            if not layers:
+                raise bad(layers_name, layers, "one or more of " + ", ".join(LAYER_INDEX))
+            for layer in layers:
+                if layer not in LAYER_INDEX:
+                    raise bad(layers_name, layer, ", ".join(LAYER_INDEX))
+            weights = getattr(self, layers_name.replace("layers", "layer_weights"))
+            if weights and len(weights) != len(layers):
+                raise bad(
+                    layers_name.replace("layers", "layer_weights"),
+                    weights,
+                    f"empty or {len(layers)} numbers, one per entry of {layers_name}",
+                )
+        if self.batch_size < 0:
+            raise bad("batch_size", self.batch_size, "0 (auto) or a positive integer")
+        if self.shard_size < 0:
+            raise bad("shard_size", self.shard_size, "0 (auto) or a positive integer")
+        if self.max_image_pixels < 1:
+            raise bad("max_image_pixels", self.max_image_pixels, "a positive integer")
+
+    # --- derived views ---
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; accepted: {', '.join(known)}")
+        return cls(**{k: coerce(known[k], v) for k, v in values.items()})
+
+    def identity_dict(self) -> dict[str, Any]:
+        """The fields that change a design's pixels, for hashing into design_id."""
+        return {k: v for k, v in self.to_dict().items() if config_field(k).metadata["identity"]}
+
+    def identity_json(self) -> str:
+        return json.dumps(self.identity_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def config_fields() -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(Config)
+
+
+def config_field(name: str) -> dataclasses.Field:
+    for f in config_fields():
+        if f.name == name:
+            return f
+    raise KeyError(name)
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The runtime type of a field: int, float, str, bool, or tuple (of element_type)."""
+    hints = typing.get_type_hints(Config)
+    hint = hints[f.name]
+    return typing.get_origin(hint) or hint
+
+
+def element_type(f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(Config)[f.name]
+    return typing.get_args(hint)[0]
+
+
+def coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Turn a CLI string, a JSON value or a list into the field's type."""
+    kind = field_type(f)
+    if kind is tuple:
+        elem = element_type(f)
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        try:
+            return tuple(elem(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config {f.name}={value!r} is invalid; accepted: comma-separated {elem.__name__} values") from None
+    if kind is bool and isinstance(value, str):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"config {f.name}={value!r} is invalid; accepted: true or false")
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is float and isinstance(value, int):
+        return float(value)
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config {f.name}={value!r} is invalid; accepted: a value of type {kind.__name__}") from None

@@ -1,0 +1,172 @@
+"""The versioned design catalog: a Delta Lake table at OUT/designs, PNGs at OUT/images.
+
+One row per design, keyed by `design_id`. Shards are merged as they finish:
+a design already `ok` is never replaced, a `failed` one is replaced by its
+retry, so reruns add no duplicates. Every commit's metadata carries its run id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from pipeline.config import Config, element_type, field_type
+
+TABLE_DIR = "designs"
+IMAGES_DIR = "images"
+RUNS_DIR = "runs"
+
+_ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+
+
+def params_type() -> pa.StructType:
+    """Every Config field, as resolved (weights: the identity of the file used)."""
+    fields = []
+    for f in dataclasses.fields(Config):
+        kind = field_type(f)
+        arrow = pa.list_(_ARROW_TYPES[element_type(f)]) if kind is tuple else _ARROW_TYPES[kind]
+        fields.append(pa.field(f.name, arrow))
+    return pa.struct(fields)
+
+
+LOSS_FIELDS = ("total", "content", "style", "tv")
+TIMING_FIELDS = ("load_s", "targets_s", "optimize_s", "write_s", "total_s", "steps_per_second")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("design_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
+        pa.field("error", pa.string()),
+        pa.field("content_id", pa.string(), nullable=False),
+        pa.field("style_id", pa.string(), nullable=False),
+        pa.field("content_uri", pa.string()),
+        pa.field("style_uri", pa.string()),
+        pa.field("content_sha256", pa.string()),
+        pa.field("style_sha256", pa.string()),
+        pa.field("mask_sha256", pa.string()),
+        pa.field("collection", pa.string()),
+        pa.field("output_uri", pa.string()),  # relative to OUT
+        pa.field("output_sha256", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("params", params_type()),
+        pa.field("weights_source", pa.string()),
+        pa.field("loss_every", pa.int32()),
+        pa.field("loss_total", pa.list_(pa.float32())),
+        pa.field("loss_content", pa.list_(pa.float32())),
+        pa.field("loss_style", pa.list_(pa.float32())),
+        pa.field("loss_tv", pa.list_(pa.float32())),
+        pa.field("final_loss", pa.struct([pa.field(n, pa.float64()) for n in LOSS_FIELDS])),
+        pa.field("timings", pa.struct([pa.field(n, pa.float64()) for n in TIMING_FIELDS])),
+        pa.field("device", pa.string()),
+        pa.field("device_name", pa.string()),
+        pa.field("batch_size", pa.int32()),
+        pa.field("tags", pa.list_(pa.string())),
+        pa.field("content_extra", pa.string()),  # JSON of the input catalog's extra columns
+        pa.field("style_extra", pa.string()),
+        pa.field("versions", pa.struct([pa.field(n, pa.string()) for n in ("package", "torch", "python")])),
+    ]
+)
+
+
+def params_value(config: Config, weights_identity: str) -> dict[str, Any]:
+    values = config.to_dict()
+    values["weights"] = weights_identity
+    return values
+
+
+class DesignCatalog:
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.table_path = self.out / TABLE_DIR
+
+    # --- paths ---
+
+    def image_relpath(self, design_id: str) -> str:
+        """Content-addressed by design: images/ab/abcdef....png."""
+        if not design_id.isalnum():
+            raise ValueError(f"design_id {design_id!r} must be alphanumeric (it becomes a file name)")
+        return f"{IMAGES_DIR}/{design_id[:2]}/{design_id}.png"
+
+    def image_path(self, design_id: str) -> Path:
+        return self.out / self.image_relpath(design_id)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.out / RUNS_DIR / run_id
+
+    # --- table ---
+
+    def exists(self) -> bool:
+        return (self.table_path / "_delta_log").is_dir()
+
+    def table(self, version: int | None = None) -> DeltaTable:
+        try:
+            return DeltaTable(str(self.table_path), version=version)
+        except TableNotFoundError:
+            raise FileNotFoundError(f"no design catalog at {self.table_path}; run `designs generate` first") from None
+
+    def ensure_table(self) -> DeltaTable:
+        if not self.exists():
+            self.out.mkdir(parents=True, exist_ok=True)
+            DeltaTable.create(
+                str(self.table_path),
+                schema=SCHEMA,
+                mode="ignore",
+                name="designs",
+                description="Style-transfer designs, one row per design_id",
+                commit_properties=CommitProperties(custom_metadata={"designs.note": "create"}),
+            )
+        return self.table()
+
+    def ok_design_ids(self) -> set[str]:
+        if not self.exists():
+            return set()
+        dataset = self.table().to_pyarrow_dataset()
+        ids = dataset.to_table(columns=["design_id"], filter=pc.field("status") == "ok").column("design_id")
+        return set(ids.to_pylist())
+
+    def commit(self, rows: list[dict[str, Any]], run_id: str, note: str = "shard") -> int | None:
+        """Merge rows on design_id; returns the new table version (None if no rows)."""
+        if not rows:
+            return None
+        table = self.ensure_table()
+        source = pa.Table.from_pylist(rows, schema=SCHEMA)
+        metadata = {"run_id": run_id, "designs.note": note, "designs.rows": str(len(rows))}
+        (
+            table.merge(
+                source,
+                predicate="target.design_id = source.design_id",
+                source_alias="source",
+                target_alias="target",
+                commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=20),
+            )
+            # An ok design is final; a failed one is replaced by its retry.
+            .when_matched_update_all(predicate="target.status <> 'ok'")
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        return self.table().version()
+
+    def version(self) -> int | None:
+        return self.table().version() if self.exists() else None
+
+    def history(self) -> list[dict[str, Any]]:
+        return self.table().history()
+
+    def to_pandas(self, version: int | None = None):
+        return self.table(version).to_pandas()
+
+    def write_run_file(self, run_id: str, name: str, payload: dict[str, Any]) -> Path:
+        path = self.run_dir(run_id) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        return path

@@ -1,0 +1,170 @@
+"""The input catalog: a parquet file listing content and style images.
+
+Columns: image_id, role, uri (required); collection, mask_uri, tags
+(optional); any other column is carried along into the designs' rows.
+Catalog-level faults raise CatalogError before any work. Image-level faults
+(a path outside the allowed roots, say) are recorded on the image and fail only
+the pairings that use it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+IMAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+REQUIRED_COLUMNS = ("image_id", "role", "uri")
+OPTIONAL_COLUMNS = ("collection", "mask_uri", "tags")
+ROLES = ("content", "style")
+
+
+class CatalogError(ValueError):
+    """The catalog as a whole cannot be used; the message names the rows or column."""
+
+
+class UnsafePathError(ValueError):
+    """A uri that points outside the allowed roots."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    image_id: str
+    role: str
+    uri: str
+    path: Path | None  # resolved, inside the allowed roots; None when `error` is set
+    error: str | None = None
+    collection: str | None = None
+    mask_uri: str | None = None
+    mask_path: Path | None = None
+    tags: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown columns, carried along
+
+    @property
+    def extra_json(self) -> str:
+        return json.dumps(self.extra, sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class InputCatalog:
+    path: Path
+    contents: tuple[ImageRef, ...]
+    styles: tuple[ImageRef, ...]
+
+    def pairings(self) -> list[tuple[ImageRef, ImageRef]]:
+        """Every content x style pair whose collections agree (null pairs with everything)."""
+        return [(c, s) for c in self.contents for s in self.styles if _collections_match(c.collection, s.collection)]
+
+
+def _collections_match(a: str | None, b: str | None) -> bool:
+    return a is None or b is None or a == b
+
+
+def resolve_uri(uri: str, base: Path, allow_roots: tuple[Path, ...]) -> Path:
+    """Resolve `uri` (relative to `base`, or absolute) and make sure it stays
+    inside `base` or one of `allow_roots` after following symlinks."""
+    if "://" in uri:
+        raise UnsafePathError(f"uri {uri!r} is not a local path; only files under the catalog's folder or --allow-root are read")
+    candidate = Path(uri)
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    resolved = candidate.resolve()
+    roots = (base.resolve(),) + tuple(r.resolve() for r in allow_roots)
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise UnsafePathError(
+            f"uri {uri!r} resolves to {resolved}, outside the allowed roots ({', '.join(map(str, roots))}); "
+            f"add its folder with --allow-root to allow it"
+        )
+    return resolved
+
+
+def load_input_catalog(path: str | Path, allow_roots: tuple[str, ...] = ()) -> InputCatalog:
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"catalog {str(path)!r} does not exist or is not a file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise CatalogError(f"catalog {str(path)!r} is not a readable parquet file: {err}") from None
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise CatalogError(
+            f"catalog {str(path)!r} lacks required column(s) {missing}; it has {table.column_names}; "
+            f"required: {list(REQUIRED_COLUMNS)}, optional: {list(OPTIONAL_COLUMNS)}"
+        )
+    for name in ("image_id", "role", "uri", "collection", "mask_uri"):
+        if name in table.column_names and not (pa.types.is_string(table.schema.field(name).type) or pa.types.is_large_string(table.schema.field(name).type) or pa.types.is_null(table.schema.field(name).type)):
+            raise CatalogError(f"catalog column {name!r} has type {table.schema.field(name).type}; expected string")
+    if "tags" in table.column_names:
+        tags_type = table.schema.field("tags").type
+        if not (pa.types.is_null(tags_type) or (pa.types.is_list(tags_type) or pa.types.is_large_list(tags_type)) and (pa.types.is_string(tags_type.value_type) or pa.types.is_large_string(tags_type.value_type))):
+            raise CatalogError(f"catalog column 'tags' has type {tags_type}; expected a list of strings")
+
+    rows = table.to_pylist()
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        image_id, role, uri = row["image_id"], row["role"], row["uri"]
+        where = f"row {i}" + (f" (image_id {image_id!r})" if image_id is not None else "")
+        if image_id is None:
+            problems.append(f"{where}: image_id is null")
+        elif not IMAGE_ID_PATTERN.match(image_id):
+            problems.append(f"{where}: image_id must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        elif image_id in seen:
+            problems.append(f"{where}: duplicate image_id, first at row {seen[image_id]}")
+        else:
+            seen[image_id] = i
+        if role not in ROLES:
+            problems.append(f"{where}: role {role!r} is not 'content' or 'style'")
+        if not uri:
+            problems.append(f"{where}: uri is null or empty")
+        if role == "style" and row.get("mask_uri"):
+            problems.append(f"{where}: mask_uri is set on a style row; masks belong to content rows")
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise CatalogError(f"catalog {str(path)!r} has {len(problems)} problem(s):\n  " + "\n  ".join(shown))
+
+    base = path.resolve().parent
+    roots = tuple(Path(r).expanduser() for r in allow_roots)
+    extra_columns = [c for c in table.column_names if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    contents, styles = [], []
+    for row in rows:
+        error = image_path = mask_path = None
+        try:
+            image_path = resolve_uri(row["uri"], base, roots)
+        except UnsafePathError as err:
+            error = f"image {row['image_id']!r}: {err}"
+        mask_uri = row.get("mask_uri") or None
+        if mask_uri and error is None:
+            try:
+                mask_path = resolve_uri(mask_uri, base, roots)
+            except UnsafePathError as err:
+                error = f"mask of image {row['image_id']!r}: {err}"
+        ref = ImageRef(
+            image_id=row["image_id"],
+            role=row["role"],
+            uri=row["uri"],
+            path=image_path if error is None else None,
+            error=error,
+            collection=row.get("collection"),
+            mask_uri=mask_uri,
+            mask_path=mask_path if error is None else None,
+            tags=tuple(row.get("tags") or ()),
+            extra={c: row[c] for c in extra_columns},
+        )
+        (contents if ref.role == "content" else styles).append(ref)
+
+    catalog = InputCatalog(path=path, contents=tuple(contents), styles=tuple(styles))
+    if not catalog.pairings():
+        raise CatalogError(
+            f"catalog {str(path)!r} yields no pairings: {len(contents)} content and {len(styles)} style image(s)"
+            + (" whose collections never match" if contents and styles else "")
+            + "; it needs at least one content and one style row with compatible collections"
+        )
+    return catalog

@@ -1,0 +1,190 @@
+"""Running one shard of planned jobs on one device: load, optimize in batches,
+write PNGs, and return the catalog rows (committed by the caller)."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+import torch
+
+from pipeline.config import Config
+from pipeline.design_catalog import DesignCatalog, params_value
+from pipeline.devices import auto_batch_size, device_name
+from pipeline.engine import DesignResult, Pairing, Progress, StyleTransfer
+from pipeline.images import ImageLoadError, decode_rgb, output_size, read_image_bytes, resize_to_tensor, tensor_to_png_bytes, write_atomic
+from pipeline.plan import Job
+from pipeline.weights import WeightsSource
+
+_engines: dict[tuple[str, str, str], StyleTransfer] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(config: Config, weights: WeightsSource, device: str) -> StyleTransfer:
+    """One engine per device, config and weights, kept so its target caches and
+    loaded weights serve every shard that lands on that device."""
+    key = (device, weights.identity, config.identity_json())
+    with _engines_lock:
+        if key not in _engines:
+            for old in [k for k in _engines if k[0] == device]:
+                del _engines[old]  # one engine per device: free the last config's memory
+            _engines[key] = StyleTransfer(config, weights, device)
+        return _engines[key]
+
+
+def versions() -> dict[str, str]:
+    try:
+        package = metadata.version("designs")
+    except metadata.PackageNotFoundError:
+        package = "unknown"
+    return {"package": package, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def base_row(job: Job, config: Config, weights: WeightsSource, run_id: str) -> dict[str, Any]:
+    """The row fields known before any work: inputs, params, provenance."""
+    return {
+        "design_id": job.design_id,
+        "run_id": run_id,
+        "created_at": now_utc(),
+        "content_id": job.content.image_id,
+        "style_id": job.style.image_id,
+        "content_uri": job.content.uri,
+        "style_uri": job.style.uri,
+        "content_sha256": job.content_sha256,
+        "style_sha256": job.style_sha256,
+        "mask_sha256": job.mask_sha256,
+        "collection": job.content.collection or job.style.collection,
+        "params": params_value(config, weights.identity),
+        "weights_source": weights.label,
+        "loss_every": config.loss_every,
+        "tags": list(dict.fromkeys(job.content.tags + job.style.tags)),
+        "content_extra": job.content.extra_json,
+        "style_extra": job.style.extra_json,
+        "versions": versions(),
+    }
+
+
+def failed_row(job: Job, error: str, config: Config, weights: WeightsSource, run_id: str, device: str | None = None) -> dict[str, Any]:
+    row = base_row(job, config, weights, run_id)
+    row.update(status="failed", error=error, device=device, device_name=device_name(device) if device else None)
+    return row
+
+
+class _ImageCache:
+    """Decoded, resized inputs of one shard, checked against their planned hashes."""
+
+    def __init__(self, max_pixels: int):
+        self.max_pixels = max_pixels
+        self.decoded: dict[str, Any] = {}
+        self.tensors: dict[tuple[str, int, int], torch.Tensor] = {}
+
+    def get(self, image_id: str, path, sha256: str | None, size: tuple[int, int] | int) -> torch.Tensor:
+        if image_id not in self.decoded:
+            data = read_image_bytes(path)
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise ImageLoadError(f"{path}: changed since the run was planned (SHA-256 differs); rerun to plan it again")
+            self.decoded[image_id] = decode_rgb(data, str(path), self.max_pixels)
+        image = self.decoded[image_id]
+        if isinstance(size, int):  # longest side
+            size = output_size(image.width, image.height, size)
+        key = (image_id, size[0], size[1])
+        if key not in self.tensors:
+            self.tensors[key] = resize_to_tensor(image, size)
+        return self.tensors[key]
+
+
+def run_shard(
+    jobs: list[Job],
+    config: Config,
+    weights: WeightsSource,
+    device: str,
+    catalog: DesignCatalog,
+    run_id: str,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Make every design of the shard; each becomes an ok or failed row."""
+    engine = engine_for(config, weights, device)
+    images = _ImageCache(config.max_image_pixels)
+    name = device_name(device)
+    rows: list[dict[str, Any]] = []
+
+    by_size: dict[tuple[int, int], list[Job]] = {}
+    for job in jobs:
+        by_size.setdefault((job.width, job.height), []).append(job)
+
+    for (width, height), group in by_size.items():
+        batch_size = config.batch_size or auto_batch_size(device, width, height)
+        pending = [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+        while pending:
+            batch = pending.pop(0)
+            load_start = time.perf_counter()
+            pairings: list[Pairing] = []
+            usable: list[Job] = []
+            for job in batch:
+                try:
+                    content = images.get(job.content.image_id, job.content.path, job.content_sha256, (width, height))
+                except ImageLoadError as err:
+                    rows.append(failed_row(job, f"content image {job.content.image_id!r}: {err}", config, weights, run_id, device))
+                    continue
+                try:
+                    style = images.get(job.style.image_id, job.style.path, job.style_sha256, config.size)
+                except ImageLoadError as err:
+                    rows.append(failed_row(job, f"style image {job.style.image_id!r}: {err}", config, weights, run_id, device))
+                    continue
+                pairings.append(Pairing(job.design_id, job.content.image_id, content, job.style.image_id, style))
+                usable.append(job)
+            if not usable:
+                continue
+            load_seconds = time.perf_counter() - load_start
+            try:
+                results = engine.run(pairings, on_progress=on_progress)
+            except torch.OutOfMemoryError:
+                if len(usable) == 1:
+                    raise
+                # Halve the batch and try again; no design is lost.
+                engine.clear_cache()
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                half = len(usable) // 2
+                pending[:0] = [usable[:half], usable[half:]]
+                continue
+            for job, result in zip(usable, results):
+                rows.append(_write_design(job, result, config, weights, catalog, run_id, device, name, len(usable), load_seconds / len(usable)))
+    return rows
+
+
+def _write_design(job: Job, result: DesignResult, config: Config, weights: WeightsSource, catalog: DesignCatalog,
+                  run_id: str, device: str, name: str, batch_size: int, load_seconds: float) -> dict[str, Any]:
+    row = base_row(job, config, weights, run_id)
+    row.update(device=device, device_name=name, batch_size=batch_size, loss_every=config.loss_every)
+    row.update({f"loss_{k}": v for k, v in result.loss_curves.items()})
+    row["final_loss"] = result.final_loss
+    if result.error:
+        row.update(status="failed", error=f"design {job.design_id}: {result.error}")
+        write_seconds = 0.0
+    else:
+        write_start = time.perf_counter()
+        png = tensor_to_png_bytes(result.image, text={"design_id": job.design_id})
+        row["output_sha256"] = write_atomic(catalog.image_path(job.design_id), png)
+        write_seconds = time.perf_counter() - write_start
+        row.update(status="ok", error=None, output_uri=catalog.image_relpath(job.design_id),
+                   width=int(result.image.shape[-1]), height=int(result.image.shape[-2]))
+    row["timings"] = {
+        "load_s": load_seconds,
+        "targets_s": result.targets_seconds,
+        "optimize_s": result.optimize_seconds,
+        "write_s": write_seconds,
+        "total_s": load_seconds + result.targets_seconds + result.optimize_seconds + write_seconds,
+        "steps_per_second": result.steps_per_second,
+    }
+    return row

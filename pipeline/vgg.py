@@ -1,0 +1,95 @@
+"""VGG19 `features` with torchvision's exact layout, so its published checkpoint
+(`vgg19-dcbb9e9d.pth`, keys `features.N.weight`) loads unchanged.
+
+Layers are named as in the paper: `convB_L` is the L-th convolution of block B,
+taken after its ReLU (Keras' `blockB_convL`, which the paper's TensorFlow run
+used, includes the activation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# torchvision's configuration "E" (VGG19): channel counts, "M" = 2x2 max pool.
+VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+
+# ImageNet statistics the torchvision weights were trained with. Departure from
+# the paper's run: Keras' VGG19 takes BGR minus the mean in 0..255 (caffe style).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _layer_names() -> dict[str, int]:
+    """convB_L -> index of its ReLU in `features`; poolB -> index of the pool."""
+    names: dict[str, int] = {}
+    index, block, conv = 0, 1, 0
+    for item in VGG19_LAYOUT:
+        if item == "M":
+            names[f"pool{block}"] = index
+            index += 1
+            block, conv = block + 1, 0
+        else:
+            conv += 1
+            names[f"conv{block}_{conv}"] = index + 1  # the ReLU after the conv
+            index += 2
+    return names
+
+
+LAYER_INDEX: dict[str, int] = {k: v for k, v in _layer_names().items() if k.startswith("conv")}
+CONV_INDICES: tuple[int, ...] = tuple(i - 1 for i in LAYER_INDEX.values())
+# Each pooling halves the grid; conv5_x sits after four pools.
+MIN_SIDE = 16
+
+
+def make_features(until_index: int | None = None) -> nn.Sequential:
+    """torchvision's `vgg19().features`, optionally cut after `until_index`."""
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for item in VGG19_LAYOUT:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_channels, item, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            in_channels = item
+    if until_index is not None:
+        layers = layers[: until_index + 1]
+    return nn.Sequential(*layers)
+
+
+def random_init_(features: nn.Sequential, seed: int) -> None:
+    """torchvision's own init for VGG convs, seeded, for tests and CPU demos."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in features:
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.out_channels * module.kernel_size[0] * module.kernel_size[1]
+            with torch.no_grad():
+                module.weight.normal_(0.0, (2.0 / fan_out) ** 0.5, generator=gen)
+                module.bias.zero_()
+
+
+class FeatureExtractor(nn.Module):
+    """Runs VGG19 up to the deepest requested layer, returning those activations."""
+
+    def __init__(self, features: nn.Sequential, layers: tuple[str, ...]):
+        super().__init__()
+        self.layers = tuple(dict.fromkeys(layers))  # unique, order kept
+        self.taps = {LAYER_INDEX[name]: name for name in self.layers}
+        deepest = max(self.taps)
+        self.features = nn.Sequential(*list(features)[: deepest + 1])
+        for module in self.features:
+            if isinstance(module, nn.ReLU):
+                module.inplace = False  # tapped activations must survive the next layer
+        self.features.requires_grad_(False).eval()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """image: (N, 3, H, W) RGB in [0, 1]."""
+        x = (image - self.mean) / self.std
+        out: dict[str, torch.Tensor] = {}
+        for index, module in enumerate(self.features):
+            x = module(x)
+            if index in self.taps:
+                out[self.taps[index]] = x
+        return out
