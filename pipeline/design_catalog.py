@@ -22,6 +22,7 @@ from pipeline.config import Config, element_type, field_type
 TABLE_DIR = "designs"
 IMAGES_DIR = "images"
 RUNS_DIR = "runs"
+SUPERSEDED = "superseded"  # only in a merge's source: marks a stale failed row for deletion
 
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 
@@ -54,6 +55,9 @@ SCHEMA = pa.schema(
         pa.field("style_sha256", pa.string()),
         pa.field("mask_sha256", pa.string()),
         pa.field("collection", pa.string()),
+        # The same pairing, config and weights whatever the input bytes: a later ok
+        # design of the same pairing_key supersedes the failed rows under it.
+        pa.field("pairing_key", pa.string()),
         pa.field("output_uri", pa.string()),  # relative to OUT
         pa.field("output_sha256", pa.string()),
         pa.field("width", pa.int32()),
@@ -135,11 +139,25 @@ class DesignCatalog:
         return set(ids.to_pylist())
 
     def commit(self, rows: list[dict[str, Any]], run_id: str, note: str = "shard") -> int | None:
-        """Merge rows on design_id; returns the new table version (None if no rows)."""
+        """Merge rows on design_id in one commit; returns the new table version.
+
+        An ok design is final. A failed one is replaced by its retry, and an ok
+        design removes the failed rows of its pairing_key left by earlier inputs
+        (a missing file since restored, an unreadable one since replaced).
+        """
         if not rows:
             return None
         table = self.ensure_table()
-        source = pa.Table.from_pylist(rows, schema=SCHEMA)
+        new_ids = {r["design_id"] for r in rows}
+        ok_keys = sorted({r["pairing_key"] for r in rows if r["status"] == "ok" and r.get("pairing_key")})
+        stale: list[str] = []
+        if ok_keys:
+            found = table.to_pyarrow_dataset().to_table(columns=["design_id", "status", "pairing_key"])
+            mask = pc.and_(pc.equal(found["status"], "failed"), pc.is_in(found["pairing_key"], pa.array(ok_keys)))
+            stale = sorted(set(found.filter(mask).column("design_id").to_pylist()) - new_ids)
+        tombstones = [{"design_id": d, "run_id": run_id, "created_at": rows[0]["created_at"], "status": SUPERSEDED,
+                       "content_id": "", "style_id": ""} for d in stale]
+        source = pa.Table.from_pylist(rows + tombstones, schema=SCHEMA)
         metadata = {"run_id": run_id, "designs.note": note, "designs.rows": str(len(rows))}
         (
             table.merge(
@@ -149,9 +167,9 @@ class DesignCatalog:
                 target_alias="target",
                 commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=20),
             )
-            # An ok design is final; a failed one is replaced by its retry.
+            .when_matched_delete(predicate=f"source.status = '{SUPERSEDED}'")
             .when_matched_update_all(predicate="target.status <> 'ok'")
-            .when_not_matched_insert_all()
+            .when_not_matched_insert_all(predicate=f"source.status <> '{SUPERSEDED}'")
             .execute()
         )
         return self.table().version()

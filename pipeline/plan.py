@@ -41,6 +41,7 @@ class Job:
     """One design to make."""
 
     design_id: str
+    pairing_key: str
     content: ImageRef
     style: ImageRef
     content_sha256: str | None
@@ -102,6 +103,12 @@ def design_id(content_sha: str, style_sha: str, mask_sha: str | None, config: Co
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
+def pairing_key(content_id: str, style_id: str, config: Config, weights_identity: str) -> str:
+    """Like design_id, but of image ids instead of bytes: stable while inputs are fixed."""
+    payload = {"v": DESIGN_ID_VERSION, "content": content_id, "style": style_id, "config": config.identity_dict(), "weights": weights_identity}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
 def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, done_ids: set[str]) -> Plan:
     files: dict[str, InputFile] = {}
     masks: dict[str, InputFile] = {}
@@ -140,7 +147,8 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
         if did in done_ids:
             done += 1
             continue
-        job = Job(did, content, style, c.sha256, s.sha256, m.sha256 if m else None, width, height, error)
+        key = pairing_key(content.image_id, style.image_id, config, weights_identity)
+        job = Job(did, key, content, style, c.sha256, s.sha256, m.sha256 if m else None, width, height, error)
         (failed if error else todo).append(job)
     # The same size batches together; sorting keeps each shard's batches full.
     todo.sort(key=lambda j: (j.height, j.width, j.style.image_id, j.content.image_id))

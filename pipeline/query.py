@@ -25,7 +25,7 @@ def connect(out: str | Path, version: int | None = None) -> duckdb.DuckDBPyConne
 def query(out: str | Path, sql: str, version: int | None = None) -> pa.Table:
     con = connect(out, version)
     try:
-        return con.execute(sql).fetch_arrow_table()
+        return con.execute(sql).to_arrow_table()
     except duckdb.Error as err:
         raise ValueError(f"query failed: {err}") from None
     finally:

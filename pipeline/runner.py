@@ -54,6 +54,7 @@ def base_row(job: Job, config: Config, weights: WeightsSource, run_id: str) -> d
     """The row fields known before any work: inputs, params, provenance."""
     return {
         "design_id": job.design_id,
+        "pairing_key": job.pairing_key,
         "run_id": run_id,
         "created_at": now_utc(),
         "content_id": job.content.image_id,

@@ -1,0 +1,50 @@
+"""Test set-up: Prefect state inside the project, one temporary Prefect server
+for the whole session, and the `slow` / `cuda` markers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample"
+
+os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="run tests marked slow (real weights, long runs)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    skip_slow = pytest.mark.skip(reason="slow: pass --run-slow (make test-slow)")
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--run-slow"):
+            item.add_marker(skip_slow)
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (10-20 s to start) shared by every flow test."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def sample_catalog(tmp_path: Path) -> Path:
+    """A private copy of the repo's sample catalog (data/sample, made by data/make_sample.py)."""
+    target = tmp_path / "sample"
+    shutil.copytree(SAMPLE, target)
+    return target / "catalog.parquet"
