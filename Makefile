@@ -15,13 +15,14 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install generate demo test test-slow query sample-data clean help
+.PHONY: install generate demo test test-slow query runs logs ui sample-data clean help
 
 help:
 	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [ARGS='--flags']"
 	@echo "make demo        # the sample catalog on CPU with random weights"
 	@echo "make test        # the test suite"
 	@echo "make query SQL='select ...' [OUT=dir]"
+	@echo "make runs | make logs RUN=<id> | make ui   # past runs in Prefect"
 	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
 
 install: $(STAMP)
@@ -48,6 +49,16 @@ test-slow: $(STAMP)
 query: $(STAMP)
 	@test -n "$(SQL)" || { echo "usage: make query SQL=\"select ...\" [OUT=dir]" >&2; exit 2; }
 	$(BIN)/designs query --out "$(OUT)" "$(SQL)"
+
+runs: $(STAMP)
+	$(BIN)/prefect flow-run ls --flow-name generate --limit 20
+
+logs: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make logs RUN=<flow-run-id> (see make runs)" >&2; exit 2; }
+	$(BIN)/prefect flow-run logs "$(RUN)"
+
+ui: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 sample-data: $(STAMP)
 	$(BIN)/python data/make_sample.py

@@ -129,7 +129,7 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config()) ->
         commit(out, shard_rows, run_id, f"shard-{index}")
         rows += shard_rows
 
-    summary = summarize(run_id, catalog, out, started, time.perf_counter() - start, planned, rows, devices, design_catalog.version())
+    summary = summarize(run_id, str(flow_run.id), catalog, out, started, time.perf_counter() - start, planned, rows, devices, design_catalog.version())
     design_catalog.write_run_file(run_id, "summary.json", summary.to_dict())
     for line in summary.report_lines():
         logger.info(line)

@@ -13,6 +13,7 @@ from pipeline.plan import Plan
 @dataclass(frozen=True)
 class RunSummary:
     run_id: str
+    flow_run_id: str  # the Prefect flow run: `make logs RUN=<flow_run_id>`
     catalog: str
     out: str
     started_at: str
@@ -34,6 +35,7 @@ class RunSummary:
             f"run {self.run_id}: {self.ok} ok, {self.failed} failed, {self.already_done} already in the catalog "
             f"(of {self.pairings} pairings) in {self.wall_seconds:.1f} s on {', '.join(self.devices)}",
             f"throughput: {self.designs_per_hour:.1f} designs/hour; design catalog {self.out}/designs at version {self.table_version}",
+            f"Prefect flow run {self.flow_run_id} (its log: make logs RUN={self.flow_run_id})",
         ]
         for failure in self.failures[:50]:
             lines.append(f"failed {failure['content_id']} x {failure['style_id']} ({failure['design_id']}): {failure['error']}")
@@ -42,7 +44,7 @@ class RunSummary:
         return lines
 
 
-def summarize(run_id: str, catalog: str, out: str, started: datetime, wall_seconds: float, plan: Plan,
+def summarize(run_id: str, flow_run_id: str, catalog: str, out: str, started: datetime, wall_seconds: float, plan: Plan,
               rows: list[dict[str, Any]], devices: list[str], table_version: int | None) -> RunSummary:
     ok = sum(1 for r in rows if r["status"] == "ok")
     failures = tuple(
@@ -51,6 +53,7 @@ def summarize(run_id: str, catalog: str, out: str, started: datetime, wall_secon
     )
     return RunSummary(
         run_id=run_id,
+        flow_run_id=flow_run_id,
         catalog=str(catalog),
         out=str(out),
         started_at=started.isoformat(),
