@@ -93,6 +93,8 @@ class Config:
             layers = getattr(self, layers_name)
             if not layers:
                 raise bad(layers_name, layers, "one or more of " + ", ".join(LAYER_INDEX))
+            if len(set(layers)) != len(layers):
+                raise bad(layers_name, layers, "each layer at most once")
             for layer in layers:
                 if layer not in LAYER_INDEX:
                     raise bad(layers_name, layer, ", ".join(LAYER_INDEX))
@@ -174,7 +176,9 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"config {f.name}={value!r} is invalid; accepted: true or false")
-    if kind is int and isinstance(value, float) and value.is_integer():
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"config {f.name}={value!r} is invalid; accepted: a whole number")
         return int(value)
     if kind is float and isinstance(value, int):
         return float(value)

@@ -229,7 +229,8 @@ class StyleTransfer:
         if cfg.optimizer == "adam":
             opt = torch.optim.Adam([image], lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
         else:
-            opt = torch.optim.LBFGS([image], lr=cfg.lbfgs_learning_rate, max_iter=1, history_size=100)
+            # A line search keeps L-BFGS from overshooting on rough images.
+            opt = torch.optim.LBFGS([image], lr=cfg.lbfgs_learning_rate, max_iter=1, history_size=100, line_search_fn="strong_wolfe")
 
         for step in range(cfg.steps):
             record = step % cfg.loss_every == 0

@@ -58,6 +58,7 @@ class Plan:
     failed: tuple[Job, ...]
     already_done: int
     pairings: int
+    duplicates: int = 0  # pairings whose inputs' bytes repeat another pairing's: one design serves both
 
 
 def inspect_file(path: Path | None, name: str, max_pixels: int, header: bool = True) -> InputFile:
@@ -120,7 +121,8 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
 
     todo: list[Job] = []
     failed: list[Job] = []
-    done = 0
+    done = duplicates = 0
+    planned: set[str] = set()
     pairings = catalog.pairings()
     for content, style in pairings:
         c, s = files[content.image_id], files[style.image_id]
@@ -147,12 +149,16 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
         if did in done_ids:
             done += 1
             continue
+        if did in planned:
+            duplicates += 1
+            continue
+        planned.add(did)
         key = pairing_key(content.image_id, style.image_id, config, weights_identity)
         job = Job(did, key, content, style, c.sha256, s.sha256, m.sha256 if m else None, width, height, error)
         (failed if error else todo).append(job)
     # The same size batches together; sorting keeps each shard's batches full.
     todo.sort(key=lambda j: (j.height, j.width, j.style.image_id, j.content.image_id))
-    return Plan(tuple(todo), tuple(failed), done, len(pairings))
+    return Plan(tuple(todo), tuple(failed), done, len(pairings), duplicates)
 
 
 def cut_shards(jobs: tuple[Job, ...] | list[Job], shard_size: int) -> list[list[Job]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,7 @@ def load_features(source: WeightsSource, until_index: int | None = None) -> nn.S
     assert source.path is not None
     try:
         state = torch.load(source.path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as err:  # weights_only refuses pickled code
+    except (RuntimeError, OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:  # weights_only refuses pickled code
         raise WeightsError(f"cannot load VGG19 weights {source.path!r}: {err}") from err
     if not isinstance(state, dict):
         raise WeightsError(f"VGG19 weights {source.path!r} hold a {type(state).__name__}, expected a state dict")

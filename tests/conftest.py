@@ -16,6 +16,10 @@ os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+# Prefect sets up its log handlers on import, binding them to the sys.stderr of
+# the moment; importing here keeps them off a test's capsys stream, which closes.
+import prefect  # noqa: E402,F401
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow (real weights, long runs)")

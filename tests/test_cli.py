@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,26 +50,36 @@ def test_bad_flag_values_are_refused_naming_the_value(capsys):
     assert "sgd" in capsys.readouterr().err
 
 
+def designs(*args: str) -> subprocess.CompletedProcess:
+    """The real command in its own process, talking to the tests' Prefect server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.usefixtures("prefect_server")
-def test_exit_codes(sample_catalog: Path, tmp_path: Path, capsys):
+def test_exit_codes(sample_catalog: Path, tmp_path: Path):
     out = tmp_path / "out"
     not_parquet = tmp_path / "notes.parquet"
     not_parquet.write_text("this is not parquet")
-    assert main(["generate", str(not_parquet), "--out", str(out), *TINY_FLAGS]) == EXIT_REFUSED
-    assert "not a readable parquet file" in capsys.readouterr().err
+    refused = designs("generate", str(not_parquet), "--out", str(out), *TINY_FLAGS)
+    assert refused.returncode == EXIT_REFUSED, refused.stderr
+    assert "not a readable parquet file" in refused.stderr
     assert not DesignCatalog(out).exists()
 
-    assert main(["generate", str(sample_catalog), "--out", str(out), "--devices", "cuda:7", *TINY_FLAGS]) == EXIT_REFUSED
-    assert "cuda:7" in capsys.readouterr().err
+    no_gpu = designs("generate", str(sample_catalog), "--out", str(out), "--devices", "cuda:7", *TINY_FLAGS)
+    assert no_gpu.returncode == EXIT_REFUSED and "cuda:7" in no_gpu.stderr
 
     (sample_catalog.parent / "styles" / "waves.png").unlink()
-    assert main(["generate", str(sample_catalog), "--out", str(out), *TINY_FLAGS]) == EXIT_FAILED_DESIGNS
-    printed = capsys.readouterr().out
-    assert "8 ok, 3 failed" in printed and "'waves'" in printed
+    partial = designs("generate", str(sample_catalog), "--out", str(out), *TINY_FLAGS)
+    assert partial.returncode == EXIT_FAILED_DESIGNS, partial.stderr
+    assert "8 ok, 3 failed" in partial.stdout and "'waves'" in partial.stdout
 
-    assert main(["query", "--out", str(out), "select status, count(*) as n from designs group by status order by status"]) == EXIT_OK
-    printed = capsys.readouterr().out
-    assert "failed" in printed and "ok" in printed and " 8" in printed and " 3" in printed
+    counted = designs("query", "--out", str(out), "select status, count(*) as n from designs group by status order by status")
+    assert counted.returncode == EXIT_OK, counted.stderr
+    lines = [line.split() for line in counted.stdout.strip().splitlines()]
+    assert lines == [["status", "n"], ["failed", "3"], ["ok", "8"]]
 
 
 def test_query_reports_a_missing_catalog(tmp_path: Path, capsys):

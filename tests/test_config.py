@@ -1,0 +1,164 @@
+"""pipeline.config: defaults, validation messages, from_dict coercion, identity fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pipeline.config import Config, coerce, config_field
+from pipeline.vgg import LAYER_INDEX
+
+
+def test_defaults_are_the_papers_run():
+    cfg = Config()
+    assert cfg.optimizer == "adam"
+    assert cfg.learning_rate == 0.02
+    assert (cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps) == (0.99, 0.999, 0.1)
+    assert cfg.style_weight == 1e-2
+    assert cfg.content_weight == 1e4
+    assert cfg.tv_weight == 30
+    assert cfg.steps == 1000
+    assert cfg.size == 512
+    assert cfg.content_layers == ("conv5_2",)
+    assert cfg.style_layers == ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+    assert cfg.content_layer_weights == () and cfg.style_layer_weights == ()
+    assert cfg.init == "content"
+    assert cfg.weights == "auto"
+
+
+@pytest.mark.parametrize(
+    "changes, field, bad, accepted",
+    [
+        ({"size": 0}, "size", "0", ">= 16"),
+        ({"size": 15}, "size", "15", ">= 16"),
+        ({"steps": 0}, "steps", "0", ">= 1"),
+        ({"loss_every": 0}, "loss_every", "0", ">= 1"),
+        ({"optimizer": "sgd"}, "optimizer", "'sgd'", "adam or lbfgs"),
+        ({"init": "zeros"}, "init", "'zeros'", "content or noise"),
+        ({"learning_rate": 0.0}, "learning_rate", "0.0", "> 0"),
+        ({"adam_eps": -1.0}, "adam_eps", "-1.0", "> 0"),
+        ({"style_weight": -1.0}, "style_weight", "-1.0", ">= 0"),
+        ({"style_layers": ("conv9_9",)}, "style_layers", "'conv9_9'", "conv1_1"),
+        ({"content_layers": ("conv1_1", "conv9_9")}, "content_layers", "'conv9_9'", "conv5_4"),
+        ({"content_layers": ()}, "content_layers", "()", "one or more of conv1_1"),
+        ({"style_layer_weights": (1.0, 2.0)}, "style_layer_weights", "(1.0, 2.0)", "empty or 5 numbers"),
+        ({"content_layer_weights": (1.0, 2.0)}, "content_layer_weights", "(1.0, 2.0)", "empty or 1 numbers"),
+        ({"batch_size": -1}, "batch_size", "-1", "positive integer"),
+        ({"shard_size": -2}, "shard_size", "-2", "positive integer"),
+        ({"max_image_pixels": 0}, "max_image_pixels", "0", "positive integer"),
+    ],
+)
+def test_invalid_values_name_field_value_and_accepted(changes, field, bad, accepted):
+    with pytest.raises(ValueError) as info:
+        Config(**changes)
+    message = str(info.value)
+    assert f"{field}={bad}" in message
+    assert "accepted:" in message
+    assert accepted in message.split("accepted:", 1)[1]
+
+
+def test_unknown_layer_message_lists_valid_layers():
+    with pytest.raises(ValueError) as info:
+        Config(style_layers=("conv9_9",))
+    accepted = str(info.value).split("accepted:", 1)[1]
+    for name in LAYER_INDEX:
+        assert name in accepted
+
+
+def test_layer_weights_of_matching_length_are_accepted():
+    cfg = Config(style_layer_weights=(1, 2, 3, 4, 5), content_layers=("conv4_2", "conv5_2"), content_layer_weights=(0.5, 0.5))
+    assert cfg.style_layer_weights == (1, 2, 3, 4, 5)
+    assert cfg.content_layer_weights == (0.5, 0.5)
+
+
+def test_replace_validates():
+    cfg = Config(size=32)
+    assert cfg.replace(steps=3).steps == 3
+    with pytest.raises(ValueError, match="optimizer='sgd'"):
+        cfg.replace(optimizer="sgd")
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError) as info:
+        Config.from_dict({"size": 32, "colour": "red", "stepz": 3})
+    message = str(info.value)
+    assert "['colour', 'stepz']" in message
+    assert "size" in message.split("accepted:", 1)[1]
+
+
+def test_from_dict_coerces_strings_and_lists():
+    cfg = Config.from_dict(
+        {
+            "size": "64",
+            "steps": 10.0,
+            "learning_rate": "0.5",
+            "style_weight": 3,
+            "style_layers": "conv1_1, conv2_1,",
+            "style_layer_weights": ["1", 2],
+            "content_layers": ["conv4_2"],
+            "allow_roots": "/a,/b",
+        }
+    )
+    assert cfg.size == 64 and isinstance(cfg.size, int)
+    assert cfg.steps == 10 and isinstance(cfg.steps, int)
+    assert cfg.learning_rate == 0.5
+    assert cfg.style_weight == 3.0 and isinstance(cfg.style_weight, float)
+    assert cfg.style_layers == ("conv1_1", "conv2_1")
+    assert cfg.style_layer_weights == (1.0, 2.0)
+    assert cfg.content_layers == ("conv4_2",)
+    assert cfg.allow_roots == ("/a", "/b")
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"size": "big"}, "size='big'"),
+        ({"style_layer_weights": "1,x"}, "style_layer_weights="),
+        ({"learning_rate": "fast"}, "learning_rate='fast'"),
+    ],
+)
+def test_from_dict_rejects_uncoercible_values(values, fragment):
+    with pytest.raises(ValueError) as info:
+        Config.from_dict(values)
+    assert fragment in str(info.value)
+    assert "accepted:" in str(info.value)
+
+
+def test_coerce_integral_float_for_int_field():
+    value = coerce(config_field("steps"), 2.0)
+    assert value == 2 and isinstance(value, int)
+
+
+def test_coerce_non_integral_float_for_int_field_is_refused():
+    with pytest.raises(ValueError, match="steps=2.5"):
+        Config.from_dict({"steps": 2.5})
+
+
+def test_to_dict_round_trips_through_from_dict():
+    cfg = Config(size=48, steps=7, style_layers=("conv1_1", "conv3_1"), style_layer_weights=(0.25, 4.0), allow_roots=("/x",))
+    data = cfg.to_dict()
+    assert data["style_layers"] == ["conv1_1", "conv3_1"]
+    json.dumps(data)  # JSON-able
+    assert Config.from_dict(json.loads(json.dumps(data))) == cfg
+
+
+def test_identity_dict_excludes_run_only_fields():
+    cfg = Config()
+    identity = cfg.identity_dict()
+    for name in ("weights", "devices", "batch_size", "loss_every", "shard_size", "allow_roots", "max_image_pixels"):
+        assert name not in identity
+    for name in ("size", "steps", "optimizer", "learning_rate", "style_weight", "content_weight", "tv_weight",
+                 "content_layers", "style_layers", "init", "seed"):
+        assert name in identity
+    all_fields = {f.name for f in dataclasses.fields(Config)}
+    assert set(identity) == all_fields - {"weights", "devices", "batch_size", "loss_every", "shard_size", "allow_roots", "max_image_pixels"}
+
+
+def test_identity_json_changes_only_with_identity_fields():
+    base = Config()
+    assert base.identity_json() == Config().identity_json()
+    assert base.replace(devices="cpu", batch_size=4, loss_every=3, weights="random").identity_json() == base.identity_json()
+    assert base.replace(style_weight=2e-2).identity_json() != base.identity_json()
+    assert json.loads(base.identity_json())["style_layers"] == list(base.style_layers)
