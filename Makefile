@@ -37,8 +37,12 @@ generate: $(STAMP)
 	@test -n "$(CATALOG)" || { echo "usage: make generate CATALOG=path/to/catalog.parquet [OUT=dir] [ARGS='--flags']" >&2; exit 2; }
 	$(BIN)/designs generate "$(CATALOG)" --out "$(OUT)" $(ARGS)
 
+# Random VGG19 features give tiny Gram matrices: the demo raises the style
+# weight so the textures' colours show. Real designs need the real weights.
+DEMO_FLAGS := --weights random --size 128 --steps 50 --style-weight 1e6 --tv-weight 1 --learning-rate 0.05
+
 demo: $(STAMP)
-	$(BIN)/designs generate $(SAMPLE) --out "$(OUT)" --weights random --size 128 --steps 50 $(ARGS)
+	$(BIN)/designs generate $(SAMPLE) --out "$(OUT)" $(DEMO_FLAGS) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
