@@ -63,6 +63,10 @@ class Config:
     shard_size: int = _field(0, "pairings per shard task (0: 4 batches)", identity=False)
     allow_roots: tuple[str, ...] = _field((), "extra folders that absolute image paths may point into", identity=False)
     max_image_pixels: int = _field(64_000_000, "refuse images declaring more pixels than this", identity=False)
+    max_catalog_images: int = _field(100_000, "refuse catalogs listing more images than this", identity=False)
+    nonfinite_retry_factor: float = _field(
+        0.1, "a design whose loss turns NaN/inf is retried once with its learning rate times this", identity=False
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -111,6 +115,10 @@ class Config:
             raise bad("shard_size", self.shard_size, "0 (auto) or a positive integer")
         if self.max_image_pixels < 1:
             raise bad("max_image_pixels", self.max_image_pixels, "a positive integer")
+        if self.max_catalog_images < 1:
+            raise bad("max_catalog_images", self.max_catalog_images, "a positive integer")
+        if not 0 < self.nonfinite_retry_factor < 1:
+            raise bad("nonfinite_retry_factor", self.nonfinite_retry_factor, "a number between 0 and 1")
 
     # --- derived views ---
 

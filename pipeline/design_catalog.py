@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
+import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from pipeline.config import Config, element_type, field_type
 
 TABLE_DIR = "designs"
 IMAGES_DIR = "images"
 RUNS_DIR = "runs"
+COMMIT_ATTEMPTS = 12
 SUPERSEDED = "superseded"  # only in a merge's source: marks a stale failed row for deletion
 
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
@@ -47,6 +50,7 @@ SCHEMA = pa.schema(
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
         pa.field("error", pa.string()),
+        pa.field("notes", pa.string()),  # e.g. a retry at a lower learning rate
         pa.field("content_id", pa.string(), nullable=False),
         pa.field("style_id", pa.string(), nullable=False),
         pa.field("content_uri", pa.string()),
@@ -95,14 +99,19 @@ class DesignCatalog:
 
     # --- paths ---
 
-    def image_relpath(self, design_id: str) -> str:
-        """Content-addressed by design: images/ab/abcdef....png."""
-        if not design_id.isalnum():
-            raise ValueError(f"design_id {design_id!r} must be alphanumeric (it becomes a file name)")
-        return f"{IMAGES_DIR}/{design_id[:2]}/{design_id}.png"
+    def image_relpath(self, design_id: str, png_sha256: str) -> str:
+        """images/ab/<design_id>-<first 12 hex of the PNG's SHA-256>.png: addressed by
+        design, and never overwritten by another rendering of the same design
+        (a concurrent run's, or a crashed run's that never committed)."""
+        if not (design_id.isalnum() and design_id.isascii()):
+            raise ValueError(f"design_id {design_id!r} must be ASCII letters and digits (it becomes a file name)")
+        if not (len(png_sha256) == 64 and all(c in "0123456789abcdef" for c in png_sha256)):
+            raise ValueError(f"png_sha256 {png_sha256!r} must be 64 lowercase hex digits")
+        return f"{IMAGES_DIR}/{design_id[:2]}/{design_id}-{png_sha256[:12]}.png"
 
-    def image_path(self, design_id: str) -> Path:
-        return self.out / self.image_relpath(design_id)
+    @property
+    def images_dir(self) -> Path:
+        return self.out / IMAGES_DIR
 
     def run_dir(self, run_id: str) -> Path:
         return self.out / RUNS_DIR / run_id
@@ -121,14 +130,18 @@ class DesignCatalog:
     def ensure_table(self) -> DeltaTable:
         if not self.exists():
             self.out.mkdir(parents=True, exist_ok=True)
-            DeltaTable.create(
-                str(self.table_path),
-                schema=SCHEMA,
-                mode="ignore",
-                name="designs",
-                description="Style-transfer designs, one row per design_id",
-                commit_properties=CommitProperties(custom_metadata={"designs.note": "create"}),
-            )
+            try:
+                DeltaTable.create(
+                    str(self.table_path),
+                    schema=SCHEMA,
+                    mode="ignore",
+                    name="designs",
+                    description="Style-transfer designs, one row per design_id",
+                    commit_properties=CommitProperties(custom_metadata={"designs.note": "create"}),
+                )
+            except DeltaError:
+                if not self.exists():  # losing a creation race to another run is fine
+                    raise
         return self.table()
 
     def ok_design_ids(self) -> set[str]:
@@ -140,6 +153,22 @@ class DesignCatalog:
 
     def commit(self, rows: list[dict[str, Any]], run_id: str, note: str = "shard") -> int | None:
         """Merge rows on design_id in one commit; returns the new table version.
+
+        Concurrent runs on the same table conflict at commit time (delta-rs
+        refuses a merge whose read data changed); the merge is then rerun
+        against the new version, so each design stays ok exactly once.
+        """
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                return self._merge(rows, run_id, note)
+            except CommitFailedError:
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2) * 2 ** min(attempt, 5))
+        return None
+
+    def _merge(self, rows: list[dict[str, Any]], run_id: str, note: str) -> int | None:
+        """One merge attempt.
 
         An ok design is final. A failed one is replaced by its retry, and an ok
         design removes the failed rows of its pairing_key left by earlier inputs
@@ -165,7 +194,7 @@ class DesignCatalog:
                 predicate="target.design_id = source.design_id",
                 source_alias="source",
                 target_alias="target",
-                commit_properties=CommitProperties(custom_metadata=metadata, max_commit_retries=20),
+                commit_properties=CommitProperties(custom_metadata=metadata),
             )
             .when_matched_delete(predicate=f"source.status = '{SUPERSEDED}'")
             .when_matched_update_all(predicate="target.status <> 'ok'")

@@ -150,8 +150,12 @@ class StyleTransfer:
         t = cfg.tv_weight * tv_loss(image)
         return torch.stack([c + s + t, c, s, t], dim=1)
 
-    def run(self, pairings: Sequence[Pairing], on_progress: Callable[[Progress], None] | None = None) -> list[DesignResult]:
-        """Optimize a batch of pairings whose content images share one size."""
+    def run(self, pairings: Sequence[Pairing], on_progress: Callable[[Progress], None] | None = None,
+            learning_rate_scale: float = 1.0) -> list[DesignResult]:
+        """Optimize a batch of pairings whose content images share one size.
+
+        `learning_rate_scale` multiplies the optimizer's step (a diverged design
+        is retried once with a smaller one)."""
         if not pairings:
             return []
         cfg = self.config
@@ -176,11 +180,12 @@ class StyleTransfer:
         if cfg.optimizer == "lbfgs":
             # L-BFGS couples every variable it sees through its line search and
             # history, so each design is optimized on its own to stay reproducible.
-            parts = [self._optimize(contents[i : i + 1], _index(content_t, i), _index(style_t, i), on_progress) for i in range(len(pairings))]
+            parts = [self._optimize(contents[i : i + 1], _index(content_t, i), _index(style_t, i), on_progress, learning_rate_scale)
+                     for i in range(len(pairings))]
             images = torch.cat([p[0] for p in parts])
             curves = torch.cat([p[1] for p in parts])
         else:
-            images, curves = self._optimize(contents, content_t, style_t, on_progress)
+            images, curves = self._optimize(contents, content_t, style_t, on_progress, learning_rate_scale)
         with torch.no_grad():
             final = self.losses(images, content_t, style_t)
         curves = torch.cat([curves, final.unsqueeze(2)], dim=2).cpu()
@@ -219,7 +224,7 @@ class StyleTransfer:
         noise = torch.rand(contents.shape[1:], generator=gen)
         return noise.expand_as(contents).clone().to(self.device)
 
-    def _optimize(self, contents, content_t, style_t, on_progress) -> tuple[torch.Tensor, torch.Tensor]:
+    def _optimize(self, contents, content_t, style_t, on_progress, lr_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         image = self._initial_image(contents).requires_grad_(True)
         sample_steps = _curve_steps(cfg.steps, cfg.loss_every)[:-1]  # the final image is added by run()
@@ -227,10 +232,10 @@ class StyleTransfer:
         # every loss_every steps when a progress callback wants them).
         curves = torch.zeros(image.shape[0], len(LOSS_NAMES), len(sample_steps), device=self.device)
         if cfg.optimizer == "adam":
-            opt = torch.optim.Adam([image], lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+            opt = torch.optim.Adam([image], lr=cfg.learning_rate * lr_scale, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
         else:
             # A line search keeps L-BFGS from overshooting on rough images.
-            opt = torch.optim.LBFGS([image], lr=cfg.lbfgs_learning_rate, max_iter=1, history_size=100, line_search_fn="strong_wolfe")
+            opt = torch.optim.LBFGS([image], lr=cfg.lbfgs_learning_rate * lr_scale, max_iter=1, history_size=100, line_search_fn="strong_wolfe")
 
         for step in range(cfg.steps):
             record = step % cfg.loss_every == 0

@@ -103,6 +103,19 @@ class _ImageCache:
             self.tensors[key] = resize_to_tensor(image, size)
         return self.tensors[key]
 
+    def mask(self, content_id: str, path, sha256: str | None, size: tuple[int, int]) -> torch.Tensor:
+        """The content's mask as (1, H, W) in [0, 1] (white = garment) at the output size."""
+        key = f"mask:{content_id}"
+        mask = self.get(key, path, sha256, size)
+        content = self.decoded[content_id]
+        found = self.decoded[key]
+        if abs(found.width * content.height - content.width * found.height) > 0.01 * content.width * found.height:
+            raise ImageLoadError(
+                f"{path}: mask is {found.width}x{found.height}, which cannot be matched to the content's "
+                f"{content.width}x{content.height} (aspect ratios differ); give a mask of the content's shape"
+            )
+        return mask.mean(dim=0, keepdim=True)
+
 
 def run_shard(
     jobs: list[Job],
@@ -142,6 +155,12 @@ def run_shard(
                 except ImageLoadError as err:
                     rows.append(failed_row(job, f"style image {job.style.image_id!r}: {err}", config, weights, run_id, device))
                     continue
+                if job.content.mask_path is not None:
+                    try:
+                        images.mask(job.content.image_id, job.content.mask_path, job.mask_sha256, (width, height))
+                    except ImageLoadError as err:
+                        rows.append(failed_row(job, f"mask of content image {job.content.image_id!r}: {err}", config, weights, run_id, device))
+                        continue
                 pairings.append(Pairing(job.design_id, job.content.image_id, content, job.style.image_id, style))
                 usable.append(job)
             if not usable:
@@ -159,26 +178,49 @@ def run_shard(
                 half = len(usable) // 2
                 pending[:0] = [usable[:half], usable[half:]]
                 continue
-            for job, result in zip(usable, results):
-                rows.append(_write_design(job, result, config, weights, catalog, run_id, device, name, len(usable), load_seconds / len(usable)))
+            results = _retry_diverged(engine, pairings, results, config, on_progress)
+            for job, (result, note) in zip(usable, results):
+                rows.append(_write_design(job, result, note, config, weights, catalog, run_id, device, name, len(usable), load_seconds / len(usable)))
     return rows
 
 
-def _write_design(job: Job, result: DesignResult, config: Config, weights: WeightsSource, catalog: DesignCatalog,
+def _retry_diverged(engine: StyleTransfer, pairings: list[Pairing], results: list[DesignResult], config: Config,
+                    on_progress: Callable[[Progress], None] | None) -> list[tuple[DesignResult, str | None]]:
+    """Designs whose loss turned NaN/inf get one more try at a smaller learning rate."""
+    out: list[tuple[DesignResult, str | None]] = [(r, None) for r in results]
+    diverged = [i for i, r in enumerate(results) if r.error]
+    if not diverged:
+        return out
+    factor = config.nonfinite_retry_factor
+    retried = engine.run([pairings[i] for i in diverged], on_progress=on_progress, learning_rate_scale=factor)
+    for i, result in zip(diverged, retried):
+        note = f"{results[i].error}; retried with the learning rate times {factor}"
+        if result.error:
+            result.error = f"{results[i].error}; again after retrying with the learning rate times {factor}: {result.error}"
+        out[i] = (result, note)
+    return out
+
+
+def _write_design(job: Job, result: DesignResult, note: str | None, config: Config, weights: WeightsSource, catalog: DesignCatalog,
                   run_id: str, device: str, name: str, batch_size: int, load_seconds: float) -> dict[str, Any]:
     row = base_row(job, config, weights, run_id)
-    row.update(device=device, device_name=name, batch_size=batch_size, loss_every=config.loss_every)
+    row.update(device=device, device_name=name, batch_size=batch_size, loss_every=config.loss_every, notes=note)
+    if note:  # record the learning rate that made the design
+        row["params"]["learning_rate"] = config.learning_rate * config.nonfinite_retry_factor
+        row["params"]["lbfgs_learning_rate"] = config.lbfgs_learning_rate * config.nonfinite_retry_factor
     row.update({f"loss_{k}": v for k, v in result.loss_curves.items()})
     row["final_loss"] = result.final_loss
     if result.error:
-        row.update(status="failed", error=f"design {job.design_id}: {result.error}")
+        row.update(status="failed", error=f"design {job.design_id} ({job.content.image_id} x {job.style.image_id}): {result.error}")
         write_seconds = 0.0
     else:
         write_start = time.perf_counter()
         png = tensor_to_png_bytes(result.image, text={"design_id": job.design_id})
-        row["output_sha256"] = write_atomic(catalog.image_path(job.design_id), png)
+        sha = hashlib.sha256(png).hexdigest()
+        relpath = catalog.image_relpath(job.design_id, sha)
+        write_atomic(catalog.out / relpath, png)
         write_seconds = time.perf_counter() - write_start
-        row.update(status="ok", error=None, output_uri=catalog.image_relpath(job.design_id),
+        row.update(status="ok", error=None, output_uri=relpath, output_sha256=sha,
                    width=int(result.image.shape[-1]), height=int(result.image.shape[-2]))
     row["timings"] = {
         "load_s": load_seconds,

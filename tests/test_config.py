@@ -147,13 +147,15 @@ def test_to_dict_round_trips_through_from_dict():
 def test_identity_dict_excludes_run_only_fields():
     cfg = Config()
     identity = cfg.identity_dict()
-    for name in ("weights", "devices", "batch_size", "loss_every", "shard_size", "allow_roots", "max_image_pixels"):
+    run_only = {"weights", "devices", "batch_size", "loss_every", "shard_size", "allow_roots", "max_image_pixels",
+                "max_catalog_images", "nonfinite_retry_factor"}
+    for name in run_only:
         assert name not in identity
     for name in ("size", "steps", "optimizer", "learning_rate", "style_weight", "content_weight", "tv_weight",
                  "content_layers", "style_layers", "init", "seed"):
         assert name in identity
     all_fields = {f.name for f in dataclasses.fields(Config)}
-    assert set(identity) == all_fields - {"weights", "devices", "batch_size", "loss_every", "shard_size", "allow_roots", "max_image_pixels"}
+    assert set(identity) == all_fields - run_only
 
 
 def test_identity_json_changes_only_with_identity_fields():

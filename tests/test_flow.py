@@ -121,7 +121,7 @@ def test_image_faults_fail_only_their_pairings_and_are_retried(sample_catalog: P
 
     # Fix the inputs: the failed designs are retried, nothing is duplicated.
     stripes.write_bytes(saved)
-    Image.new("RGB", (40, 30), (200, 10, 10)).save(sample_catalog.parent / "content" / "hoodie.png")
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(sample_catalog.parent / "content" / "hoodie.png")  # its mask is square
     second = run(sample_catalog, out)
     assert second.failed == 0
     frame = DesignCatalog(out).to_pandas()
