@@ -15,13 +15,14 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install generate demo test test-slow query runs logs ui sample-data clean help
+.PHONY: install generate demo test test-slow query verify runs logs ui sample-data clean help
 
 help:
 	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [ARGS='--flags']"
 	@echo "make demo        # the sample catalog on CPU with random weights"
 	@echo "make test        # the test suite"
 	@echo "make query SQL='select ...' [OUT=dir]"
+	@echo "make verify [OUT=dir] [ARGS=--fix]   # PNGs match the catalog; orphans listed"
 	@echo "make runs | make logs RUN=<id> | make ui   # past runs in Prefect"
 	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
 
@@ -53,6 +54,9 @@ test-slow: $(STAMP)
 query: $(STAMP)
 	@test -n "$(SQL)" || { echo "usage: make query SQL=\"select ...\" [OUT=dir]" >&2; exit 2; }
 	$(BIN)/designs query --out "$(OUT)" "$(SQL)"
+
+verify: $(STAMP)
+	$(BIN)/designs verify "$(OUT)" $(ARGS)
 
 runs: $(STAMP)
 	$(BIN)/prefect flow-run ls --flow-name generate --limit 20

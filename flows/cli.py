@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("sql", metavar="SQL")
     query.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})")
     query.add_argument("--version", type=int, default=None, help="read this table version instead of the latest")
+
+    verify = sub.add_parser("verify", help="check that every ok row's PNG exists and matches its hash; list orphan PNGs",
+                            description="Exit 0 when the catalog is consistent, 1 when any problem remains.")
+    verify.add_argument("out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})")
+    verify.add_argument("--fix", action="store_true", help="remove orphan PNGs (not while a run is writing to OUT)")
     return parser
 
 
@@ -93,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"designs query: {err}", file=sys.stderr)
             return EXIT_REFUSED
         return EXIT_OK
+    if args.command == "verify":
+        from pipeline.verify import verify_catalog
+
+        try:
+            report = verify_catalog(args.out, fix=args.fix)
+        except FileNotFoundError as err:
+            print(f"designs verify: {err}", file=sys.stderr)
+            return EXIT_REFUSED
+        print("\n".join(report.lines()))
+        return EXIT_FAILED_DESIGNS if report.problems else EXIT_OK
     parser.error(f"unknown command {args.command!r}")
     return EXIT_REFUSED
 

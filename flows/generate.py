@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import DEFAULT_OUT, Config
@@ -42,9 +42,14 @@ def plan(catalog: InputCatalog, config: Config, weights: WeightsSource, out: str
     return plan_designs(catalog, config, weights.identity, DesignCatalog(out).ok_design_ids())
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="shard-{index}-on-{device}")
-def run_shard_task(index: int, jobs: list[Job], config: Config, weights: WeightsSource, device: str, out: str, run_id: str) -> list[dict[str, Any]]:
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="shard-{index}")
+def run_shard_task(index: int, jobs: list[Job], config: Config, weights: WeightsSource, devices: list[str], out: str, run_id: str) -> list[dict[str, Any]]:
+    """Runs on devices[0]; a retry moves to the next device where there is one."""
     logger = get_run_logger()
+    attempt = max(1, task_run.run_count or 1)
+    device = devices[(attempt - 1) % len(devices)]
+    if attempt > 1:
+        logger.warning("shard %d: attempt %d, now on %s", index, attempt, device)
     logger.info("shard %d: %d design(s) on %s (%s)", index, len(jobs), device, device_name(device))
     last_log = [0.0]
 
@@ -65,7 +70,8 @@ def commit(out: str, rows: list[dict[str, Any]], run_id: str, note: str) -> int 
     return DesignCatalog(out).commit(rows, run_id, note)
 
 
-@flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=16), log_prints=True)
+# The device loop below bounds concurrency to one shard per device.
+@flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=True)
 def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config()) -> RunSummary:
     """Make every content x style design of CATALOG not yet in the design catalog at OUT."""
     logger = get_run_logger()
@@ -107,12 +113,13 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config()) ->
     shards = list(enumerate(cut_shards(planned.todo, shard_size)))
     free = list(devices)
     running: dict[Any, tuple[int, list[Job], str]] = {}
-    runner = run_shard_task.with_options()
+    runner = run_shard_task
     while shards or running:
         while shards and free:
             index, jobs = shards.pop(0)
             device = free.pop(0)
-            future = runner.submit(index, jobs, config, weights, device, out, run_id)
+            fallback = [d for d in devices if d != device]  # where a retry goes
+            future = runner.submit(index, jobs, config, weights, [device, *fallback], out, run_id)
             running[future] = (index, jobs, device)
         future = next(as_completed(list(running)))
         index, jobs, device = running.pop(future)
