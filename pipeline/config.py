@@ -19,6 +19,7 @@ DEFAULT_OUT = "data/catalog"
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise")
+COLORS = ("style", "keep", "match")
 # Layer names follow the paper's convention convN_M; see pipeline/vgg.py.
 DEFAULT_CONTENT_LAYERS = ("conv5_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
@@ -47,7 +48,13 @@ class Config:
     content_layer_weights: tuple[float, ...] = _field((), "per-layer content weights (empty: all 1)")
     style_layers: tuple[str, ...] = _field(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss")
     style_layer_weights: tuple[float, ...] = _field((), "per-layer style weights (empty: all 1)")
-    init: str = _field("content", "starting image of the optimization", choices=INITS)
+    init: str = _field("content", "starting image of the optimization (pattern mode always starts from noise)", choices=INITS)
+    tile: bool = _field(False, "seamless repeat: circular padding in every convolution and a wrap-around TV term")
+    color: str = _field("style", "colour: 'style' plain transfer, 'keep' the content's colours (YIQ luminance transfer), "
+                        "'match' the style's colours to the content's first", choices=COLORS)
+    scales: tuple[int, ...] = _field((), "coarse-to-fine longest sides ending at --size, e.g. 512,1024,2048 (empty: one scale)")
+    scale_steps: tuple[int, ...] = _field((), "steps per scale (empty: --steps at the first, halved at each next)")
+    mask_feather: int = _field(3, "soft edge of a garment mask, in pixels inside the mask")
     seed: int = _field(0, "seed for noise init and for --weights random")
     # --- what is recorded (not part of the design id) ---
     loss_every: int = _field(10, "sample the loss curves every N steps", identity=False)
@@ -62,6 +69,7 @@ class Config:
     batch_size: int = _field(0, "pairings optimized together on one device (0: chosen per device)", identity=False)
     shard_size: int = _field(0, "pairings per shard task (0: 4 batches)", identity=False)
     allow_roots: tuple[str, ...] = _field((), "extra folders that absolute image paths may point into", identity=False)
+    dpi: int = _field(0, "DPI written into the PNGs (0: none)", identity=False)
     max_image_pixels: int = _field(64_000_000, "refuse images declaring more pixels than this", identity=False)
     max_catalog_images: int = _field(100_000, "refuse catalogs listing more images than this", identity=False)
     nonfinite_retry_factor: float = _field(
@@ -87,6 +95,19 @@ class Config:
             raise bad("optimizer", self.optimizer, " or ".join(OPTIMIZERS))
         if self.init not in INITS:
             raise bad("init", self.init, " or ".join(INITS))
+        if self.color not in COLORS:
+            raise bad("color", self.color, " or ".join(COLORS))
+        if self.scales:
+            if any(s < 16 for s in self.scales) or list(self.scales) != sorted(set(self.scales)):
+                raise bad("scales", self.scales, "increasing sizes of at least 16 px, e.g. 512,1024,2048")
+            if self.scales[-1] != self.size:
+                raise bad("scales", self.scales, f"sizes ending at --size ({self.size}), e.g. --size {self.scales[-1]} --scales {','.join(map(str, self.scales))}")
+        if self.scale_steps and (len(self.scale_steps) != len(self.scales) or min(self.scale_steps) < 1):
+            raise bad("scale_steps", self.scale_steps, f"empty, or {len(self.scales)} positive integers, one per entry of scales")
+        if self.mask_feather < 0:
+            raise bad("mask_feather", self.mask_feather, "an integer >= 0")
+        if self.dpi < 0:
+            raise bad("dpi", self.dpi, "0 (none) or a positive integer")
         for name in ("learning_rate", "lbfgs_learning_rate", "adam_eps"):
             if not getattr(self, name) > 0:
                 raise bad(name, getattr(self, name), "a number > 0")

@@ -6,35 +6,51 @@ layers, total variation as tf.image.total_variation). Many pairings of the same
 output size are optimized together as one batch; each design's loss depends
 only on its own pixels, so with Adam a batch gives the same result as running
 its members one by one.
+
+Textile controls beyond the paper: seamless tiles (circular padding and a
+wrap-around TV term), garment masks (style and TV counted inside the mask, the
+content kept outside), colour preservation (YIQ luminance transfer, Gatys et
+al. 2016) or colour matching, coarse-to-fine scales, and style blends.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from pipeline.config import Config
-from pipeline.vgg import MIN_SIDE, FeatureExtractor
+from pipeline.vgg import LAYER_INDEX, MIN_SIDE, FeatureExtractor
 from pipeline.weights import WeightsSource, load_features
 
 LOSS_NAMES = ("total", "content", "style", "tv")
+TARGET_CACHE_ENTRIES = 512  # per kind; bounds device memory on huge catalogs
 
 
 # --- losses -----------------------------------------------------------------
 
 
-def gram(features: torch.Tensor) -> torch.Tensor:
+def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, C), divided by the number of positions H*W.
 
     As in the TensorFlow tutorial the paper ran; Gatys et al. instead divide
-    the squared error by 4 N^2 M^2. Always computed in fp32.
+    the squared error by 4 N^2 M^2. Always computed in fp32. With a mask
+    (N, 1, H, W) in [0, 1], only masked positions count, divided by their weight.
     """
     n, c, h, w = features.shape
-    flat = features.float().reshape(n, c, h * w)
-    return torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
+    flat = features.float()
+    if mask is not None:
+        flat = flat * mask
+        positions = mask.float().sum(dim=(1, 2, 3)).clamp_min(1.0).view(n, 1, 1)
+    else:
+        positions = torch.full((n, 1, 1), float(h * w), device=features.device)
+    flat = flat.reshape(n, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)) / positions
 
 
 def content_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], layer_weights: dict[str, float]) -> torch.Tensor:
@@ -43,18 +59,78 @@ def content_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Ten
     return torch.stack(terms).sum(0) / len(terms)
 
 
-def style_loss(features: dict[str, torch.Tensor], target_grams: dict[str, torch.Tensor], layer_weights: dict[str, float]) -> torch.Tensor:
+def style_loss(features: dict[str, torch.Tensor], target_grams: dict[str, torch.Tensor], layer_weights: dict[str, float],
+               masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Per-design Gram MSE, weighted and averaged over the style layers: (N,)."""
-    terms = [w * (gram(features[name]) - target_grams[name]).pow(2).mean(dim=(1, 2)) for name, w in layer_weights.items()]
+    terms = [w * (gram(features[name], masks[name] if masks else None) - target_grams[name]).pow(2).mean(dim=(1, 2))
+             for name, w in layer_weights.items()]
     return torch.stack(terms).sum(0) / len(terms)
 
 
-def tv_loss(image: torch.Tensor) -> torch.Tensor:
+def tv_loss(image: torch.Tensor, wrap: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-design total variation, the sum of absolute neighbour differences
-    (tf.image.total_variation) of images in [0, 1]: (N,)."""
-    dy = (image[:, :, 1:, :] - image[:, :, :-1, :]).abs().sum(dim=(1, 2, 3))
-    dx = (image[:, :, :, 1:] - image[:, :, :, :-1]).abs().sum(dim=(1, 2, 3))
-    return dx + dy
+    (tf.image.total_variation) of images in [0, 1]: (N,). `wrap` adds the
+    differences across the edges, as a seamless tile has them; `mask`
+    (N, 1, H, W) weights each difference."""
+    if wrap:
+        dy = image - image.roll(1, dims=2)
+        dx = image - image.roll(1, dims=3)
+    else:
+        dy = image[:, :, 1:, :] - image[:, :, :-1, :]
+        dx = image[:, :, :, 1:] - image[:, :, :, :-1]
+    if mask is not None:
+        if wrap:
+            dy, dx = dy * mask, dx * mask
+        else:
+            dy, dx = dy * mask[:, :, 1:, :], dx * mask[:, :, :, 1:]
+    return dx.abs().sum(dim=(1, 2, 3)) + dy.abs().sum(dim=(1, 2, 3))
+
+
+def seam_score(image: torch.Tensor) -> float:
+    """Mean absolute difference across the wrap edges over the mean between
+    interior neighbouring rows and columns: about 1.0 when the image tiles."""
+    image = image.float()
+    across = torch.cat([(image[:, 0, :] - image[:, -1, :]).abs().flatten(), (image[:, :, 0] - image[:, :, -1]).abs().flatten()])
+    inside = torch.cat([(image[:, 1:, :] - image[:, :-1, :]).abs().flatten(), (image[:, :, 1:] - image[:, :, :-1]).abs().flatten()])
+    return float(across.mean() / inside.mean().clamp_min(1e-8))
+
+
+# --- colour -----------------------------------------------------------------
+
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def rgb_to_yiq(image: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) RGB -> YIQ."""
+    return torch.einsum("ij,...jhw->...ihw", _RGB_TO_YIQ.to(image), image)
+
+
+def yiq_to_rgb(image: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,...jhw->...ihw", torch.linalg.inv(_RGB_TO_YIQ).to(image), image)
+
+
+def keep_colors(output: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The output's luminance with the content's chroma (I, Q)."""
+    out_yiq, content_yiq = rgb_to_yiq(output), rgb_to_yiq(content)
+    return yiq_to_rgb(torch.cat([out_yiq[..., :1, :, :], content_yiq[..., 1:, :, :]], dim=-3)).clamp(0, 1)
+
+
+def match_colors(style: torch.Tensor, content: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Linear colour transfer: give the style image the content's RGB mean and covariance."""
+    def stats(image):
+        flat = image.reshape(3, -1).double()
+        mean = flat.mean(dim=1, keepdim=True)
+        cov = (flat - mean) @ (flat - mean).T / flat.shape[1] + eps * torch.eye(3, dtype=flat.dtype)
+        return flat, mean, cov
+
+    flat, s_mean, s_cov = stats(style)
+    _, c_mean, c_cov = stats(content)
+    s_vals, s_vecs = torch.linalg.eigh(s_cov)
+    c_vals, c_vecs = torch.linalg.eigh(c_cov)
+    s_inv_sqrt = s_vecs @ torch.diag(s_vals.clamp_min(eps).rsqrt()) @ s_vecs.T
+    c_sqrt = c_vecs @ torch.diag(c_vals.clamp_min(eps).sqrt()) @ c_vecs.T
+    matched = c_sqrt @ s_inv_sqrt @ (flat - s_mean) + c_mean
+    return matched.reshape(style.shape).to(style.dtype).clamp(0, 1)
 
 
 # --- engine -----------------------------------------------------------------
@@ -65,17 +141,39 @@ class Pairing:
     """One design to make. Keys identify inputs for target caching."""
 
     key: str
-    content_key: str
-    content: torch.Tensor  # (3, H, W) in [0, 1]: the output has this size
+    content_key: str | None  # None: pattern mode from the style(s) alone
+    content: torch.Tensor | None  # (3, H, W) in [0, 1]: the output has this size
     style_key: str
     style: torch.Tensor  # (3, h, w) in [0, 1], any size
+    # A blend: more styles and every style's weight (style first). Grams are mixed by weight.
+    extra_styles: tuple[tuple[str, torch.Tensor], ...] = ()
+    style_mix: tuple[float, ...] = ()
+    mask: torch.Tensor | None = None  # (1, H, W) in [0, 1], white = garment
+    out_size: tuple[int, int] | None = None  # (H, W) when there is no content
+
+    @property
+    def styles(self) -> list[tuple[str, torch.Tensor]]:
+        return [(self.style_key, self.style), *self.extra_styles]
+
+    @property
+    def weights(self) -> list[float]:
+        mix = list(self.style_mix) or [1.0] * len(self.styles)
+        total = sum(mix)
+        return [w / total for w in mix]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        if self.content is not None:
+            return tuple(self.content.shape[-2:])
+        assert self.out_size is not None
+        return self.out_size
 
 
 @dataclass(frozen=True)
 class Progress:
     """Sent to the progress callback every `loss_every` steps."""
 
-    step: int
+    step: int  # counted over all scales
     steps: int
     designs: int
     loss_total: tuple[float, ...]  # per design in the batch
@@ -92,6 +190,8 @@ class DesignResult:
     steps_per_second: float  # of the whole batch
     error: str | None = None
     curve_steps: list[int] = field(default_factory=list)
+    seam_score: float | None = None
+    mask_leakage: float | None = None  # mean |output - content| outside the mask, in [0, 1] units
 
 
 class NonFiniteLossError(ArithmeticError):
@@ -99,135 +199,246 @@ class NonFiniteLossError(ArithmeticError):
 
 
 class StyleTransfer:
-    """Holds the VGG19 feature extractor on one device and caches targets.
+    """Holds VGG19 on one device and caches targets.
 
-    Style targets are cached per (style, size), content targets per
-    (content, height, width), so each is computed once however many
-    pairings use it.
+    Style Grams are cached per (style, size, layers, tiling, colour source),
+    content features per (content, size, layers, tiling), so each is computed
+    once however many pairings and runs use it. `config` gives the defaults;
+    `run(..., config=...)` may use another config on the same weights.
     """
 
     def __init__(self, config: Config, weights: WeightsSource, device: str | torch.device = "cpu"):
         self.config = config
         self.device = torch.device(device)
-        layers = tuple(config.content_layers) + tuple(config.style_layers)
-        self.content_weights = _layer_weights(config.content_layers, config.content_layer_weights)
-        self.style_weights = _layer_weights(config.style_layers, config.style_layer_weights)
         self.weights = weights
-        self.extractor = FeatureExtractor(load_features(weights), layers).to(self.device)
-        self._style_cache: dict[tuple[str, int, int], dict[str, torch.Tensor]] = {}
-        self._content_cache: dict[tuple[str, int, int], dict[str, torch.Tensor]] = {}
+        self._features = load_features(weights)
+        self._extractors: dict[tuple, FeatureExtractor] = {}
+        self._views: dict[tuple, _LayerView] = {}
+        self._style_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self._content_cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self.extractor = self.extractor_for(config)
+
+    # --- features and targets ---
+
+    def extractor_for(self, config: Config) -> _LayerView:
+        """Feature extractors share one set of weights; tiles use circular padding."""
+        layers = tuple(dict.fromkeys(tuple(config.content_layers) + tuple(config.style_layers)))
+        deepest = max(LAYER_INDEX[name] for name in layers)
+        key = (deepest, config.tile)
+        if key not in self._extractors:
+            modules = []
+            for module in list(self._features)[: deepest + 1]:
+                if isinstance(module, nn.Conv2d) and config.tile:
+                    # Departure from the paper: wrap-around padding makes the output tile.
+                    tiled = nn.Conv2d(module.in_channels, module.out_channels, 3, padding=1, padding_mode="circular")
+                    tiled.weight, tiled.bias = module.weight, module.bias
+                    module = tiled
+                modules.append(module)
+            self._extractors[key] = FeatureExtractor(nn.Sequential(*modules), tuple(LAYER_INDEX)).to(self.device)
+        view_key = (key, layers)
+        if view_key not in self._views:
+            self._views[view_key] = _LayerView(self._extractors[key], layers)
+        return self._views[view_key]
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @torch.no_grad()
-    def style_targets(self, key: str, style: torch.Tensor) -> dict[str, torch.Tensor]:
-        cache_key = (key, style.shape[-2], style.shape[-1])
-        if cache_key not in self._style_cache:
-            feats = self.extractor(style.unsqueeze(0).to(self.device))
-            self._style_cache[cache_key] = {name: gram(feats[name])[0] for name in self.style_weights}
-        return self._style_cache[cache_key]
+    @staticmethod
+    def _remember(cache: OrderedDict, key: tuple, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = cache[key] = make()
+        if len(cache) > TARGET_CACHE_ENTRIES:
+            cache.popitem(last=False)
+        return value
 
     @torch.no_grad()
-    def content_targets(self, key: str, content: torch.Tensor) -> dict[str, torch.Tensor]:
-        cache_key = (key, content.shape[-2], content.shape[-1])
-        if cache_key not in self._content_cache:
-            feats = self.extractor(content.unsqueeze(0).to(self.device))
-            self._content_cache[cache_key] = {name: feats[name][0].float() for name in self.content_weights}
-        return self._content_cache[cache_key]
+    def style_targets(self, key: str, style: torch.Tensor, config: Config | None = None, color_source: str | None = None) -> dict[str, torch.Tensor]:
+        cfg = config or self.config
+        cache_key = (key, style.shape[-2], style.shape[-1], tuple(cfg.style_layers), cfg.tile, color_source)
+
+        def make():
+            feats = self.extractor_for(cfg)(style.unsqueeze(0).to(self.device))
+            return {name: gram(feats[name])[0] for name in cfg.style_layers}
+
+        return self._remember(self._style_cache, cache_key, make)
+
+    @torch.no_grad()
+    def content_targets(self, key: str, content: torch.Tensor, config: Config | None = None) -> dict[str, torch.Tensor]:
+        cfg = config or self.config
+        cache_key = (key, content.shape[-2], content.shape[-1], tuple(cfg.content_layers), cfg.tile)
+
+        def make():
+            feats = self.extractor_for(cfg)(content.unsqueeze(0).to(self.device))
+            return {name: feats[name][0].float() for name in cfg.content_layers}
+
+        return self._remember(self._content_cache, cache_key, make)
 
     def clear_cache(self) -> None:
         self._style_cache.clear()
         self._content_cache.clear()
 
-    def losses(self, image: torch.Tensor, content_t: dict[str, torch.Tensor], style_t: dict[str, torch.Tensor]) -> torch.Tensor:
+    def losses(self, image: torch.Tensor, content_t: dict[str, torch.Tensor], style_t: dict[str, torch.Tensor],
+               config: Config | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 4) per-design losses: total, content, style, tv (weighted)."""
-        cfg = self.config
-        feats = self.extractor(image)
-        c = cfg.content_weight * content_loss(feats, content_t, self.content_weights)
-        s = cfg.style_weight * style_loss(feats, style_t, self.style_weights)
-        t = cfg.tv_weight * tv_loss(image)
+        cfg = config or self.config
+        feats = self.extractor_for(cfg)(image)
+        n = image.shape[0]
+        if cfg.content_weight > 0 and content_t:
+            c = cfg.content_weight * content_loss(feats, content_t, _layer_weights(cfg.content_layers, cfg.content_layer_weights))
+        else:
+            c = torch.zeros(n, device=image.device)
+        layer_masks = {name: _resize_mask(mask, feats[name].shape[-2:]) for name in cfg.style_layers} if mask is not None else None
+        s = cfg.style_weight * style_loss(feats, style_t, _layer_weights(cfg.style_layers, cfg.style_layer_weights), layer_masks)
+        t = cfg.tv_weight * tv_loss(image, wrap=cfg.tile, mask=mask)
         return torch.stack([c + s + t, c, s, t], dim=1)
 
+    # --- the loop ---
+
     def run(self, pairings: Sequence[Pairing], on_progress: Callable[[Progress], None] | None = None,
-            learning_rate_scale: float = 1.0) -> list[DesignResult]:
-        """Optimize a batch of pairings whose content images share one size.
+            learning_rate_scale: float = 1.0, config: Config | None = None) -> list[DesignResult]:
+        """Optimize a batch of pairings whose outputs share one size.
 
         `learning_rate_scale` multiplies the optimizer's step (a diverged design
         is retried once with a smaller one)."""
         if not pairings:
             return []
-        cfg = self.config
-        height, width = pairings[0].content.shape[-2:]
-        for p in pairings:
-            if tuple(p.content.shape[-2:]) != (height, width):
-                raise ValueError(f"pairing {p.key}: content size {tuple(p.content.shape[-2:])} differs from the batch's {(height, width)}")
-            if min(p.content.shape[-2:]) < MIN_SIDE or min(p.style.shape[-2:]) < MIN_SIDE:
-                raise ValueError(f"pairing {p.key}: images must be at least {MIN_SIDE} px on the short side (VGG19 pools four times)")
-
-        self._sync()
-        start = time.perf_counter()
-        content_list = [self.content_targets(p.content_key, p.content) for p in pairings]
-        style_list = [self.style_targets(p.style_key, p.style) for p in pairings]
-        content_t = {name: torch.stack([t[name] for t in content_list]) for name in self.content_weights}
-        style_t = {name: torch.stack([t[name] for t in style_list]) for name in self.style_weights}
-        contents = torch.stack([p.content for p in pairings]).to(self.device)
-        self._sync()
-        targets_seconds = time.perf_counter() - start
-
-        start = time.perf_counter()
-        if cfg.optimizer == "lbfgs":
+        cfg = config or self.config
+        if cfg.optimizer == "lbfgs" and len(pairings) > 1:
             # L-BFGS couples every variable it sees through its line search and
             # history, so each design is optimized on its own to stay reproducible.
-            parts = [self._optimize(contents[i : i + 1], _index(content_t, i), _index(style_t, i), on_progress, learning_rate_scale)
-                     for i in range(len(pairings))]
-            images = torch.cat([p[0] for p in parts])
-            curves = torch.cat([p[1] for p in parts])
-        else:
-            images, curves = self._optimize(contents, content_t, style_t, on_progress, learning_rate_scale)
-        with torch.no_grad():
-            final = self.losses(images, content_t, style_t)
-        curves = torch.cat([curves, final.unsqueeze(2)], dim=2).cpu()
-        images = images.detach().float().cpu()
-        self._sync()
-        optimize_seconds = time.perf_counter() - start
-
-        steps = _curve_steps(cfg.steps, cfg.loss_every)
+            return [r for p in pairings for r in self.run([p], on_progress, learning_rate_scale, cfg)]
+        height, width = pairings[0].size
+        pattern = cfg.content_weight == 0 or any(p.content is None for p in pairings)
+        for p in pairings:
+            if tuple(p.size) != (height, width):
+                raise ValueError(f"pairing {p.key}: output size {tuple(p.size)} differs from the batch's {(height, width)}")
+            if min(p.size) < MIN_SIDE or any(min(s.shape[-2:]) < MIN_SIDE for _, s in p.styles):
+                raise ValueError(f"pairing {p.key}: images must be at least {MIN_SIDE} px on the short side (VGG19 pools four times)")
+            if p.content is None and cfg.color != "style":
+                raise ValueError(f"pairing {p.key}: color={cfg.color!r} needs a content image; pattern mode takes color='style'")
+            if p.content is None and p.mask is not None:
+                raise ValueError(f"pairing {p.key}: a mask needs a content image")
+        ladder = _scale_ladder(cfg, height, width)
+        total_steps = sum(steps for _, steps in ladder)
         n = len(pairings)
+
+        self._sync()
+        started = time.perf_counter()
+        targets_seconds = 0.0
+        image: torch.Tensor | None = None
+        curves: list[torch.Tensor] = []
+        curve_steps: list[int] = []
+        done_steps = 0
+        for (h, w), steps in ladder:
+            t0 = time.perf_counter()
+            contents, masks, content_t, style_t = self._batch_targets(pairings, cfg, (h, w), pattern)
+            self._sync()
+            targets_seconds += time.perf_counter() - t0
+            if image is None:
+                image = self._initial_image(contents, cfg, n, (h, w), pattern)
+            else:  # coarse-to-fine: start from the previous scale, upsampled
+                image = F.interpolate(image, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+            image, scale_curves = self._optimize(image, content_t, style_t, masks, cfg, steps, done_steps, total_steps,
+                                                 on_progress, learning_rate_scale)
+            curves.append(scale_curves)
+            curve_steps += [done_steps + s for s in range(0, steps, cfg.loss_every)]
+            done_steps += steps
+
+        assert image is not None
+        with torch.no_grad():
+            image = self._finish(image, contents, masks, cfg, pairings)
+            final = self.losses(image, content_t, style_t, cfg, masks)
+        all_curves = torch.cat([*curves, final.unsqueeze(2)], dim=2).cpu()
+        images = image.detach().float().cpu()
+        self._sync()
+        optimize_seconds = time.perf_counter() - started - targets_seconds
+
         results = []
         for i, p in enumerate(pairings):
-            final_loss = {name: float(curves[i, j, -1]) for j, name in enumerate(LOSS_NAMES)}
+            final_loss = {name: float(all_curves[i, j, -1]) for j, name in enumerate(LOSS_NAMES)}
             error = None
-            if not all(map(_finite, final_loss.values())):
+            if not all(map(_finite, final_loss.values())) or not torch.isfinite(images[i]).all():
                 error = f"non-finite loss after optimization: {final_loss}"
+            leakage = None
+            if p.mask is not None and p.content is not None:
+                outside = (p.mask < 0.5).expand_as(images[i])
+                leakage = float((images[i] - p.content.float())[outside].abs().mean()) if outside.any() else 0.0
             results.append(
                 DesignResult(
                     key=p.key,
                     image=images[i],
-                    loss_curves={name: curves[i, j].tolist() for j, name in enumerate(LOSS_NAMES)},
+                    loss_curves={name: all_curves[i, j].tolist() for j, name in enumerate(LOSS_NAMES)},
                     final_loss=final_loss,
                     targets_seconds=targets_seconds / n,
                     optimize_seconds=optimize_seconds / n,
-                    steps_per_second=cfg.steps / optimize_seconds if optimize_seconds > 0 else float("inf"),
+                    steps_per_second=total_steps / optimize_seconds if optimize_seconds > 0 else float("inf"),
                     error=error,
-                    curve_steps=steps,
+                    curve_steps=curve_steps + [total_steps],
+                    seam_score=seam_score(images[i]),
+                    mask_leakage=leakage,
                 )
             )
         return results
 
-    def _initial_image(self, contents: torch.Tensor) -> torch.Tensor:
-        if self.config.init == "content":
+    def _batch_targets(self, pairings: Sequence[Pairing], cfg: Config, size: tuple[int, int], pattern: bool):
+        """Contents, masks and stacked targets of the batch at one scale. Styles
+        are used at the size the caller gave, scaled down with the coarser scales."""
+        h, w = size
+        factor = max(h, w) / max(pairings[0].size)
+        contents = masks = None
+        content_t: dict[str, torch.Tensor] = {}
+        if all(p.content is not None for p in pairings):
+            contents = torch.stack([_resize(p.content, (h, w)) for p in pairings]).to(self.device)
+            if not pattern:
+                per = [self.content_targets(p.content_key, _resize(p.content, (h, w)), cfg) for p in pairings]
+                content_t = {name: torch.stack([t[name] for t in per]) for name in cfg.content_layers}
+        if any(p.mask is not None for p in pairings):
+            ones = torch.ones(1, h, w)
+            masks = torch.stack([_resize(p.mask if p.mask is not None else ones, (h, w)) for p in pairings]).to(self.device)
+        per_style = []
+        for i, p in enumerate(pairings):
+            mixed: dict[str, torch.Tensor] = {}
+            for (key, style), weight in zip(p.styles, p.weights):
+                style_s = style if factor == 1 else _resize(style, _fit(style.shape[-2:], round(max(style.shape[-2:]) * factor)))
+                source = None
+                if cfg.color == "match":
+                    style_s = match_colors(style_s, _resize(p.content, (h, w)))
+                    source = p.content_key
+                grams = self.style_targets(key, style_s, cfg, color_source=source)
+                for name, g in grams.items():
+                    mixed[name] = mixed.get(name, 0) + weight * g
+            per_style.append(mixed)
+        style_t = {name: torch.stack([t[name] for t in per_style]) for name in cfg.style_layers}
+        return contents, masks, content_t, style_t
+
+    def _initial_image(self, contents: torch.Tensor | None, cfg: Config, n: int, size: tuple[int, int], pattern: bool) -> torch.Tensor:
+        if cfg.init == "content" and not pattern:
+            assert contents is not None
             return contents.clone()
         # Every design in a batch draws the same seeded noise, as it would alone.
-        gen = torch.Generator().manual_seed(self.config.seed)
-        noise = torch.rand(contents.shape[1:], generator=gen)
-        return noise.expand_as(contents).clone().to(self.device)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        noise = torch.rand((3, *size), generator=gen)
+        return noise.expand(n, 3, *size).clone().to(self.device)
 
-    def _optimize(self, contents, content_t, style_t, on_progress, lr_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.config
-        image = self._initial_image(contents).requires_grad_(True)
-        sample_steps = _curve_steps(cfg.steps, cfg.loss_every)[:-1]  # the final image is added by run()
+    def _finish(self, image: torch.Tensor, contents, masks, cfg: Config, pairings: Sequence[Pairing]) -> torch.Tensor:
+        """Colour and mask post-processing of the final scale's output."""
+        image = image.detach()
+        if cfg.color == "keep" and contents is not None:
+            image = keep_colors(image, contents)
+        if masks is not None and contents is not None:
+            # Outside the garment the output is the content; the soft edge lies inside the mask.
+            soft = torch.stack([_feather(masks[i], cfg.mask_feather) if p.mask is not None else torch.ones_like(masks[i])
+                                for i, p in enumerate(pairings)])
+            image = soft * image + (1 - soft) * contents
+        return image.clamp(0, 1)
+
+    def _optimize(self, image, content_t, style_t, masks, cfg: Config, steps: int, step_offset: int, total_steps: int,
+                  on_progress, lr_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        image = image.detach().clone().requires_grad_(True)
+        sample_steps = list(range(0, steps, cfg.loss_every))
         # Loss curves stay on the device; the host reads them at the end (or
         # every loss_every steps when a progress callback wants them).
         curves = torch.zeros(image.shape[0], len(LOSS_NAMES), len(sample_steps), device=self.device)
@@ -237,13 +448,13 @@ class StyleTransfer:
             # A line search keeps L-BFGS from overshooting on rough images.
             opt = torch.optim.LBFGS([image], lr=cfg.lbfgs_learning_rate * lr_scale, max_iter=1, history_size=100, line_search_fn="strong_wolfe")
 
-        for step in range(cfg.steps):
+        for step in range(steps):
             record = step % cfg.loss_every == 0
             losses_at_step: list[torch.Tensor] = []
 
             def closure() -> torch.Tensor:
                 opt.zero_grad(set_to_none=True)
-                losses = self.losses(image, content_t, style_t)
+                losses = self.losses(image, content_t, style_t, cfg, masks)
                 losses[:, 0].sum().backward()
                 losses_at_step.append(losses.detach())
                 return losses[:, 0].sum()
@@ -256,28 +467,72 @@ class StyleTransfer:
                 curves[:, :, step // cfg.loss_every] = losses_at_step[0]
                 if on_progress is not None:
                     totals = tuple(losses_at_step[0][:, 0].tolist())
-                    on_progress(Progress(step=step, steps=cfg.steps, designs=image.shape[0], loss_total=totals))
+                    on_progress(Progress(step=step_offset + step, steps=total_steps, designs=image.shape[0], loss_total=totals))
         if cfg.optimizer == "lbfgs":
             with torch.no_grad():
                 image.clamp_(0.0, 1.0)  # not clamped per step: that would break L-BFGS's curvature pairs
         return image.detach(), curves
 
 
-def _curve_steps(steps: int, every: int) -> list[int]:
-    """Steps at which the loss curves are sampled; the last entry is the final image."""
-    return list(range(0, steps, every)) + [steps]
+class _LayerView(nn.Module):
+    """An extractor's output restricted to the layers one config uses."""
+
+    def __init__(self, extractor: FeatureExtractor, layers: tuple[str, ...]):
+        super().__init__()
+        self.inner = extractor
+        self.layers = layers
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.inner(image, until=self.layers)
+        return {name: out[name] for name in self.layers}
+
+
+def _scale_ladder(cfg: Config, height: int, width: int) -> list[tuple[tuple[int, int], int]]:
+    """[(size, steps)] from coarse to fine; the last is the output size."""
+    if not cfg.scales:
+        return [((height, width), cfg.steps)]
+    steps = list(cfg.scale_steps) or [max(1, cfg.steps // 2**i) for i in range(len(cfg.scales))]
+    ladder = []
+    for longest, n in zip(cfg.scales, steps):
+        h, w = _fit((height, width), longest)
+        ladder.append(((h, w), n))
+    ladder[-1] = ((height, width), ladder[-1][1])
+    return ladder
+
+
+def _fit(size: Sequence[int], longest: int) -> tuple[int, int]:
+    h, w = int(size[0]), int(size[1])
+    scale = longest / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image.unsqueeze(0).float(), size=size, mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
+
+
+def _resize_mask(mask: torch.Tensor, size) -> torch.Tensor:
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask, size=tuple(size), mode="area")
+
+
+def _feather(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """A soft edge inside the mask: blurred, then zero wherever the mask is off."""
+    binary = (mask >= 0.5).float()
+    if radius <= 0:
+        return binary
+    kernel = torch.ones(1, 1, 2 * radius + 1, 2 * radius + 1, device=mask.device) / (2 * radius + 1) ** 2
+    # Eroding first keeps the blur from reaching past the garment's edge.
+    eroded = 1 - F.max_pool2d(1 - binary.unsqueeze(0), 2 * radius + 1, stride=1, padding=radius)
+    blurred = F.conv2d(F.pad(eroded, (radius,) * 4, mode="replicate"), kernel)[0]
+    return blurred.clamp(0, 1) * binary
 
 
 def _layer_weights(layers: Sequence[str], weights: Sequence[float]) -> dict[str, float]:
     weights = tuple(weights) or (1.0,) * len(layers)
-    merged: dict[str, float] = {}
-    for name, w in zip(layers, weights):
-        merged[name] = merged.get(name, 0.0) + float(w)
-    return merged
-
-
-def _index(targets: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
-    return {k: v[i : i + 1] for k, v in targets.items()}
+    return {name: float(w) for name, w in zip(layers, weights)}
 
 
 def _finite(x: float) -> bool:

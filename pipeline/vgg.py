@@ -84,12 +84,16 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """image: (N, 3, H, W) RGB in [0, 1]."""
+    def forward(self, image: torch.Tensor, until: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """image: (N, 3, H, W) RGB in [0, 1]. `until`: only these layers, stopping at the deepest."""
+        taps = self.taps if until is None else {LAYER_INDEX[name]: name for name in until}
+        last = max(taps)
         x = (image - self.mean) / self.std
         out: dict[str, torch.Tensor] = {}
         for index, module in enumerate(self.features):
             x = module(x)
-            if index in self.taps:
-                out[self.taps[index]] = x
+            if index in taps:
+                out[taps[index]] = x
+            if index >= last:
+                break
         return out
