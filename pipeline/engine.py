@@ -322,6 +322,10 @@ class StyleTransfer:
             if p.content is None and p.mask is not None:
                 raise ValueError(f"pairing {p.key}: a mask needs a content image")
         ladder = _scale_ladder(cfg, height, width)
+        for (h, w), _ in ladder[:-1]:
+            if min(h, w) < MIN_SIDE:
+                raise ValueError(f"scale {max(h, w)} makes a {w}x{h} image; every scale's short side must be at least {MIN_SIDE} px: "
+                                 f"drop the smallest scales")
         total_steps = sum(steps for _, steps in ladder)
         n = len(pairings)
 
