@@ -15,13 +15,14 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install generate demo test test-slow query verify runs logs ui sample-data clean help
+.PHONY: install generate demo test test-slow query gallery verify runs logs ui sample-data clean help
 
 help:
 	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [ARGS='--flags']"
 	@echo "make demo        # the sample catalog on CPU with random weights"
 	@echo "make test        # the test suite"
-	@echo "make query SQL='select ...' [OUT=dir]"
+	@echo "make query SQL='select ...' [OUT=dir] [ARGS='--version N | --as-of TIME | --format csv -o FILE']"
+	@echo "make gallery [OUT=dir] [ARGS='--version N | -o FILE']   # OUT/gallery.html"
 	@echo "make verify [OUT=dir] [ARGS=--fix]   # PNGs match the catalog; orphans listed"
 	@echo "make runs | make logs RUN=<id> | make ui   # past runs in Prefect"
 	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
@@ -51,9 +52,13 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q --run-slow $(ARGS)
 
+# Tables: designs, runs, commits (docs/ANALYSTS.md).
 query: $(STAMP)
-	@test -n "$(SQL)" || { echo "usage: make query SQL=\"select ...\" [OUT=dir]" >&2; exit 2; }
-	$(BIN)/designs query --out "$(OUT)" "$(SQL)"
+	@test -n "$$SQL" || { echo "usage: make query SQL=\"select ...\" [OUT=dir] [ARGS='--version N | --as-of TIME | --format csv -o FILE']" >&2; exit 2; }
+	$(BIN)/designs query --out "$(OUT)" $(ARGS) "$$SQL"
+
+gallery: $(STAMP)
+	$(BIN)/designs gallery "$(OUT)" $(ARGS)
 
 verify: $(STAMP)
 	$(BIN)/designs verify "$(OUT)" $(ARGS)

@@ -68,10 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})")
     add_config_flags(gen)
 
-    query = sub.add_parser("query", help="SQL over the design catalog (DuckDB; the table is `designs`)")
+    query = sub.add_parser("query", help="SQL over the design catalog (DuckDB: tables designs, runs, commits)", description=(
+        "Run SQL (DuckDB) over the design catalog. Tables: `designs` (one row per design, at the chosen version), "
+        "`runs` (one row per run: counts, timings, throughput, devices) and `commits` (the table's versions). "
+        "Exit 0: done; 2: refused (bad SQL, no catalog, no such version, bad output)."))
     query.add_argument("sql", metavar="SQL")
     query.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})")
-    query.add_argument("--version", type=int, default=None, help="read this table version instead of the latest")
+    when = query.add_mutually_exclusive_group()
+    when.add_argument("--version", type=int, default=None, metavar="N", help="read table version N instead of the latest")
+    when.add_argument("--as-of", default=None, metavar="TIMESTAMP",
+                      help="read the latest version committed at or before this ISO 8601 time (no zone: UTC), e.g. 2026-11-24T06:00:00Z")
+    query.add_argument("--format", choices=("table", "csv", "json", "parquet"), default=None,
+                       help="output format (default: a table on the terminal, or from the --output suffix)")
+    query.add_argument("-o", "--output", default=None, metavar="FILE", help="write the result to FILE instead of the terminal")
+
+    gallery = sub.add_parser("gallery", help="a static HTML gallery of the design catalog (one file, no server)", description=(
+        "Write one self-contained HTML page of every design (thumbnail, parameters, loss curve; filters by content, "
+        "style and tag) and the failed designs with their errors. Images are linked by relative path into OUT/images."))
+    gallery.add_argument("out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})")
+    gallery.add_argument("--version", type=int, default=None, metavar="N", help="show table version N instead of the latest")
+    gallery.add_argument("-o", "--output", default=None, metavar="FILE", help="the HTML file to write (default: OUT/gallery.html)")
 
     verify = sub.add_parser("verify", help="check that every ok row's PNG exists and matches its hash; list orphan PNGs",
                             description="Exit 0 when the catalog is consistent, 1 when any problem remains.")
@@ -90,13 +106,23 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
         return run_generate(args.catalog, args.out, config)
     if args.command == "query":
-        from pipeline.query import print_query
+        from pipeline.query import run_query
 
         try:
-            print_query(args.out, args.sql, args.version)
+            run_query(args.out, args.sql, args.version, args.as_of, args.format, args.output)
         except (FileNotFoundError, ValueError) as err:
             print(f"designs query: {err}", file=sys.stderr)
             return EXIT_REFUSED
+        return EXIT_OK
+    if args.command == "gallery":
+        from pipeline.gallery import build_gallery
+
+        try:
+            report = build_gallery(args.out, version=args.version, output=args.output)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"designs gallery: {err}", file=sys.stderr)
+            return EXIT_REFUSED
+        print(report.line())
         return EXIT_OK
     if args.command == "verify":
         from pipeline.verify import verify_catalog

@@ -5,7 +5,6 @@ and report a summary. The work itself lives in `pipeline/`."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -21,8 +20,9 @@ from pipeline.engine import Progress
 from pipeline.inputs import InputCatalog, load_input_catalog
 from pipeline.plan import Job, Plan, cut_shards, plan_designs
 from pipeline.runner import failed_row, now_utc, run_shard
+from pipeline.runs import run_config
 from pipeline.summary import RunSummary, summarize
-from pipeline.weights import WeightsSource, resolve_weights, sha256_file
+from pipeline.weights import WeightsSource, resolve_weights
 
 PROGRESS_LOG_SECONDS = 15.0
 
@@ -89,17 +89,8 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config()) ->
         "run %s: %d pairing(s), %d already in the catalog, %d to make, %d failing on their inputs; devices %s; weights %s",
         run_id, planned.pairings, planned.already_done, len(planned.todo), len(planned.failed), devices, weights.label,
     )
-    design_catalog.write_run_file(run_id, "config.json", {
-        "run_id": run_id,
-        "flow_run_id": str(flow_run.id),
-        "catalog": str(Path(catalog).resolve()),
-        "catalog_sha256": sha256_file(catalog),
-        "out": str(Path(out).resolve()),
-        "config": config.to_dict(),
-        "weights": {"identity": weights.identity, "path": weights.path},
-        "devices": devices,
-        "started_at": started.isoformat(),
-    })
+    design_catalog.write_run_file(run_id, "config.json", run_config(
+        run_id, str(flow_run.id), catalog, out, config, weights.identity, weights.path, devices, started))
 
     rows: list[dict[str, Any]] = []
     if planned.failed:

@@ -194,6 +194,8 @@ class DesignCatalog:
                 predicate="target.design_id = source.design_id",
                 source_alias="source",
                 target_alias="target",
+                # Config fields added by later versions widen `params`; old tables take them.
+                merge_schema=True,
                 commit_properties=CommitProperties(custom_metadata=metadata),
             )
             .when_matched_delete(predicate=f"source.status = '{SUPERSEDED}'")
