@@ -70,10 +70,15 @@ def resolve_uri(uri: str, base: Path, allow_roots: tuple[Path, ...]) -> Path:
     inside `base` or one of `allow_roots` after following symlinks."""
     if "://" in uri:
         raise UnsafePathError(f"uri {uri!r} is not a local path; only files under the catalog's folder or --allow-root are read")
+    if "\0" in uri:
+        raise UnsafePathError(f"uri {uri!r} contains a NUL character; a file path cannot")
     candidate = Path(uri)
     if not candidate.is_absolute():
         candidate = base / candidate
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except (OSError, RuntimeError, ValueError) as err:  # a symlink loop, a name too long
+        raise UnsafePathError(f"uri {uri!r} cannot be resolved to a file: {err}") from None
     roots = (base.resolve(),) + tuple(r.resolve() for r in allow_roots)
     if not any(resolved.is_relative_to(root) for root in roots):
         raise UnsafePathError(
@@ -83,28 +88,51 @@ def resolve_uri(uri: str, base: Path, allow_roots: tuple[Path, ...]) -> Path:
     return resolved
 
 
+def _string_like(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
+def _normalise_types(table: pa.Table, path: Path) -> pa.Table:
+    """Check the known columns' types; string variants (large, view, dictionary-encoded,
+    as pandas writes a categorical) become plain strings."""
+    for name in ("image_id", "role", "uri", "collection", "mask_uri"):
+        if name not in table.column_names:
+            continue
+        kind = table.schema.field(name).type
+        if (pa.types.is_dictionary(kind) and _string_like(kind.value_type)) or (_string_like(kind) and not pa.types.is_string(kind)):
+            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(pa.string()))
+        elif not (pa.types.is_string(kind) or pa.types.is_null(kind)):
+            raise CatalogError(f"catalog {str(path)!r}: column {name!r} has type {kind}; expected string")
+    if "tags" in table.column_names:
+        kind = table.schema.field("tags").type
+        is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+        if not (pa.types.is_null(kind) or (is_list and (_string_like(kind.value_type) or pa.types.is_null(kind.value_type)))):
+            raise CatalogError(f"catalog {str(path)!r}: column 'tags' has type {kind}; expected a list of strings")
+    return table
+
+
 def load_input_catalog(path: str | Path, allow_roots: tuple[str, ...] = ()) -> InputCatalog:
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"catalog {str(path)!r} does not exist or is not a file")
     try:
-        table = pq.read_table(path)
+        # ParquetFile, not read_table: the dataset reader fails on a repeated column
+        # name with an obscure message; it is reported as such below.
+        with pq.ParquetFile(path) as parquet:
+            table = parquet.read()
     except (pa.ArrowException, OSError) as err:
         raise CatalogError(f"catalog {str(path)!r} is not a readable parquet file: {err}") from None
 
+    duplicated = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
+    if duplicated:
+        raise CatalogError(f"catalog {str(path)!r} has more than one column named {duplicated}; every column name must be unique")
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
         raise CatalogError(
             f"catalog {str(path)!r} lacks required column(s) {missing}; it has {table.column_names}; "
             f"required: {list(REQUIRED_COLUMNS)}, optional: {list(OPTIONAL_COLUMNS)}"
         )
-    for name in ("image_id", "role", "uri", "collection", "mask_uri"):
-        if name in table.column_names and not (pa.types.is_string(table.schema.field(name).type) or pa.types.is_large_string(table.schema.field(name).type) or pa.types.is_null(table.schema.field(name).type)):
-            raise CatalogError(f"catalog column {name!r} has type {table.schema.field(name).type}; expected string")
-    if "tags" in table.column_names:
-        tags_type = table.schema.field("tags").type
-        if not (pa.types.is_null(tags_type) or (pa.types.is_list(tags_type) or pa.types.is_large_list(tags_type)) and (pa.types.is_string(tags_type.value_type) or pa.types.is_large_string(tags_type.value_type))):
-            raise CatalogError(f"catalog column 'tags' has type {tags_type}; expected a list of strings")
+    table = _normalise_types(table, path)
 
     rows = table.to_pylist()
     problems: list[str] = []
@@ -155,7 +183,7 @@ def load_input_catalog(path: str | Path, allow_roots: tuple[str, ...] = ()) -> I
             collection=row.get("collection"),
             mask_uri=mask_uri,
             mask_path=mask_path if error is None else None,
-            tags=tuple(row.get("tags") or ()),
+            tags=tuple(t for t in row.get("tags") or () if t is not None),
             extra={c: row[c] for c in extra_columns},
         )
         (contents if ref.role == "content" else styles).append(ref)

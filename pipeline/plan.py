@@ -9,21 +9,16 @@ the same id, so reruns skip finished work.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from pipeline.config import Config
-from pipeline.images import ImageLoadError, output_size, read_image_bytes
+from pipeline.images import ImageLoadError, header_size, output_size, read_image_bytes
 from pipeline.inputs import ImageRef, InputCatalog
 from pipeline.vgg import MIN_SIDE
 
 DESIGN_ID_VERSION = 1
-_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 
 
 @dataclass(frozen=True)
@@ -62,7 +57,8 @@ class Plan:
 
 
 def inspect_file(path: Path | None, name: str, max_pixels: int, header: bool = True) -> InputFile:
-    """Hash a file and read its header only (no decoding)."""
+    """Hash a file and read its header only: the declared size is checked
+    against `max_pixels` before anything else, and no pixel is decoded."""
     if path is None:
         return InputFile(None, error=f"{name}: no usable path")
     try:
@@ -72,23 +68,36 @@ def inspect_file(path: Path | None, name: str, max_pixels: int, header: bool = T
     sha = hashlib.sha256(data).hexdigest()
     if not header:
         return InputFile(sha)
-    if not data:
-        return InputFile(sha, error=f"{path}: empty file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                orientation = image.getexif().get(0x0112, 1)
-    except UnidentifiedImageError:
-        return InputFile(sha, error=f"{path}: not an image file Pillow can identify")
-    except (OSError, SyntaxError, ValueError) as err:
-        return InputFile(sha, error=f"{path}: unreadable image header ({type(err).__name__}: {err})")
-    if width * height > max_pixels:
-        return InputFile(sha, error=f"{path}: declares {width}x{height} = {width * height} pixels, over the limit of {max_pixels} (max_image_pixels)")
-    if orientation in _SWAPS_AXES:
-        width, height = height, width
+        width, height = header_size(data, str(path), max_pixels)
+    except ImageLoadError as err:
+        return InputFile(sha, error=str(err))
     return InputFile(sha, width, height)
+
+
+def min_size_for(width: int, height: int) -> int:
+    """The smallest --size at which an image of (width, height) keeps a short side of MIN_SIDE px."""
+    long, short = max(width, height, 1), max(min(width, height), 1)
+    size = max(MIN_SIDE, (MIN_SIDE - 1) * long // short)
+    while min(output_size(long, short, size)) < MIN_SIDE:
+        size += 1
+    return size
+
+
+def _too_small(role: str, ref: ImageRef, file: InputFile, config: Config) -> str | None:
+    """Why `ref` (a readable header) cannot be used at config.size (a short side under MIN_SIDE), or None."""
+    width, height = output_size(file.width, file.height, config.size)
+    if min(width, height) >= MIN_SIDE:
+        return None
+    return (f"{role} image {ref.image_id!r} ({ref.path}, {file.width}x{file.height}) at size {config.size} would be "
+            f"{width}x{height}; the short side must be at least {MIN_SIDE} px (VGG19 pools four times): "
+            f"raise --size to {min_size_for(file.width, file.height)} or more, or crop the image")
+
+
+def _ref_error(ref: ImageRef) -> str:
+    """The catalog's error of an image, without its own 'image <id>: ' prefix (the plan adds its role)."""
+    prefix = f"image {ref.image_id!r}: "
+    return ref.error[len(prefix):] if ref.error and ref.error.startswith(prefix) else (ref.error or "")
 
 
 def design_id(content_sha: str, style_sha: str, mask_sha: str | None, config: Config, weights_identity: str) -> str:
@@ -115,7 +124,7 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
     masks: dict[str, InputFile] = {}
     for ref in catalog.contents + catalog.styles:
         label = f"image {ref.image_id!r}"
-        files[ref.image_id] = InputFile(None, error=ref.error) if ref.error else inspect_file(ref.path, label, config.max_image_pixels)
+        files[ref.image_id] = InputFile(None, error=_ref_error(ref)) if ref.error else inspect_file(ref.path, label, config.max_image_pixels)
         if ref.mask_path is not None:
             masks[ref.image_id] = inspect_file(ref.mask_path, f"mask of {label}", config.max_image_pixels)
 
@@ -127,16 +136,14 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
     for content, style in pairings:
         c, s = files[content.image_id], files[style.image_id]
         m = masks.get(content.image_id)
-        errors = [f"content image {content.image_id!r}: {c.error}" if c.error else None,
-                  f"style image {style.image_id!r}: {s.error}" if s.error else None,
+        # Every fault of the pairing at once, so one rerun after fixing them is enough.
+        # The runner scales the content to the output size and the style to the
+        # same longest side: both must keep a short side VGG19 can pool.
+        errors = [f"content image {content.image_id!r}: {c.error}" if c.error else _too_small("content", content, c, config),
+                  f"style image {style.image_id!r}: {s.error}" if s.error else _too_small("style", style, s, config),
                   f"mask of content image {content.image_id!r}: {m.error}" if m and m.error else None]
         error = "; ".join(e for e in errors if e) or None
-        width = height = 0
-        if error is None:
-            width, height = output_size(c.width, c.height, config.size)
-            if min(width, height) < MIN_SIDE:
-                error = (f"content image {content.image_id!r} at size {config.size} would be {width}x{height}; "
-                         f"the short side must be at least {MIN_SIDE} px (VGG19 pools four times): raise --size")
+        width, height = output_size(c.width, c.height, config.size) if error is None else (0, 0)
         # Faulty inputs get a stable id from their image ids, so a rerun updates
         # the same failed row instead of adding another.
         did = design_id(

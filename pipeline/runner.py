@@ -161,7 +161,8 @@ def run_shard(
                     except ImageLoadError as err:
                         rows.append(failed_row(job, f"mask of content image {job.content.image_id!r}: {err}", config, weights, run_id, device))
                         continue
-                pairings.append(Pairing(job.design_id, job.content.image_id, content, job.style.image_id, style))
+                # Targets are cached by the inputs' bytes: an image id reused with new bytes gets new targets.
+                pairings.append(Pairing(job.design_id, job.content_sha256, content, job.style_sha256, style))
                 usable.append(job)
             if not usable:
                 continue

@@ -80,3 +80,97 @@ def make_image_catalog(
         rows.append(catalog_row(image_id, "style"))
     rows += extra_rows or []
     return write_catalog(folder / "catalog.parquet", rows)
+
+
+# --- hostile and unusual image files (tests/test_hostile_inputs.py, tests/test_property.py) ---
+
+
+def encode(image: Image.Image, fmt: str, **save_args: Any) -> bytes:
+    """`image` saved in format `fmt` (Pillow's name: PNG, JPEG, GIF, TIFF, WEBP), as bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_args)
+    return buffer.getvalue()
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def with_ihdr_size(png: bytes, width: int, height: int) -> bytes:
+    """A PNG whose header (IHDR) declares width x height, CRC fixed; the pixel data stays as it was."""
+    import struct
+
+    assert png[12:16] == b"IHDR", "not a PNG starting with IHDR"
+    ihdr = bytearray(png[16:29])
+    ihdr[0:8] = struct.pack(">II", width, height)
+    return png[:8] + _png_chunk(b"IHDR", bytes(ihdr)) + png[33:]
+
+
+def png16_bytes(array: np.ndarray) -> bytes:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit RGB): `array` is uint16 of
+    shape (H, W) grey, or (H, W, C) with C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA."""
+    import struct
+    import zlib
+
+    if array.ndim == 2:
+        array = array[..., None]
+    height, width, channels = array.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b"")
+
+
+def tiff16_rgb_bytes(array: np.ndarray) -> bytes:
+    """An uncompressed little-endian 16-bit RGB TIFF written by hand; `array` is uint16 (H, W, 3)."""
+    import struct
+
+    height, width, channels = array.shape
+    assert channels == 3
+    pixels = array.astype("<u2").tobytes()
+    bits_offset = 8 + len(pixels)
+    bits = struct.pack("<HHH", 16, 16, 16)
+    ifd_offset = bits_offset + len(bits)
+    short, long = 3, 4
+    entries = [  # tag, type, count, value (or offset)
+        (256, long, 1, width), (257, long, 1, height), (258, short, 3, bits_offset), (259, short, 1, 1),
+        (262, short, 1, 2), (273, long, 1, 8), (277, short, 1, 3), (278, long, 1, height),
+        (279, long, 1, len(pixels)), (284, short, 1, 1),
+    ]
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd_offset)) + pixels + bits + struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if kind == short and count == 1:
+            out += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            out += struct.pack("<HHII", tag, kind, count, value)
+    return bytes(out + struct.pack("<I", 0))
+
+
+def ycck_jpeg_bytes(ink: np.ndarray) -> bytes:
+    """A real Adobe YCCK JPEG (APP14 transform 2) of the CMYK ink amounts `ink` (uint8 (H, W, 4)).
+
+    libjpeg stores YCCK as the YCbCr of the inverted CMY plus the (Adobe-inverted) K.
+    Pillow only writes Adobe CMYK (transform 0) and inverts every channel on saving,
+    so the YCCK samples are computed here, handed to Pillow inverted, and the APP14
+    transform byte is set to 2: a decoder must then convert YCC to CMY itself."""
+    ink = ink.astype(np.float64)
+    r, g, b = ink[..., 0], ink[..., 1], ink[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = -0.168736 * r - 0.331264 * g + 0.5 * b + 128
+    cr = 0.5 * r - 0.418688 * g - 0.081312 * b + 128
+    stored = np.stack([y, cb, cr, 255 - ink[..., 3]], axis=-1)
+    handed = np.clip(np.round(255 - stored), 0, 255).astype(np.uint8)
+    data = encode(Image.fromarray(handed, "CMYK"), "JPEG", quality=100, subsampling=0)
+    at = data.find(b"\xff\xee")
+    assert at > 0 and data[at + 4 : at + 9] == b"Adobe" and data[at + 15] == 0, "no Adobe CMYK marker"
+    return data[: at + 15] + b"\x02" + data[at + 16 :]
+
+
+def exif_jpeg_bytes(image: Image.Image, orientation: int, **save_args: Any) -> bytes:
+    """`image` as a JPEG whose EXIF says `orientation` (1-8)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "JPEG", exif=exif.tobytes(), **save_args)
