@@ -28,8 +28,8 @@ PROGRESS_LOG_SECONDS = 15.0
 
 
 @task(cache_policy=NO_CACHE)
-def validate_catalog(catalog: str, allow_roots: tuple[str, ...]) -> InputCatalog:
-    return load_input_catalog(catalog, allow_roots)
+def validate_catalog(catalog: str, allow_roots: tuple[str, ...], max_images: int) -> InputCatalog:
+    return load_input_catalog(catalog, allow_roots, max_images)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
@@ -82,7 +82,7 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config()) ->
 
     # Everything that can refuse the whole run happens before any work.
     devices = resolve_devices(config.devices)
-    inputs = validate_catalog(catalog, config.allow_roots)
+    inputs = validate_catalog(catalog, config.allow_roots, config.max_catalog_images)
     weights = find_weights(config.weights, config.seed)
     planned = plan(inputs, config, weights, out)
     logger.info(

@@ -111,7 +111,10 @@ def _normalise_types(table: pa.Table, path: Path) -> pa.Table:
     return table
 
 
-def load_input_catalog(path: str | Path, allow_roots: tuple[str, ...] = ()) -> InputCatalog:
+DEFAULT_MAX_IMAGES = 100_000
+
+
+def load_input_catalog(path: str | Path, allow_roots: tuple[str, ...] = (), max_images: int = DEFAULT_MAX_IMAGES) -> InputCatalog:
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"catalog {str(path)!r} does not exist or is not a file")
@@ -119,6 +122,10 @@ def load_input_catalog(path: str | Path, allow_roots: tuple[str, ...] = ()) -> I
         # ParquetFile, not read_table: the dataset reader fails on a repeated column
         # name with an obscure message; it is reported as such below.
         with pq.ParquetFile(path) as parquet:
+            rows_declared = parquet.metadata.num_rows
+            if rows_declared > max_images:
+                raise CatalogError(f"catalog {str(path)!r} lists {rows_declared} images; this run refuses catalogs "
+                                   f"listing more images than {max_images} (max_catalog_images): split it or raise the limit")
             table = parquet.read()
     except (pa.ArrowException, OSError) as err:
         raise CatalogError(f"catalog {str(path)!r} is not a readable parquet file: {err}") from None

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from helpers import catalog_row, write_catalog, write_png
@@ -297,3 +298,16 @@ def test_missing_image_file_is_not_a_catalog_error(tmp_path):
     catalog = load_input_catalog(_catalog(tmp_path, rows, images=False))
     assert catalog.styles[0].error is None
     assert catalog.styles[0].path == (tmp_path / "missing.png").resolve()
+
+
+def test_a_catalog_over_max_catalog_images_is_refused_before_reading(tmp_path):
+    from pipeline.config import Config
+    from pipeline.inputs import DEFAULT_MAX_IMAGES
+
+    assert Config().max_catalog_images == DEFAULT_MAX_IMAGES
+    rows = [{"image_id": f"i{n}", "role": "content" if n % 2 else "style", "uri": f"i{n}.png"} for n in range(6)]
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(CatalogError, match=r"lists 6 images.*more images than 5 \(max_catalog_images\)"):
+        load_input_catalog(path, max_images=5)
+    assert len(load_input_catalog(path, max_images=6).contents) == 3
