@@ -106,6 +106,25 @@ def styles(n: int = 256) -> dict[str, np.ndarray]:
     return {k: np.clip(a + 0.5, 0, 255).astype(np.uint8) for k, a in out.items()}
 
 
+# Explicit pairings for `make demo`: masked garments, a colour-keeping design,
+# a blend of two styles, and two seamless repeats made from a style alone.
+PAIRS = [
+    dict(content_id="tshirt", style_ids=["stripes"]),
+    dict(content_id="hoodie", style_ids=["gingham"]),
+    dict(content_id="dress", style_ids=["waves"], color="keep"),
+    dict(content_id="hoodie", style_ids=["waves", "speckle"], style_mix=[0.7, 0.3]),
+    dict(content_id=None, style_ids=["speckle"], tile=True),
+    dict(content_id=None, style_ids=["waves"], tile=True),
+]
+
+
+def write_pairs(path: Path) -> None:
+    schema = pa.schema([("content_id", pa.string()), ("style_ids", pa.list_(pa.string())),
+                        ("style_mix", pa.list_(pa.float64())), ("color", pa.string()), ("tile", pa.bool_())])
+    rows = [{"style_mix": None, "color": None, "tile": None, **row} for row in PAIRS]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "sample")
@@ -129,6 +148,7 @@ def main() -> None:
                         ("collection", pa.string()), ("mask_uri", pa.string()),
                         ("tags", pa.list_(pa.string())), ("designer", pa.string())])
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / "catalog.parquet")
+    write_pairs(out / "pairs.parquet")
     n_content = sum(r["role"] == "content" for r in rows)
     print(f"wrote {n_content} content + {len(rows) - n_content} style images and catalog.parquet ({len(rows)} rows) to {out}")
 

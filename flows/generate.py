@@ -21,7 +21,9 @@ from pipeline.inputs import InputCatalog, load_input_catalog
 from pipeline.plan import Job, Plan, cut_shards, plan_designs
 from pipeline.runner import failed_row, now_utc, run_shard
 from pipeline.runs import run_config
+from pipeline.contact_sheet import write_contact_sheet
 from pipeline.summary import RunSummary, summarize
+from pipeline.variants import JobSpec, job_specs
 from pipeline.weights import WeightsSource, resolve_weights
 
 PROGRESS_LOG_SECONDS = 15.0
@@ -38,8 +40,20 @@ def find_weights(spec: str, seed: int) -> WeightsSource:
 
 
 @task(cache_policy=NO_CACHE)
-def plan(catalog: InputCatalog, config: Config, weights: WeightsSource, out: str) -> Plan:
-    return plan_designs(catalog, config, weights.identity, DesignCatalog(out).ok_design_ids())
+def enumerate_designs(catalog: InputCatalog, config: Config, pairs: str | None, grid: dict[str, list[Any]] | None) -> list[JobSpec]:
+    return job_specs(catalog, config, pairs, grid)
+
+
+@task(cache_policy=NO_CACHE)
+def plan(catalog: InputCatalog, config: Config, weights: WeightsSource, out: str, specs: list[JobSpec]) -> Plan:
+    return plan_designs(catalog, config, weights.identity, DesignCatalog(out).ok_design_ids(), specs)
+
+
+@task(cache_policy=NO_CACHE)
+def contact_sheet(rows: list[dict[str, Any]], out: str, run_id: str) -> str | None:
+    path = write_contact_sheet(rows, out, DesignCatalog(out).run_dir(run_id) / "contact_sheet.png",
+                               title=f"run {run_id}: {sum(r['status'] == 'ok' for r in rows)} designs", defaults=Config().to_dict())
+    return str(path) if path else None
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="shard-{index}")
@@ -72,8 +86,13 @@ def commit(out: str, rows: list[dict[str, Any]], run_id: str, note: str) -> int 
 
 # The device loop below bounds concurrency to one shard per device.
 @flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=True)
-def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config()) -> RunSummary:
-    """Make every content x style design of CATALOG not yet in the design catalog at OUT."""
+def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config(), pairs: str | None = None,
+             grid: dict[str, list[Any]] | None = None) -> RunSummary:
+    """Make every content x style design of CATALOG not yet in the design catalog at OUT.
+
+    pairs: a parquet of explicit pairings (content_id, style_ids, style_mix, per-row
+    config overrides) instead of the cross product; grid: field -> values, every
+    pairing made once per combination (see pipeline.variants)."""
     logger = get_run_logger()
     started = now_utc()
     start = time.perf_counter()
@@ -84,7 +103,8 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config()) ->
     devices = resolve_devices(config.devices)
     inputs = validate_catalog(catalog, config.allow_roots, config.max_catalog_images)
     weights = find_weights(config.weights, config.seed)
-    planned = plan(inputs, config, weights, out)
+    specs = enumerate_designs(inputs, config, pairs, grid)
+    planned = plan(inputs, config, weights, out, specs)
     logger.info(
         "run %s: %d pairing(s), %d already in the catalog, %d to make, %d failing on their inputs; devices %s; weights %s",
         run_id, planned.pairings, planned.already_done, len(planned.todo), len(planned.failed), devices, weights.label,
@@ -127,6 +147,9 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config()) ->
         commit(out, shard_rows, run_id, f"shard-{index}")
         rows += shard_rows
 
+    sheet = contact_sheet(rows, out, run_id) if rows else None
+    if sheet:
+        logger.info("contact sheet: %s", sheet)
     summary = summarize(run_id, str(flow_run.id), catalog, out, started, time.perf_counter() - start, planned, rows, devices, design_catalog.version())
     design_catalog.write_run_file(run_id, "summary.json", summary.to_dict())
     for line in summary.report_lines():

@@ -51,8 +51,10 @@ SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
         pa.field("error", pa.string()),
         pa.field("notes", pa.string()),  # e.g. a retry at a lower learning rate
-        pa.field("content_id", pa.string(), nullable=False),
-        pa.field("style_id", pa.string(), nullable=False),
+        pa.field("content_id", pa.string()),  # null: a pattern made from the style(s) alone
+        pa.field("style_id", pa.string(), nullable=False),  # a blend's ids joined by "+"
+        pa.field("style_ids", pa.list_(pa.string())),
+        pa.field("style_mix", pa.list_(pa.float64())),  # a blend's normalised weights
         pa.field("content_uri", pa.string()),
         pa.field("style_uri", pa.string()),
         pa.field("content_sha256", pa.string()),
@@ -75,6 +77,8 @@ SCHEMA = pa.schema(
         pa.field("loss_tv", pa.list_(pa.float32())),
         pa.field("final_loss", pa.struct([pa.field(n, pa.float64()) for n in LOSS_FIELDS])),
         pa.field("timings", pa.struct([pa.field(n, pa.float64()) for n in TIMING_FIELDS])),
+        pa.field("seam_score", pa.float64()),  # wrap-edge / interior neighbour difference: ~1.0 tiles
+        pa.field("mask_leakage", pa.float64()),  # mean |output - content| outside the garment mask
         pa.field("device", pa.string()),
         pa.field("device_name", pa.string()),
         pa.field("batch_size", pa.int32()),

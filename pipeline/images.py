@@ -174,18 +174,18 @@ def resize_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def tensor_to_png_bytes(image: torch.Tensor, text: dict[str, str] | None = None) -> bytes:
-    """(3, H, W) in [0, 1] -> PNG bytes."""
+def tensor_to_png_bytes(image: torch.Tensor, text: dict[str, str] | None = None, dpi: int = 0) -> bytes:
+    """(3, H, W) in [0, 1] -> PNG bytes, marked sRGB, with text chunks and an optional DPI."""
+    from PIL.PngImagePlugin import PngInfo
+
     array = (image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
     buffer = io.BytesIO()
-    pnginfo = None
-    if text:
-        from PIL.PngImagePlugin import PngInfo
-
-        pnginfo = PngInfo()
-        for key, value in text.items():
-            pnginfo.add_itxt(key, value)
-    Image.fromarray(array, "RGB").save(buffer, format="PNG", pnginfo=pnginfo)
+    pnginfo = PngInfo()
+    pnginfo.add(b"sRGB", b"\x00")  # perceptual rendering intent: the pixels are sRGB
+    for key, value in (text or {}).items():
+        pnginfo.add_itxt(key, value)
+    options = {"dpi": (dpi, dpi)} if dpi else {}
+    Image.fromarray(array, "RGB").save(buffer, format="PNG", pnginfo=pnginfo, **options)
     return buffer.getvalue()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.images import ImageLoadError, header_size, output_size, read_image_bytes
 from pipeline.inputs import ImageRef, InputCatalog
+from pipeline.variants import JobSpec, job_specs
 from pipeline.vgg import MIN_SIDE
 
 DESIGN_ID_VERSION = 1
@@ -37,14 +38,39 @@ class Job:
 
     design_id: str
     pairing_key: str
-    content: ImageRef
-    style: ImageRef
+    content: ImageRef | None  # None: pattern mode from the style(s) alone
+    style: ImageRef  # the first (or only) style
     content_sha256: str | None
     style_sha256: str | None
     mask_sha256: str | None
     width: int  # output size
     height: int
     error: str | None = None  # an input fault found while planning: the design fails without running
+    extra_styles: tuple[ImageRef, ...] = ()  # a blend's other styles
+    extra_style_sha256s: tuple[str | None, ...] = ()
+    style_mix: tuple[float, ...] = ()  # blend weights, one per style (empty: equal)
+    config: Config | None = None  # this design's config, where a pairs row or a grid changes the run's
+
+    @property
+    def styles(self) -> tuple[ImageRef, ...]:
+        return (self.style, *self.extra_styles)
+
+    @property
+    def style_sha256s(self) -> tuple[str | None, ...]:
+        return (self.style_sha256, *self.extra_style_sha256s)
+
+    def weights_normalized(self) -> tuple[float, ...]:
+        mix = self.style_mix or (1.0,) * len(self.styles)
+        return tuple(w / sum(mix) for w in mix)
+
+    @property
+    def content_id(self) -> str | None:
+        return self.content.image_id if self.content else None
+
+    @property
+    def style_label(self) -> str:
+        """style ids joined by '+': the catalog's style_id of a blend."""
+        return "+".join(s.image_id for s in self.styles)
 
 
 @dataclass(frozen=True)
@@ -119,7 +145,10 @@ def pairing_key(content_id: str, style_id: str, config: Config, weights_identity
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
-def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, done_ids: set[str]) -> Plan:
+def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, done_ids: set[str],
+                 specs: list[JobSpec] | None = None) -> Plan:
+    """`specs`: the designs to make (pipeline.variants.job_specs); default: the
+    catalog's content x style cross product at `config`."""
     files: dict[str, InputFile] = {}
     masks: dict[str, InputFile] = {}
     for ref in catalog.contents + catalog.styles:
@@ -132,25 +161,36 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
     failed: list[Job] = []
     done = duplicates = 0
     planned: set[str] = set()
-    pairings = catalog.pairings()
-    for content, style in pairings:
-        c, s = files[content.image_id], files[style.image_id]
-        m = masks.get(content.image_id)
+    specs = specs if specs is not None else job_specs(catalog, config)
+    for spec in specs:
+        cfg, content = spec.config, spec.content
+        c = files[content.image_id] if content else None
+        m = masks.get(content.image_id) if content else None
         # Every fault of the pairing at once, so one rerun after fixing them is enough.
         # The runner scales the content to the output size and the style to the
         # same longest side: both must keep a short side VGG19 can pool.
-        errors = [f"content image {content.image_id!r}: {c.error}" if c.error else _too_small("content", content, c, config),
-                  f"style image {style.image_id!r}: {s.error}" if s.error else _too_small("style", style, s, config),
-                  f"mask of content image {content.image_id!r}: {m.error}" if m and m.error else None]
+        errors = []
+        if content is not None and c is not None:
+            errors.append(f"content image {content.image_id!r}: {c.error}" if c.error else _too_small("content", content, c, cfg))
+        for style in spec.styles:
+            s = files[style.image_id]
+            errors.append(f"style image {style.image_id!r}: {s.error}" if s.error else _too_small("style", style, s, cfg))
+        if m and m.error:
+            errors.append(f"mask of content image {content.image_id!r}: {m.error}")
         error = "; ".join(e for e in errors if e) or None
-        width, height = output_size(c.width, c.height, config.size) if error is None else (0, 0)
+        if content is None:
+            width = height = cfg.size  # pattern mode: a square repeat
+        else:
+            width, height = output_size(c.width, c.height, cfg.size) if error is None else (0, 0)
+        style_shas = [files[s.image_id].sha256 or f"unusable:{s.image_id}" for s in spec.styles]
+        mix = f"@{','.join(map(repr, spec.style_mix))}" if spec.style_mix else ""
         # Faulty inputs get a stable id from their image ids, so a rerun updates
         # the same failed row instead of adding another.
         did = design_id(
-            c.sha256 or f"unusable:{content.image_id}",
-            s.sha256 or f"unusable:{style.image_id}",
+            (c.sha256 or f"unusable:{content.image_id}") if content else "pattern",
+            "+".join(style_shas) + mix,
             (m.sha256 or f"unusable-mask:{content.image_id}") if m else None,
-            config,
+            cfg,
             weights_identity,
         )
         if did in done_ids:
@@ -160,12 +200,15 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
             duplicates += 1
             continue
         planned.add(did)
-        key = pairing_key(content.image_id, style.image_id, config, weights_identity)
-        job = Job(did, key, content, style, c.sha256, s.sha256, m.sha256 if m else None, width, height, error)
+        key = pairing_key(content.image_id if content else "", "+".join(s.image_id for s in spec.styles) + mix, cfg, weights_identity)
+        job = Job(did, key, content, spec.styles[0], c.sha256 if c else None, files[spec.styles[0].image_id].sha256,
+                  m.sha256 if m else None, width, height, error,
+                  extra_styles=spec.styles[1:], extra_style_sha256s=tuple(files[s.image_id].sha256 for s in spec.styles[1:]),
+                  style_mix=spec.style_mix, config=None if cfg == config else cfg)
         (failed if error else todo).append(job)
-    # The same size batches together; sorting keeps each shard's batches full.
-    todo.sort(key=lambda j: (j.height, j.width, j.style.image_id, j.content.image_id))
-    return Plan(tuple(todo), tuple(failed), done, len(pairings), duplicates)
+    # The same config and size batch together; sorting keeps each shard's batches full.
+    todo.sort(key=lambda j: ("" if j.config is None else j.config.identity_json(), j.height, j.width, j.style_label, j.content_id or ""))
+    return Plan(tuple(todo), tuple(failed), done, len(specs), duplicates)
 
 
 def cut_shards(jobs: tuple[Job, ...] | list[Job], shard_size: int) -> list[list[Job]]:

@@ -4,6 +4,7 @@ write PNGs, and return the catalog rows (committed by the caller)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import threading
 import time
@@ -22,18 +23,18 @@ from pipeline.images import ImageLoadError, decode_rgb, output_size, read_image_
 from pipeline.plan import Job
 from pipeline.weights import WeightsSource
 
-_engines: dict[tuple[str, str, str], StyleTransfer] = {}
+_engines: dict[tuple[str, str], StyleTransfer] = {}
 _engines_lock = threading.Lock()
 
 
 def engine_for(config: Config, weights: WeightsSource, device: str) -> StyleTransfer:
-    """One engine per device, config and weights, kept so its target caches and
-    loaded weights serve every shard that lands on that device."""
-    key = (device, weights.identity, config.identity_json())
+    """One engine per device and weights, kept so its target caches and loaded
+    weights serve every shard (and every config of a sweep) on that device."""
+    key = (device, weights.identity)
     with _engines_lock:
         if key not in _engines:
             for old in [k for k in _engines if k[0] == device]:
-                del _engines[old]  # one engine per device: free the last config's memory
+                del _engines[old]  # one engine per device: free the last weights' memory
             _engines[key] = StyleTransfer(config, weights, device)
         return _engines[key]
 
@@ -52,24 +53,29 @@ def now_utc() -> datetime:
 
 def base_row(job: Job, config: Config, weights: WeightsSource, run_id: str) -> dict[str, Any]:
     """The row fields known before any work: inputs, params, provenance."""
+    cfg = job.config or config
+    content = job.content
+    refs = ([content] if content else []) + list(job.styles)
     return {
         "design_id": job.design_id,
         "pairing_key": job.pairing_key,
         "run_id": run_id,
         "created_at": now_utc(),
-        "content_id": job.content.image_id,
-        "style_id": job.style.image_id,
-        "content_uri": job.content.uri,
-        "style_uri": job.style.uri,
+        "content_id": job.content_id,
+        "style_id": job.style_label,
+        "style_ids": [s.image_id for s in job.styles],
+        "style_mix": list(job.weights_normalized()) if len(job.styles) > 1 else None,
+        "content_uri": content.uri if content else None,
+        "style_uri": "+".join(s.uri for s in job.styles),
         "content_sha256": job.content_sha256,
-        "style_sha256": job.style_sha256,
+        "style_sha256": "+".join(sha or "" for sha in job.style_sha256s),
         "mask_sha256": job.mask_sha256,
-        "collection": job.content.collection or job.style.collection,
-        "params": params_value(config, weights.identity),
+        "collection": next((r.collection for r in refs if r.collection), None),
+        "params": params_value(cfg, weights.identity),
         "weights_source": weights.label,
-        "loss_every": config.loss_every,
-        "tags": list(dict.fromkeys(job.content.tags + job.style.tags)),
-        "content_extra": job.content.extra_json,
+        "loss_every": cfg.loss_every,
+        "tags": list(dict.fromkeys(t for r in refs for t in r.tags)),
+        "content_extra": content.extra_json if content else None,
         "style_extra": job.style.extra_json,
         "versions": versions(),
     }
@@ -132,11 +138,13 @@ def run_shard(
     name = device_name(device)
     rows: list[dict[str, Any]] = []
 
-    by_size: dict[tuple[int, int], list[Job]] = {}
+    # A batch shares one config (a sweep's variants differ) and one output size.
+    groups: dict[tuple[str, int, int], list[Job]] = {}
     for job in jobs:
-        by_size.setdefault((job.width, job.height), []).append(job)
+        groups.setdefault(("" if job.config is None else job.config.identity_json(), job.width, job.height), []).append(job)
 
-    for (width, height), group in by_size.items():
+    for (_, width, height), group in groups.items():
+        cfg = group[0].config or config
         batch_size = config.batch_size or auto_batch_size(device, width, height)
         pending = [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
         while pending:
@@ -146,29 +154,15 @@ def run_shard(
             usable: list[Job] = []
             for job in batch:
                 try:
-                    content = images.get(job.content.image_id, job.content.path, job.content_sha256, (width, height))
+                    pairings.append(_load_pairing(job, cfg, images, (width, height)))
+                    usable.append(job)
                 except ImageLoadError as err:
-                    rows.append(failed_row(job, f"content image {job.content.image_id!r}: {err}", config, weights, run_id, device))
-                    continue
-                try:
-                    style = images.get(job.style.image_id, job.style.path, job.style_sha256, config.size)
-                except ImageLoadError as err:
-                    rows.append(failed_row(job, f"style image {job.style.image_id!r}: {err}", config, weights, run_id, device))
-                    continue
-                if job.content.mask_path is not None:
-                    try:
-                        images.mask(job.content.image_id, job.content.mask_path, job.mask_sha256, (width, height))
-                    except ImageLoadError as err:
-                        rows.append(failed_row(job, f"mask of content image {job.content.image_id!r}: {err}", config, weights, run_id, device))
-                        continue
-                # Targets are cached by the inputs' bytes: an image id reused with new bytes gets new targets.
-                pairings.append(Pairing(job.design_id, job.content_sha256, content, job.style_sha256, style))
-                usable.append(job)
+                    rows.append(failed_row(job, str(err), config, weights, run_id, device))
             if not usable:
                 continue
             load_seconds = time.perf_counter() - load_start
             try:
-                results = engine.run(pairings, on_progress=on_progress)
+                results = engine.run(pairings, on_progress=on_progress, config=cfg)
             except torch.OutOfMemoryError:
                 if len(usable) == 1:
                     raise
@@ -179,10 +173,36 @@ def run_shard(
                 half = len(usable) // 2
                 pending[:0] = [usable[:half], usable[half:]]
                 continue
-            results = _retry_diverged(engine, pairings, results, config, on_progress)
+            results = _retry_diverged(engine, pairings, results, cfg, on_progress)
             for job, (result, note) in zip(usable, results):
                 rows.append(_write_design(job, result, note, config, weights, catalog, run_id, device, name, len(usable), load_seconds / len(usable)))
     return rows
+
+
+def _load_pairing(job: Job, cfg: Config, images: _ImageCache, size: tuple[int, int]) -> Pairing:
+    """Decode a job's inputs into a Pairing; ImageLoadError names the failing image."""
+    content = mask = None
+    if job.content is not None:
+        cid = job.content.image_id
+        try:
+            content = images.get(cid, job.content.path, job.content_sha256, size)
+        except ImageLoadError as err:
+            raise ImageLoadError(f"content image {cid!r}: {err}") from None
+        if job.content.mask_path is not None:
+            try:
+                mask = images.mask(cid, job.content.mask_path, job.mask_sha256, size)
+            except ImageLoadError as err:
+                raise ImageLoadError(f"mask of content image {cid!r}: {err}") from None
+    styles = []
+    for ref, sha in zip(job.styles, job.style_sha256s):
+        try:
+            styles.append((sha, images.get(ref.image_id, ref.path, sha, cfg.size)))
+        except ImageLoadError as err:
+            raise ImageLoadError(f"style image {ref.image_id!r}: {err}") from None
+    # Targets are cached by the inputs' bytes: an image id reused with new bytes gets new targets.
+    return Pairing(job.design_id, job.content_sha256, content, styles[0][0], styles[0][1],
+                   extra_styles=tuple(styles[1:]), style_mix=job.style_mix, mask=mask,
+                   out_size=None if content is not None else (size[1], size[0]))
 
 
 def _retry_diverged(engine: StyleTransfer, pairings: list[Pairing], results: list[DesignResult], config: Config,
@@ -193,7 +213,7 @@ def _retry_diverged(engine: StyleTransfer, pairings: list[Pairing], results: lis
     if not diverged:
         return out
     factor = config.nonfinite_retry_factor
-    retried = engine.run([pairings[i] for i in diverged], on_progress=on_progress, learning_rate_scale=factor)
+    retried = engine.run([pairings[i] for i in diverged], on_progress=on_progress, learning_rate_scale=factor, config=config)
     for i, result in zip(diverged, retried):
         note = f"{results[i].error}; retried with the learning rate times {factor}"
         if result.error:
@@ -204,19 +224,23 @@ def _retry_diverged(engine: StyleTransfer, pairings: list[Pairing], results: lis
 
 def _write_design(job: Job, result: DesignResult, note: str | None, config: Config, weights: WeightsSource, catalog: DesignCatalog,
                   run_id: str, device: str, name: str, batch_size: int, load_seconds: float) -> dict[str, Any]:
+    cfg = job.config or config
     row = base_row(job, config, weights, run_id)
-    row.update(device=device, device_name=name, batch_size=batch_size, loss_every=config.loss_every, notes=note)
+    row.update(device=device, device_name=name, batch_size=batch_size, notes=note,
+               seam_score=result.seam_score, mask_leakage=result.mask_leakage)
     if note:  # record the learning rate that made the design
-        row["params"]["learning_rate"] = config.learning_rate * config.nonfinite_retry_factor
-        row["params"]["lbfgs_learning_rate"] = config.lbfgs_learning_rate * config.nonfinite_retry_factor
+        row["params"]["learning_rate"] = cfg.learning_rate * cfg.nonfinite_retry_factor
+        row["params"]["lbfgs_learning_rate"] = cfg.lbfgs_learning_rate * cfg.nonfinite_retry_factor
     row.update({f"loss_{k}": v for k, v in result.loss_curves.items()})
     row["final_loss"] = result.final_loss
     if result.error:
-        row.update(status="failed", error=f"design {job.design_id} ({job.content.image_id} x {job.style.image_id}): {result.error}")
+        label = f"{job.content_id or '(pattern)'} x {job.style_label}"
+        row.update(status="failed", error=f"design {job.design_id} ({label}): {result.error}")
         write_seconds = 0.0
     else:
         write_start = time.perf_counter()
-        png = tensor_to_png_bytes(result.image, text={"design_id": job.design_id})
+        text = {"design_id": job.design_id, "params": json.dumps(row["params"], sort_keys=True), "weights": weights.identity}
+        png = tensor_to_png_bytes(result.image, text=text, dpi=cfg.dpi)
         sha = hashlib.sha256(png).hexdigest()
         relpath = catalog.image_relpath(job.design_id, sha)
         write_atomic(catalog.out / relpath, png)

@@ -145,7 +145,7 @@ def test_diverged_designs_are_retried_once_at_a_lower_learning_rate():
     class DivergesAtFullRate:
         scales: list[float] = []
 
-        def run(self, pairings, on_progress=None, learning_rate_scale=1.0):
+        def run(self, pairings, on_progress=None, learning_rate_scale=1.0, config=None):
             self.scales.append(learning_rate_scale)
             error = "non-finite loss after optimization: {'total': nan}" if learning_rate_scale == 1.0 else None
             return [DesignResult(p, torch.zeros(3, 1, 1), {}, {}, 0.0, 0.0, 0.0, error=error) for p in pairings]
