@@ -18,7 +18,7 @@ export DO_NOT_TRACK ?= 1
 .PHONY: install generate demo test test-slow query gallery verify runs logs ui sample-data clean help
 
 help:
-	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [ARGS='--flags']"
+	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [PAIRS=pairs.parquet] [ARGS='--flags']"
 	@echo "make demo        # the sample catalog on CPU with random weights"
 	@echo "make test        # the test suite"
 	@echo "make query SQL='select ...' [OUT=dir] [ARGS='--version N | --as-of TIME | --format csv -o FILE']"
@@ -37,14 +37,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 generate: $(STAMP)
 	@test -n "$(CATALOG)" || { echo "usage: make generate CATALOG=path/to/catalog.parquet [OUT=dir] [ARGS='--flags']" >&2; exit 2; }
-	$(BIN)/designs generate "$(CATALOG)" --out "$(OUT)" $(ARGS)
+	$(BIN)/designs generate "$(CATALOG)" --out "$(OUT)" $(if $(PAIRS),--pairs "$(PAIRS)") $(ARGS)
 
 # Random VGG19 features give tiny Gram matrices: the demo raises the style
 # weight so the textures' colours show. Real designs need the real weights.
-DEMO_FLAGS := --weights random --size 128 --steps 50 --style-weight 1e6 --tv-weight 1 --learning-rate 0.05
+DEMO_FLAGS := --weights random --size 128 --steps 50 --tv-weight 1 --learning-rate 0.05
+# The sample pairs: masked garments, a colour-keeping design, a blend and two
+# seamless repeats, each at two style weights (a sweep).
+DEMO_PAIRS := --pairs data/sample/pairs.parquet --grid style_weight=1e5,1e6
 
 demo: $(STAMP)
-	$(BIN)/designs generate $(SAMPLE) --out "$(OUT)" $(DEMO_FLAGS) $(ARGS)
+	$(BIN)/designs generate $(SAMPLE) --out "$(OUT)" $(DEMO_FLAGS) $(DEMO_PAIRS) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
@@ -70,11 +73,31 @@ logs: $(STAMP)
 	@test -n "$(RUN)" || { echo "usage: make logs RUN=<flow-run-id> (see make runs)" >&2; exit 2; }
 	$(BIN)/prefect flow-run logs "$(RUN)"
 
+# Nightly runs: a persistent local Prefect server (state in .prefect, UI on
+# http://127.0.0.1:4200) and a deployment of `generate` served on a cron
+# schedule; Ctrl-C stops both. ARGS: the flags of `designs generate`, and
+# --timezone TZ, --interval SECONDS, --name NAME (python -m flows.deploy --help).
+CRON ?= 0 2 * * *
+.PHONY: serve
+serve: $(STAMP)
+	@test -n "$(CATALOG)" || { echo "usage: make serve CATALOG=path/to/catalog.parquet [OUT=dir] [PAIRS=pairs.parquet] [CRON='0 2 * * *'] [ARGS='--flags']" >&2; exit 2; }
+	$(BIN)/python -m flows.deploy "$(CATALOG)" --out "$(OUT)" $(if $(PAIRS),--pairs "$(PAIRS)") --cron "$(CRON)" --server $(ARGS)
+
 ui: $(STAMP)
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 sample-data: $(STAMP)
 	$(BIN)/python data/make_sample.py
+
+# Throughput of the engine against the naive loop, side by side (docs/BENCHMARKS.md):
+# short sizes on a CPU, full on a GPU; ARGS: python -m pipeline.bench --help.
+# bench-plan: planning 1,000 x 1,000 pairings (seconds, peak memory, profile).
+.PHONY: bench bench-plan
+bench: $(STAMP)
+	$(BIN)/python -m pipeline.bench $(ARGS)
+
+bench-plan: $(STAMP)
+	$(BIN)/python -m pipeline.bench --plan $(ARGS)
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache

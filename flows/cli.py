@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import DEFAULT_OUT, Config, coerce, config_fields, element_type, field_type
+from pipeline.variants import parse_grid
 
 EXIT_OK, EXIT_FAILED_DESIGNS, EXIT_REFUSED = 0, 1, 2
 # Flags whose names read better than the field's.
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 0: all ok; 1: some designs failed (the rest are committed); 2: refused before any work."))
     gen.add_argument("catalog", metavar="CATALOG", help="input catalog parquet (image_id, role, uri; optional collection, mask_uri, tags)")
     gen.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})")
+    gen.add_argument("--pairs", default=None, metavar="PARQUET",
+                     help="explicit pairings instead of the cross product: content_id (null: pattern mode), style_ids (list), "
+                          "optional style_mix (list of weights) and per-row overrides of any config field (default: none)")
+    gen.add_argument("--grid", action="append", default=None, metavar="FIELD=V1,V2",
+                     help="make every pairing once per value; repeat to multiply grids, e.g. --grid style_weight=1e-2,1e-1 "
+                          "--grid seed=0,1 (list fields separate values with ';') (default: none)")
     add_config_flags(gen)
 
     query = sub.add_parser("query", help="SQL over the design catalog (DuckDB: tables designs, runs, commits)", description=(
@@ -104,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from_args(args)
         except ValueError as err:
             parser.error(str(err))
-        return run_generate(args.catalog, args.out, config)
+        try:
+            grid = parse_grid(args.grid)
+        except ValueError as err:
+            parser.error(str(err))
+        return run_generate(args.catalog, args.out, config, pairs=args.pairs, grid=grid)
     if args.command == "query":
         from pipeline.query import run_query
 
@@ -138,16 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_REFUSED
 
 
-def run_generate(catalog: str, out: str, config: Config) -> int:
+def run_generate(catalog: str, out: str, config: Config, pairs: str | None = None, grid: dict | None = None) -> int:
     configure_prefect_env()
     from pipeline.devices import DeviceError
     from pipeline.inputs import CatalogError
     from pipeline.weights import WeightsError
 
     from flows.generate import generate
+    from flows.task_runners import make_task_runner, workers_prefect_api
 
+    # --runner thread (default) or --runner dask --dask-address tcp://HOST:PORT (docs/SCALING.md).
+    runner, address = getattr(config, "runner", "thread") or "thread", getattr(config, "dask_address", "") or None
     try:
-        summary = generate(catalog=catalog, out=out, config=config)
+        task_runner = make_task_runner(runner, address, config.devices)
+    except ValueError as err:  # DeviceError included
+        print(f"designs generate: refused: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    flow = generate if runner == "thread" else generate.with_options(task_runner=task_runner)
+    try:
+        with workers_prefect_api(runner, address):
+            summary = flow(catalog=catalog, out=out, config=config, pairs=pairs, grid=grid or None)
     except (CatalogError, WeightsError, DeviceError) as err:
         print(f"designs generate: refused: {err}", file=sys.stderr)
         return EXIT_REFUSED

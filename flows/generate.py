@@ -13,9 +13,12 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run, task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.reporting import RunProgress, publish_run_artifacts
+from flows.task_runners import shard_devices
+
 from pipeline.config import DEFAULT_OUT, Config
 from pipeline.design_catalog import DesignCatalog
-from pipeline.devices import device_name, resolve_devices
+from pipeline.devices import device_name
 from pipeline.engine import Progress
 from pipeline.inputs import InputCatalog, load_input_catalog
 from pipeline.plan import Job, Plan, cut_shards, plan_designs
@@ -100,7 +103,7 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config(), pa
     design_catalog = DesignCatalog(out)
 
     # Everything that can refuse the whole run happens before any work.
-    devices = resolve_devices(config.devices)
+    devices = shard_devices(config)
     inputs = validate_catalog(catalog, config.allow_roots, config.max_catalog_images)
     weights = find_weights(config.weights, config.seed)
     specs = enumerate_designs(inputs, config, pairs, grid)
@@ -112,11 +115,13 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config(), pa
     design_catalog.write_run_file(run_id, "config.json", run_config(
         run_id, str(flow_run.id), catalog, out, config, weights.identity, weights.path, devices, started))
 
+    progress = RunProgress().start(len(planned.todo) + len(planned.failed))
     rows: list[dict[str, Any]] = []
     if planned.failed:
         fault_rows = [failed_row(job, job.error or "input fault", config, weights, run_id) for job in planned.failed]
         commit(out, fault_rows, run_id, "input-faults")
         rows += fault_rows
+        progress.advance_rows(fault_rows)
 
     # Each shard holds one device while it runs; a device takes the next shard
     # as soon as it is free, so faster devices take more shards.
@@ -146,12 +151,15 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config(), pa
             shard_rows = [failed_row(job, f"shard task failed on {device}: {message}", config, weights, run_id, device) for job in jobs]
         commit(out, shard_rows, run_id, f"shard-{index}")
         rows += shard_rows
+        progress.advance_rows(shard_rows)
+    progress.close()
 
     sheet = contact_sheet(rows, out, run_id) if rows else None
     if sheet:
         logger.info("contact sheet: %s", sheet)
     summary = summarize(run_id, str(flow_run.id), catalog, out, started, time.perf_counter() - start, planned, rows, devices, design_catalog.version())
     design_catalog.write_run_file(run_id, "summary.json", summary.to_dict())
+    publish_run_artifacts(summary, rows, out, run_id)
     for line in summary.report_lines():
         logger.info(line)
     return summary

@@ -10,6 +10,7 @@ carried out (devices, batch size, file-system limits).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class Config:
         "($NST_VGG19_WEIGHTS, the torch hub cache, then a download)",
         identity=False,
     )
+    runner: str = _field("thread", "where shard tasks run: 'thread' (this process) or 'dask' (--dask-address)", identity=False,
+                         choices=("thread", "dask"))
+    dask_address: str = _field("", "a Dask scheduler, tcp://HOST:PORT, for --runner dask (docs/SCALING.md)", identity=False)
     devices: str = _field("auto", "'auto' (every visible CUDA GPU, else cpu), 'cpu', or 'cuda:0,cuda:1'", identity=False)
     batch_size: int = _field(0, "pairings optimized together on one device (0: chosen per device)", identity=False)
     shard_size: int = _field(0, "pairings per shard task (0: 4 batches)", identity=False)
@@ -162,7 +166,13 @@ class Config:
         return {k: v for k, v in self.to_dict().items() if config_field(k).metadata["identity"]}
 
     def identity_json(self) -> str:
-        return json.dumps(self.identity_dict(), sort_keys=True, separators=(",", ":"))
+        return _identity_json(self)
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_json(config: Config) -> str:
+    """Cached: planning hashes it for every pairing of a million-pairing catalog."""
+    return json.dumps(config.identity_dict(), sort_keys=True, separators=(",", ":"))
 
 
 def config_fields() -> tuple[dataclasses.Field, ...]:

@@ -132,7 +132,7 @@ def design_id(content_sha: str, style_sha: str, mask_sha: str | None, config: Co
         "content": content_sha,
         "style": style_sha,
         "mask": mask_sha,
-        "config": config.identity_dict(),
+        "config": config.identity_json(),
         "weights": weights_identity,
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
@@ -141,7 +141,7 @@ def design_id(content_sha: str, style_sha: str, mask_sha: str | None, config: Co
 
 def pairing_key(content_id: str, style_id: str, config: Config, weights_identity: str) -> str:
     """Like design_id, but of image ids instead of bytes: stable while inputs are fixed."""
-    payload = {"v": DESIGN_ID_VERSION, "content": content_id, "style": style_id, "config": config.identity_dict(), "weights": weights_identity}
+    payload = {"v": DESIGN_ID_VERSION, "content": content_id, "style": style_id, "config": config.identity_json(), "weights": weights_identity}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
 
 
