@@ -45,7 +45,7 @@ def tail(path: Path, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
-def end(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+def end(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 90) -> int | None:
     if process is None or process.poll() is not None:
         return None if process is None else process.returncode
     process.send_signal(sig)
