@@ -26,6 +26,8 @@ class RunSummary:
     designs_per_hour: float
     devices: tuple[str, ...]
     table_version: int | None
+    # Per device: seconds spent computing targets and optimizing, over the run's wall time.
+    device_busy_fraction: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -34,6 +36,7 @@ class RunSummary:
         lines = [
             f"run {self.run_id}: {self.ok} ok, {self.failed} failed, {self.already_done} already in the catalog "
             f"(of {self.pairings} pairings) in {self.wall_seconds:.1f} s on {', '.join(self.devices)}",
+            f"device busy: {', '.join(f'{d} {f:.0%}' for d, f in self.device_busy_fraction.items()) or 'n/a'}",
             f"throughput: {self.designs_per_hour:.1f} designs/hour; design catalog {self.out}/designs at version {self.table_version}",
             f"Prefect flow run {self.flow_run_id} (its log: make logs RUN={self.flow_run_id})",
         ]
@@ -66,4 +69,14 @@ def summarize(run_id: str, flow_run_id: str, catalog: str, out: str, started: da
         designs_per_hour=ok / wall_seconds * 3600 if wall_seconds > 0 else 0.0,
         devices=tuple(devices),
         table_version=table_version,
+        device_busy_fraction=busy_fractions(rows, devices, wall_seconds),
     )
+
+
+def busy_fractions(rows: list[dict[str, Any]], devices: list[str], wall_seconds: float) -> dict[str, float]:
+    busy = dict.fromkeys(devices, 0.0)
+    for row in rows:
+        timings = row.get("timings")
+        if timings and row.get("device") in busy:
+            busy[row["device"]] += timings["targets_s"] + timings["optimize_s"]
+    return {d: round(b / wall_seconds, 4) if wall_seconds > 0 else 0.0 for d, b in busy.items()}

@@ -44,6 +44,7 @@ def test_generate_writes_a_delta_version_with_the_contract_columns(sample_catalo
     summary = run(sample_catalog, out)
 
     assert (summary.ok, summary.failed, summary.pairings) == (SAMPLE_PAIRINGS, 0, SAMPLE_PAIRINGS)
+    assert set(summary.device_busy_fraction) == {"cpu"} and 0 < summary.device_busy_fraction["cpu"] <= 1
     designs = DesignCatalog(out)
     frame = designs.to_pandas()
     assert CONTRACT_COLUMNS <= set(frame.columns)
