@@ -18,7 +18,7 @@ from flows.task_runners import shard_devices
 
 from pipeline.config import DEFAULT_OUT, Config
 from pipeline.design_catalog import DesignCatalog
-from pipeline.devices import device_name
+from pipeline.devices import CPU_BATCH_SIZE, MAX_AUTO_BATCH, device_name
 from pipeline.engine import Progress
 from pipeline.inputs import InputCatalog, load_input_catalog
 from pipeline.plan import Job, Plan, cut_shards, plan_designs
@@ -125,7 +125,9 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config(), pa
 
     # Each shard holds one device while it runs; a device takes the next shard
     # as soon as it is free, so faster devices take more shards.
-    shard_size = config.shard_size or 4 * (config.batch_size or 4)
+    # Four batches a shard; on GPUs room for the largest batch the memory probe may choose.
+    auto_batch = MAX_AUTO_BATCH if any(d.startswith("cuda") for d in devices) else CPU_BATCH_SIZE
+    shard_size = config.shard_size or 4 * (config.batch_size or auto_batch)
     shards = list(enumerate(cut_shards(planned.todo, shard_size)))
     free = list(devices)
     running: dict[Any, tuple[int, list[Job], str]] = {}

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from pipeline.vgg import VGG19_LAYOUT
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+    from pipeline.engine import StyleTransfer
 
 CPU_BATCH_SIZE = 4
 MAX_AUTO_BATCH = 64
@@ -57,9 +63,51 @@ def bytes_per_design(width: int, height: int) -> int:
     return elements * 4 * 3  # values, gradients, workspace
 
 
-def auto_batch_size(device: str, width: int, height: int) -> int:
+def auto_batch_size(device: str, width: int, height: int, engine: StyleTransfer | None = None,
+                    config: Config | None = None) -> int:
+    """Designs of (width, height) to optimize together on `device`: CPU_BATCH_SIZE on
+    the CPU; on a GPU as many as fit in 80% of the memory it has left. With the
+    device's `engine` the memory of a design is measured (two probe steps, see
+    measured_step_memory); without, estimated from the layer shapes (fp32)."""
     if not device.startswith("cuda"):
         return CPU_BATCH_SIZE
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    fits = int(free * 0.6 // bytes_per_design(width, height))
+    dev = torch.device(device)
+    if engine is None:
+        free, _total = torch.cuda.mem_get_info(dev)
+        fits = int(free * 0.6 // bytes_per_design(width, height))
+        return max(1, min(MAX_AUTO_BATCH, fits))
+    fixed, per_design = measured_step_memory(engine, width, height, config)
+    free, _total = torch.cuda.mem_get_info(dev)
+    # Memory PyTorch holds in its cache is free to it, though not to the driver.
+    available = free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    fits = int((available * 0.8 - fixed) // per_design)
     return max(1, min(MAX_AUTO_BATCH, fits))
+
+
+_MEASURED: dict[tuple, tuple[int, int]] = {}
+
+
+def measured_step_memory(engine: StyleTransfer, width: int, height: int, config: Config | None = None) -> tuple[int, int]:
+    """(fixed, per design) bytes of device memory of one optimization step of
+    (width, height) designs, CUDA only: the peak over the memory already in use,
+    measured at batch 1 and 2 (each run once first, so that cudnn.benchmark's
+    trials are not counted). Remembered per device, size, precision and layers."""
+    cfg = config or engine.config
+    dev = engine.device
+    if dev.type != "cuda":
+        raise ValueError(f"measured_step_memory needs a CUDA engine, not {dev}")
+    key = (str(dev), width, height, engine.precision, engine.channels_last, cfg.optimizer, cfg.tile,
+           tuple(cfg.content_layers), tuple(cfg.style_layers))
+    if key not in _MEASURED:
+        peaks = []
+        for batch in (1, 2):
+            engine.probe_step(batch, (height, width), cfg)
+            torch.cuda.synchronize(dev)
+            base = torch.cuda.memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            engine.probe_step(batch, (height, width), cfg)
+            torch.cuda.synchronize(dev)
+            peaks.append(torch.cuda.max_memory_allocated(dev) - base)
+        per_design = max(peaks[1] - peaks[0], 1)
+        _MEASURED[key] = (max(peaks[0] - per_design, 0), per_design)
+    return _MEASURED[key]

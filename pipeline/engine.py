@@ -30,6 +30,9 @@ from pipeline.weights import WeightsSource, load_features
 
 LOSS_NAMES = ("total", "content", "style", "tv")
 TARGET_CACHE_ENTRIES = 512  # per kind; bounds device memory on huge catalogs
+# "auto": bf16 autocast for the convolutions on CUDA, fp32 elsewhere. "bf16" is
+# accepted on the CPU too (slow there; it exercises the autocast path in tests).
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # --- losses -----------------------------------------------------------------
@@ -49,8 +52,17 @@ def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tens
         positions = mask.float().sum(dim=(1, 2, 3)).clamp_min(1.0).view(n, 1, 1)
     else:
         positions = torch.full((n, 1, 1), float(h * w), device=features.device)
+    if _channels_last(flat):
+        # (N, H, W, C) in memory: a view as (N, HW, C), no copy; the same sums.
+        rows = flat.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        return torch.bmm(rows.transpose(1, 2), rows) / positions
     flat = flat.reshape(n, c, h * w)
     return torch.bmm(flat, flat.transpose(1, 2)) / positions
+
+
+def _channels_last(tensor: torch.Tensor) -> bool:
+    """Stored channels-last and not also plain contiguous (C = 1 or 1x1 grids are both)."""
+    return tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last)
 
 
 def content_loss(features: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], layer_weights: dict[str, float]) -> torch.Tensor:
@@ -205,12 +217,35 @@ class StyleTransfer:
     content features per (content, size, layers, tiling), so each is computed
     once however many pairings and runs use it. `config` gives the defaults;
     `run(..., config=...)` may use another config on the same weights.
+
+    Speed on CUDA (the CPU path is plain fp32, contiguous, eager):
+    - `precision="auto"` (or "bf16"): the VGG19 forward (and so its backward)
+      runs under bf16 autocast; Gram matrices, losses, the image and Adam stay
+      fp32 outside the autocast region. Gram GEMMs may use TF32: their inputs
+      are bf16 values, which TF32 holds exactly. "fp32" turns all of it off.
+    - `channels_last` (default: on CUDA): the network's input, weights and
+      activations in NHWC, the layout cuDNN's tensor-core kernels use; Grams
+      read it as is (the optimized image itself stays NCHW).
+    - cudnn.benchmark and fused Adam on CUDA; the step loop never waits on the
+      device except when a progress callback reads the losses (every
+      `loss_every` steps).
+    - `compile=True`: torch.compile of the feature extractor (off by default:
+      not measured to help yet; see docs/BENCHMARKS.md).
+    The backend switches (cudnn.benchmark, TF32 matmul for bf16) are process-wide.
     """
 
-    def __init__(self, config: Config, weights: WeightsSource, device: str | torch.device = "cpu"):
+    def __init__(self, config: Config, weights: WeightsSource, device: str | torch.device = "cpu", *,
+                 precision: str = "auto", channels_last: bool | None = None, compile: bool = False):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r} is invalid; accepted: {', '.join(PRECISIONS)}")
         self.config = config
         self.device = torch.device(device)
         self.weights = weights
+        cuda = self.device.type == "cuda"
+        self.precision = ("bf16" if cuda else "fp32") if precision == "auto" else precision
+        self.channels_last = cuda if channels_last is None else bool(channels_last)
+        self.compile = compile
+        self._backend_flags()
         self._features = load_features(weights)
         self._extractors: dict[tuple, FeatureExtractor] = {}
         self._views: dict[tuple, _LayerView] = {}
@@ -234,11 +269,35 @@ class StyleTransfer:
                     tiled.weight, tiled.bias = module.weight, module.bias
                     module = tiled
                 modules.append(module)
-            self._extractors[key] = FeatureExtractor(nn.Sequential(*modules), tuple(LAYER_INDEX)).to(self.device)
+            extractor: nn.Module = FeatureExtractor(nn.Sequential(*modules), tuple(LAYER_INDEX)).to(self.device)
+            if self.channels_last:
+                extractor = extractor.to(memory_format=torch.channels_last)
+            if self.compile:
+                extractor = torch.compile(extractor)
+            self._extractors[key] = extractor
         view_key = (key, layers)
         if view_key not in self._views:
             self._views[view_key] = _LayerView(self._extractors[key], layers)
         return self._views[view_key]
+
+    def features(self, image: torch.Tensor, config: Config | None = None) -> dict[str, torch.Tensor]:
+        """VGG19 activations of (N, 3, H, W) images at the config's layers, in the
+        engine's precision and layout (bf16 and channels-last on CUDA by default).
+        Only this forward is under autocast: the caller's Gram and loss math is fp32."""
+        view = self.extractor_for(config or self.config)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16":
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                return view(image)
+        return view(image)
+
+    def _backend_flags(self) -> None:
+        """Process-wide switches for CUDA (set again at every run: other code may change them)."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            if self.precision == "bf16":
+                torch.backends.cuda.matmul.allow_tf32 = True
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -260,7 +319,7 @@ class StyleTransfer:
         cache_key = (key, style.shape[-2], style.shape[-1], tuple(cfg.style_layers), cfg.tile, color_source)
 
         def make():
-            feats = self.extractor_for(cfg)(style.unsqueeze(0).to(self.device))
+            feats = self.features(style.unsqueeze(0).to(self.device), cfg)
             return {name: gram(feats[name])[0] for name in cfg.style_layers}
 
         return self._remember(self._style_cache, cache_key, make)
@@ -271,7 +330,7 @@ class StyleTransfer:
         cache_key = (key, content.shape[-2], content.shape[-1], tuple(cfg.content_layers), cfg.tile)
 
         def make():
-            feats = self.extractor_for(cfg)(content.unsqueeze(0).to(self.device))
+            feats = self.features(content.unsqueeze(0).to(self.device), cfg)
             return {name: feats[name][0].float() for name in cfg.content_layers}
 
         return self._remember(self._content_cache, cache_key, make)
@@ -284,7 +343,7 @@ class StyleTransfer:
                config: Config | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 4) per-design losses: total, content, style, tv (weighted)."""
         cfg = config or self.config
-        feats = self.extractor_for(cfg)(image)
+        feats = self.features(image, cfg)
         n = image.shape[0]
         if cfg.content_weight > 0 and content_t:
             c = cfg.content_weight * content_loss(feats, content_t, _layer_weights(cfg.content_layers, cfg.content_layer_weights))
@@ -294,6 +353,20 @@ class StyleTransfer:
         s = cfg.style_weight * style_loss(feats, style_t, _layer_weights(cfg.style_layers, cfg.style_layer_weights), layer_masks)
         t = cfg.tv_weight * tv_loss(image, wrap=cfg.tile, mask=mask)
         return torch.stack([c + s + t, c, s, t], dim=1)
+
+    def probe_step(self, batch: int, size: tuple[int, int], config: Config | None = None) -> None:
+        """One optimization step of `batch` seeded synthetic designs of `size` (H, W),
+        through the same code as `run`: for measuring a step's device memory
+        (pipeline.devices.measured_step_memory). Touches no cache."""
+        cfg = config or self.config
+        image = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(self.device)
+        self._backend_flags()
+        with torch.no_grad():
+            feats = self.features(image, cfg)
+            content_t = {name: feats[name].float() for name in cfg.content_layers}
+            style_t = {name: gram(feats[name]) for name in cfg.style_layers}
+            del feats
+        self._optimize(image.flip(-1), content_t, style_t, None, cfg, 1, 0, 1, None, 1.0)
 
     # --- the loop ---
 
@@ -329,6 +402,7 @@ class StyleTransfer:
         total_steps = sum(steps for _, steps in ladder)
         n = len(pairings)
 
+        self._backend_flags()
         self._sync()
         started = time.perf_counter()
         targets_seconds = 0.0
@@ -356,7 +430,7 @@ class StyleTransfer:
             image = self._finish(image, contents, masks, cfg, pairings)
             final = self.losses(image, content_t, style_t, cfg, masks)
         all_curves = torch.cat([*curves, final.unsqueeze(2)], dim=2).cpu()
-        images = image.detach().float().cpu()
+        images = image.detach().float().contiguous().cpu()
         self._sync()
         optimize_seconds = time.perf_counter() - started - targets_seconds
 
@@ -441,13 +515,18 @@ class StyleTransfer:
 
     def _optimize(self, image, content_t, style_t, masks, cfg: Config, steps: int, step_offset: int, total_steps: int,
                   on_progress, lr_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # The variable stays NCHW (Adam's fused kernel and the TV term read it flat);
+        # features() hands the network a channels-last copy, a small one (3 channels).
         image = image.detach().clone().requires_grad_(True)
         sample_steps = list(range(0, steps, cfg.loss_every))
         # Loss curves stay on the device; the host reads them at the end (or
         # every loss_every steps when a progress callback wants them).
         curves = torch.zeros(image.shape[0], len(LOSS_NAMES), len(sample_steps), device=self.device)
         if cfg.optimizer == "adam":
-            opt = torch.optim.Adam([image], lr=cfg.learning_rate * lr_scale, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+            # Fused: one kernel per step on CUDA; the CPU keeps the default implementation.
+            fused = True if self.device.type == "cuda" else None
+            opt = torch.optim.Adam([image], lr=cfg.learning_rate * lr_scale, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                                   fused=fused)
         else:
             # A line search keeps L-BFGS from overshooting on rough images.
             opt = torch.optim.LBFGS([image], lr=cfg.lbfgs_learning_rate * lr_scale, max_iter=1, history_size=100, line_search_fn="strong_wolfe")

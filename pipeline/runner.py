@@ -145,7 +145,7 @@ def run_shard(
 
     for (_, width, height), group in groups.items():
         cfg = group[0].config or config
-        batch_size = config.batch_size or auto_batch_size(device, width, height)
+        batch_size = config.batch_size or auto_batch_size(device, width, height, engine=engine, config=cfg)
         pending = [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
         while pending:
             batch = pending.pop(0)

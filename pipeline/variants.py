@@ -115,8 +115,10 @@ def job_specs(catalog: InputCatalog, config: Config, pairs: str | Path | None = 
     out = []
     for content, styles, mix, overrides in base:
         for variant in variants:
+            changes = {**overrides, **variant}
             try:
-                resolved = config.replace(**{**overrides, **variant})
+                # Most pairings change nothing: they share the run's config object.
+                resolved = config.replace(**changes) if changes else config
             except ValueError as err:
                 raise CatalogError(f"pairing {content.image_id if content else '(pattern)'} x {'+'.join(s.image_id for s in styles)}: {err}") from None
             out.append(JobSpec(content, styles, mix, resolved))
