@@ -69,6 +69,8 @@ class Config:
     runner: str = _field("thread", "where shard tasks run: 'thread' (this process) or 'dask' (--dask-address)", identity=False,
                          choices=("thread", "dask"))
     dask_address: str = _field("", "a Dask scheduler, tcp://HOST:PORT, for --runner dask (docs/SCALING.md)", identity=False)
+    precision: str = _field("auto", "VGG19 arithmetic: 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'; "
+                            "Gram matrices and losses are always fp32", identity=False, choices=("auto", "fp32", "bf16"))
     devices: str = _field("auto", "'auto' (every visible CUDA GPU, else cpu), 'cpu', or 'cuda:0,cuda:1'", identity=False)
     batch_size: int = _field(0, "pairings optimized together on one device (0: chosen per device)", identity=False)
     shard_size: int = _field(0, "pairings per shard task (0: 4 batches)", identity=False)

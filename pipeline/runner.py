@@ -23,19 +23,19 @@ from pipeline.images import ImageLoadError, decode_rgb, output_size, read_image_
 from pipeline.plan import Job
 from pipeline.weights import WeightsSource
 
-_engines: dict[tuple[str, str], StyleTransfer] = {}
+_engines: dict[tuple[str, str, str], StyleTransfer] = {}
 _engines_lock = threading.Lock()
 
 
 def engine_for(config: Config, weights: WeightsSource, device: str) -> StyleTransfer:
     """One engine per device and weights, kept so its target caches and loaded
     weights serve every shard (and every config of a sweep) on that device."""
-    key = (device, weights.identity)
+    key = (device, weights.identity, config.precision)
     with _engines_lock:
         if key not in _engines:
             for old in [k for k in _engines if k[0] == device]:
                 del _engines[old]  # one engine per device: free the last weights' memory
-            _engines[key] = StyleTransfer(config, weights, device)
+            _engines[key] = StyleTransfer(config, weights, device, precision=config.precision)
         return _engines[key]
 
 
