@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     previous_term = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # SIGTERM ends it like Ctrl-C: the server is stopped too
+    # A shell starting us in the background (`make serve &`, nohup) hands down SIGINT
+    # ignored; Ctrl-C / kill -INT must still stop the server and the deployment.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.server:
             try:
