@@ -206,10 +206,6 @@ class DesignResult:
     mask_leakage: float | None = None  # mean |output - content| outside the mask, in [0, 1] units
 
 
-class NonFiniteLossError(ArithmeticError):
-    pass
-
-
 class StyleTransfer:
     """Holds VGG19 on one device and caches targets.
 

@@ -126,23 +126,18 @@ def _ref_error(ref: ImageRef) -> str:
     return ref.error[len(prefix):] if ref.error and ref.error.startswith(prefix) else (ref.error or "")
 
 
+def _hash_id(**parts: str | None) -> str:
+    payload = {"v": DESIGN_ID_VERSION, **parts}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
 def design_id(content_sha: str, style_sha: str, mask_sha: str | None, config: Config, weights_identity: str) -> str:
-    payload = {
-        "v": DESIGN_ID_VERSION,
-        "content": content_sha,
-        "style": style_sha,
-        "mask": mask_sha,
-        "config": config.identity_json(),
-        "weights": weights_identity,
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
+    return _hash_id(content=content_sha, style=style_sha, mask=mask_sha, config=config.identity_json(), weights=weights_identity)
 
 
 def pairing_key(content_id: str, style_id: str, config: Config, weights_identity: str) -> str:
     """Like design_id, but of image ids instead of bytes: stable while inputs are fixed."""
-    payload = {"v": DESIGN_ID_VERSION, "content": content_id, "style": style_id, "config": config.identity_json(), "weights": weights_identity}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+    return _hash_id(content=content_id, style=style_id, config=config.identity_json(), weights=weights_identity)
 
 
 def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, done_ids: set[str],

@@ -7,12 +7,12 @@ unique among `ok` rows, and every PNG under OUT/images belongs to an `ok` row
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.design_catalog import DesignCatalog
+from pipeline.weights import sha256_file
 
 
 @dataclass
@@ -45,14 +45,6 @@ class VerifyReport:
         return lines
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_catalog(out: str | Path, fix: bool = False) -> VerifyReport:
     catalog = DesignCatalog(out)
     table = catalog.table()
@@ -74,7 +66,7 @@ def verify_catalog(out: str | Path, fix: bool = False) -> VerifyReport:
         referenced.add(path)
         if not path.is_file():
             report.missing.append(f"{row['design_id']}: {uri}")
-        elif _sha256(path) != row["output_sha256"]:
+        elif sha256_file(path) != row["output_sha256"]:
             report.mismatched.append(f"{row['design_id']}: {uri}")
 
     if catalog.images_dir.is_dir():
