@@ -131,17 +131,21 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config(), pa
     shards = list(enumerate(cut_shards(planned.todo, shard_size)))
     free = list(devices)
     running: dict[Any, tuple[int, list[Job], str]] = {}
-    runner = run_shard_task
-    while shards or running:
+
+    def start_shards() -> None:
         while shards and free:
             index, jobs = shards.pop(0)
             device = free.pop(0)
             fallback = [d for d in devices if d != device]  # where a retry goes
-            future = runner.submit(index, jobs, config, weights, [device, *fallback], out, run_id)
+            future = run_shard_task.submit(index, jobs, config, weights, [device, *fallback], out, run_id)
             running[future] = (index, jobs, device)
+
+    start_shards()
+    while running:
         future = next(as_completed(list(running)))
         index, jobs, device = running.pop(future)
         free.append(device)
+        start_shards()  # the device gets its next shard before this one is committed
         future.wait()  # records the final state on the future
         state = future.state
         if state.is_completed():

@@ -74,6 +74,8 @@ class Config:
     devices: str = _field("auto", "'auto' (every visible CUDA GPU, else cpu), 'cpu', or 'cuda:0,cuda:1'", identity=False)
     batch_size: int = _field(0, "pairings optimized together on one device (0: chosen per device)", identity=False)
     shard_size: int = _field(0, "pairings per shard task (0: 4 batches)", identity=False)
+    overlap: bool = _field(True, "decode the next batch and write finished PNGs on threads while the device optimizes "
+                           "(false: one stage after another)", identity=False)
     allow_roots: tuple[str, ...] = _field((), "extra folders that absolute image paths may point into", identity=False)
     dpi: int = _field(0, "DPI written into the PNGs (0: none)", identity=False)
     max_image_pixels: int = _field(64_000_000, "refuse images declaring more pixels than this", identity=False)

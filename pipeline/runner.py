@@ -3,12 +3,16 @@ write PNGs, and return the catalog rows (committed by the caller)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
@@ -123,6 +127,37 @@ class _ImageCache:
         return mask.mean(dim=0, keepdim=True)
 
 
+@dataclass
+class _LoadedBatch:
+    """A batch with its inputs decoded: the jobs that loaded and the rows of those that did not."""
+
+    cfg: Config
+    jobs: list[Job]
+    pairings: list[Pairing]
+    failed: list[dict[str, Any]]
+    load_seconds: float  # decoding and resizing, for the whole batch
+
+    def halves(self) -> list[_LoadedBatch]:
+        half = len(self.jobs) // 2
+        share = self.load_seconds / 2
+        return [_LoadedBatch(self.cfg, self.jobs[:half], self.pairings[:half], [], share),
+                _LoadedBatch(self.cfg, self.jobs[half:], self.pairings[half:], [], share)]
+
+
+def _later(pool: ThreadPoolExecutor | None, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """Start fn(*args) on the pool and return what waits for its result; without
+    a pool, run it now (overlap off: every stage in line, as the naive loop)."""
+    if pool is None:
+        value = fn(*args)
+        return lambda: value
+    return pool.submit(fn, *args).result
+
+
+# Finished designs waiting for the writer, in batches: bounds the host memory
+# their images hold when PNG encoding falls behind the device.
+MAX_BATCHES_WRITING = 2
+
+
 def run_shard(
     jobs: list[Job],
     config: Config,
@@ -132,50 +167,83 @@ def run_shard(
     run_id: str,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Make every design of the shard; each becomes an ok or failed row."""
+    """Make every design of the shard; each becomes an ok or failed row.
+
+    With config.overlap the device is kept fed: while it optimizes one batch, a
+    thread decodes the next batch's images and another encodes and writes the
+    finished designs' PNGs. Targets are device work and are computed in line."""
     engine = engine_for(config, weights, device)
     images = _ImageCache(config.max_image_pixels)
     name = device_name(device)
-    rows: list[dict[str, Any]] = []
 
     # A batch shares one config (a sweep's variants differ) and one output size.
     groups: dict[tuple[str, int, int], list[Job]] = {}
     for job in jobs:
         groups.setdefault(("" if job.config is None else job.config.identity_json(), job.width, job.height), []).append(job)
-
+    batches: list[tuple[Config, tuple[int, int], list[Job]]] = []
     for (_, width, height), group in groups.items():
         cfg = group[0].config or config
         batch_size = config.batch_size or auto_batch_size(device, width, height, engine=engine, config=cfg)
-        pending = [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
-        while pending:
-            batch = pending.pop(0)
-            load_start = time.perf_counter()
-            pairings: list[Pairing] = []
-            usable: list[Job] = []
-            for job in batch:
-                try:
-                    pairings.append(_load_pairing(job, cfg, images, (width, height)))
-                    usable.append(job)
-                except ImageLoadError as err:
-                    rows.append(failed_row(job, str(err), config, weights, run_id, device))
-            if not usable:
-                continue
-            load_seconds = time.perf_counter() - load_start
+        batches += [(cfg, (width, height), group[i : i + batch_size]) for i in range(0, len(group), batch_size)]
+
+    def load(cfg: Config, size: tuple[int, int], batch: list[Job]) -> _LoadedBatch:
+        start = time.perf_counter()
+        loaded = _LoadedBatch(cfg, [], [], [], 0.0)
+        for job in batch:
             try:
-                results = engine.run(pairings, on_progress=on_progress, config=cfg)
+                loaded.pairings.append(_load_pairing(job, cfg, images, size))
+                loaded.jobs.append(job)
+            except ImageLoadError as err:
+                loaded.failed.append(failed_row(job, str(err), config, weights, run_id, device))
+        loaded.load_seconds = time.perf_counter() - start
+        return loaded
+
+    rows: list[dict[str, Any]] = []
+    writing: deque[list[Callable[[], dict[str, Any]]]] = deque()
+    with contextlib.ExitStack() as stack:
+        loader = writer = None
+        if config.overlap:
+            # Exiting waits for both threads, so no PNG is left half-written behind a failure.
+            loader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix=f"load-{device}"))
+            writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix=f"write-{device}"))
+        upcoming = iter(batches)
+
+        def load_next() -> Callable[[], _LoadedBatch] | None:
+            batch = next(upcoming, None)
+            return None if batch is None else _later(loader, load, *batch)
+
+        split: deque[_LoadedBatch] = deque()  # halves of a batch that ran out of device memory
+        loading = load_next()
+        while split or loading:
+            if split:
+                loaded = split.popleft()
+            else:
+                assert loading is not None
+                loaded = loading()
+                loading = load_next()  # decodes while the device works on this one
+                rows += loaded.failed
+            if not loaded.jobs:
+                continue
+            try:
+                results = engine.run(loaded.pairings, on_progress=on_progress, config=loaded.cfg)
             except torch.OutOfMemoryError:
-                if len(usable) == 1:
+                if len(loaded.jobs) == 1:
                     raise
                 # Halve the batch and try again; no design is lost.
                 engine.clear_cache()
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()
-                half = len(usable) // 2
-                pending[:0] = [usable[:half], usable[half:]]
+                split.extendleft(reversed(loaded.halves()))
                 continue
-            results = _retry_diverged(engine, pairings, results, cfg, on_progress)
-            for job, (result, note) in zip(usable, results):
-                rows.append(_write_design(job, result, note, config, weights, catalog, run_id, device, name, len(usable), load_seconds / len(usable)))
+            results = _retry_diverged(engine, loaded.pairings, results, loaded.cfg, on_progress)
+            load_share = loaded.load_seconds / len(loaded.jobs)
+            writing.append([_later(writer, _write_design, job, result, note, config, weights, catalog, run_id, device, name,
+                                   len(loaded.jobs), load_share)
+                            for job, (result, note) in zip(loaded.jobs, results)])
+            while len(writing) > MAX_BATCHES_WRITING:
+                rows += [done() for done in writing.popleft()]
+        while writing:
+            rows += [done() for done in writing.popleft()]
     return rows
 
 

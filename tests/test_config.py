@@ -148,7 +148,7 @@ def test_identity_dict_excludes_run_only_fields():
     cfg = Config()
     identity = cfg.identity_dict()
     run_only = {"weights", "devices", "batch_size", "loss_every", "shard_size", "allow_roots", "max_image_pixels",
-                "max_catalog_images", "nonfinite_retry_factor", "dpi", "runner", "dask_address", "precision"}
+                "max_catalog_images", "nonfinite_retry_factor", "dpi", "runner", "dask_address", "precision", "overlap"}
     for name in run_only:
         assert name not in identity
     for name in ("size", "steps", "optimizer", "learning_rate", "style_weight", "content_weight", "tv_weight",
