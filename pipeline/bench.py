@@ -369,15 +369,28 @@ def markdown_rows(result: dict[str, Any]) -> str:
 
 
 def append_markdown(path: Path, result: dict[str, Any]) -> None:
-    """Append the run's rows to the results table, the last thing in the file
-    (created with its header when missing)."""
+    """Append the run's rows to the throughput results table."""
+    append_table_rows(path, "Results", TABLE_HEADER, markdown_rows(result))
+
+
+def append_table_rows(path: Path, title: str, header: str, rows: str) -> None:
+    """Add rows at the end of the table that starts with `header` (a new
+    section `## title` at the end of the page when there is none yet)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else MARKDOWN_HEADER
-    if TABLE_HEADER.splitlines()[0] not in text:
-        text = text.rstrip("\n") + "\n\n## Results\n\n" + TABLE_HEADER
-    elif not text.endswith("\n"):
-        text += "\n"
-    path.write_text(text + markdown_rows(result))
+    lines = text.splitlines(keepends=True)
+    first = header.splitlines()[0]
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == first]
+    if not starts:
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n" + header + rows
+    else:
+        end = starts[0]
+        while end < len(lines) and lines[end].startswith("|"):
+            end += 1
+        if not lines[end - 1].endswith("\n"):
+            lines[end - 1] += "\n"
+        text = "".join(lines[:end]) + rows + "".join(lines[end:])
+    path.write_text(text)
 
 
 # --- the throughput bench -----------------------------------------------------------------
@@ -553,7 +566,10 @@ def run_plan_bench(contents: int, styles: int, done_fraction: float, profile_sid
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plan", action="store_true", help="the planning bench (1,000 x 1,000 pairings) instead")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--plan", action="store_true", help="the planning bench (1,000 x 1,000 pairings) instead")
+    which.add_argument("--scales", action="store_true", help="coarse-to-fine: time to reach the single-scale run's final loss")
+    which.add_argument("--max-size", action="store_true", help="peak memory of one design by size, and the largest size that fits")
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--short", action="store_true", help=f"short sizes ({SHORT.size} px, {SHORT.steps} steps); the default on a CPU")
@@ -570,6 +586,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help=f"where to write the results (default {DEFAULT_JSON}; with --plan: none)")
     parser.add_argument("--markdown", default=str(DEFAULT_MARKDOWN), help="the benchmarks page rows are appended to")
     parser.add_argument("--no-markdown", action="store_true", help="append no rows")
+    parser.add_argument("--scales-size", type=int, help="--scales: output size (default: 64 on a CPU, 1024 on a GPU)")
+    parser.add_argument("--scales-steps", type=int, help="--scales: single-scale steps (default: 40 on a CPU, 300 on a GPU)")
+    parser.add_argument("--scales-designs", type=int, help="--scales: pairings in the batch (default: 2 on a CPU, 4 on a GPU)")
+    parser.add_argument("--sizes", help="--max-size: sizes to try, comma-separated "
+                                        "(default: 128,256,384,512 on a CPU; 1024,2048,...,8192 on a GPU)")
+    parser.add_argument("--size-steps", type=int, default=3, help="--max-size: steps per size")
+    parser.add_argument("--memory-gib", type=float, help="--max-size: the memory budget the largest size is fitted to "
+                                                         "(default: the GPU's; on a CPU: none, or give one)")
     parser.add_argument("--plan-contents", type=int, default=1000)
     parser.add_argument("--plan-styles", type=int, default=1000)
     parser.add_argument("--plan-done", type=float, default=0.9, help="fraction of the pairings already in the design catalog")
@@ -585,6 +609,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return result
+    if args.scales or args.max_size:
+        return _run_large_output_bench(args)
     result = run_bench(args)
     json_path = Path(args.json or DEFAULT_JSON)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
@@ -594,6 +620,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"results in {json_path}" + ("" if args.no_markdown else f"; rows appended to {args.markdown}"))
     ratio = result["engine_vs_naive_default"]
     print(RATIO_LINE.format(ratio if ratio is not None else float("nan")))
+    return result
+
+
+def _run_large_output_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline import bench_scales
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weights = resolve_weights(args.weights, 0, allow_download=args.weights != "random")
+    if gpu:
+        set_flags(DEFAULT_FLAGS[0], DEFAULT_FLAGS[1], True)  # the engine's own settings (cudnn.benchmark)
+    if args.scales:
+        result = bench_scales.run_scales_bench(device, weights, args.scales_size or (1024 if gpu else 64),
+                                               args.scales_steps or (300 if gpu else 40), args.scales_designs or (4 if gpu else 2))
+        title, header, rows = "Coarse-to-fine results", bench_scales.SCALES_TABLE, bench_scales.scales_rows(result)
+    else:
+        sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else (
+            [1024, 2048, 3072, 4096, 5120, 6144, 7168, 8192] if gpu else [128, 256, 384, 512])
+        result = bench_scales.run_max_size_bench(device, weights, sizes, args.size_steps, args.memory_gib)
+        title, header, rows = "Largest size results", bench_scales.MAX_SIZE_TABLE, bench_scales.max_size_rows(result)
+    json_path = Path(args.json or ("bench-scales.json" if args.scales else "bench-max-size.json"))
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_markdown:
+        append_table_rows(Path(args.markdown), title, header, rows)
+    print(f"results in {json_path}" + ("" if args.no_markdown else f"; rows appended to {args.markdown}"))
     return result
 
 

@@ -109,9 +109,13 @@ def test_bench_json_fields(bench_run):
 
 def test_bench_appends_one_markdown_row_per_config(bench_run):
     result, _, original, after, _ = bench_run
-    assert after.startswith(original.rstrip("\n"))
-    new = after[len(original):].strip("\n").splitlines() if after.startswith(original) else None
-    assert new is not None and len(new) == len(result["configs"])
+    # The rows go at the end of the results table, wherever it is on the page.
+    lines, added = original.splitlines(), after.splitlines()
+    header = lines.index(bench.TABLE_HEADER.splitlines()[0])
+    end = next((i for i in range(header, len(lines)) if not lines[i].startswith("|")), len(lines))
+    new = added[end : end + len(result["configs"])]
+    assert added[:end] == lines[:end] and added[end + len(new):] == lines[end:]
+    assert len(new) == len(result["configs"])
     for line, config in zip(new, result["configs"]):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[1] == result["device_name"] and cells[2] == torch.__version__
