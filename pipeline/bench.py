@@ -570,6 +570,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     which.add_argument("--plan", action="store_true", help="the planning bench (1,000 x 1,000 pairings) instead")
     which.add_argument("--scales", action="store_true", help="coarse-to-fine: time to reach the single-scale run's final loss")
     which.add_argument("--max-size", action="store_true", help="peak memory of one design by size, and the largest size that fits")
+    which.add_argument("--pipeline", action="store_true", help="how busy run_shard keeps the device, overlap on against off "
+                                                               "(needs pyarrow and deltalake)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--short", action="store_true", help=f"short sizes ({SHORT.size} px, {SHORT.steps} steps); the default on a CPU")
@@ -594,6 +596,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size-steps", type=int, default=3, help="--max-size: steps per size")
     parser.add_argument("--memory-gib", type=float, help="--max-size: the memory budget the largest size is fitted to "
                                                          "(default: the GPU's; on a CPU: none, or give one)")
+    parser.add_argument("--pipeline-contents", type=int, help="--pipeline: content photos (default: 8 on a CPU, 16 on a GPU)")
+    parser.add_argument("--pipeline-styles", type=int, default=8, help="--pipeline: style images")
     parser.add_argument("--plan-contents", type=int, default=1000)
     parser.add_argument("--plan-styles", type=int, default=1000)
     parser.add_argument("--plan-done", type=float, default=0.9, help="fraction of the pairings already in the design catalog")
@@ -609,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return result
-    if args.scales or args.max_size:
+    if args.scales or args.max_size or args.pipeline:
         return _run_large_output_bench(args)
     result = run_bench(args)
     json_path = Path(args.json or DEFAULT_JSON)
@@ -637,12 +641,22 @@ def _run_large_output_bench(args: argparse.Namespace) -> dict[str, Any]:
         result = bench_scales.run_scales_bench(device, weights, args.scales_size or (1024 if gpu else 64),
                                                args.scales_steps or (300 if gpu else 40), args.scales_designs or (4 if gpu else 2))
         title, header, rows = "Coarse-to-fine results", bench_scales.SCALES_TABLE, bench_scales.scales_rows(result)
+    elif args.pipeline:
+        from pipeline import bench_pipeline
+
+        batch = int(args.batch_sizes.split(",")[0]) if args.batch_sizes else (16 if gpu else 4)
+        result = bench_pipeline.run_pipeline_bench(
+            device, weights, contents=args.pipeline_contents or (16 if gpu else 8), styles=args.pipeline_styles,
+            content_size=(4000, 3000) if gpu else (2400, 1600), style_side=2000 if gpu else 1200,
+            size=args.size or (512 if gpu else 96), steps=args.steps or (200 if gpu else 10), batch_size=batch,
+            repeats=args.repeats or 2)
+        title, header, rows = "Pipeline results", bench_pipeline.PIPELINE_TABLE, bench_pipeline.pipeline_rows(result)
     else:
         sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else (
             [1024, 2048, 3072, 4096, 5120, 6144, 7168, 8192] if gpu else [128, 256, 384, 512])
         result = bench_scales.run_max_size_bench(device, weights, sizes, args.size_steps, args.memory_gib)
         title, header, rows = "Largest size results", bench_scales.MAX_SIZE_TABLE, bench_scales.max_size_rows(result)
-    json_path = Path(args.json or ("bench-scales.json" if args.scales else "bench-max-size.json"))
+    json_path = Path(args.json or f"bench-{'scales' if args.scales else 'pipeline' if args.pipeline else 'max-size'}.json")
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_markdown:
         append_table_rows(Path(args.markdown), title, header, rows)

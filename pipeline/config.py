@@ -74,8 +74,9 @@ class Config:
     devices: str = _field("auto", "'auto' (every visible CUDA GPU, else cpu), 'cpu', or 'cuda:0,cuda:1'", identity=False)
     batch_size: int = _field(0, "pairings optimized together on one device (0: chosen per device)", identity=False)
     shard_size: int = _field(0, "pairings per shard task (0: 4 batches)", identity=False)
-    overlap: bool = _field(True, "decode the next batch and write finished PNGs on threads while the device optimizes "
-                           "(false: one stage after another)", identity=False)
+    overlap: str = _field("auto", "decode the next batch and write finished PNGs on threads while the device optimizes: "
+                          "'on', 'off' (one stage after another), or 'auto' (on for GPUs; off on a CPU, whose cores "
+                          "the optimization already uses)", identity=False, choices=("auto", "on", "off"))
     allow_roots: tuple[str, ...] = _field((), "extra folders that absolute image paths may point into", identity=False)
     dpi: int = _field(0, "DPI written into the PNGs (0: none)", identity=False)
     max_image_pixels: int = _field(64_000_000, "refuse images declaring more pixels than this", identity=False)
@@ -146,6 +147,8 @@ class Config:
             raise bad("max_image_pixels", self.max_image_pixels, "a positive integer")
         if self.max_catalog_images < 1:
             raise bad("max_catalog_images", self.max_catalog_images, "a positive integer")
+        if self.overlap not in ("auto", "on", "off"):
+            raise bad("overlap", self.overlap, "auto, on or off")
         if not 0 < self.nonfinite_retry_factor < 1:
             raise bad("nonfinite_retry_factor", self.nonfinite_retry_factor, "a number between 0 and 1")
 

@@ -153,6 +153,13 @@ def _later(pool: ThreadPoolExecutor | None, fn: Callable[..., Any], *args: Any) 
     return pool.submit(fn, *args).result
 
 
+def overlaps(config: Config, device: str) -> bool:
+    """Whether decoding and writing run on threads beside the device's work.
+    'auto': on a GPU yes; on a CPU no, since the threads would take cores from
+    the optimization itself (the pipeline bench measures it slower there)."""
+    return config.overlap == "on" or (config.overlap == "auto" and not device.startswith("cpu"))
+
+
 # Finished designs waiting for the writer, in batches: bounds the host memory
 # their images hold when PNG encoding falls behind the device.
 MAX_BATCHES_WRITING = 2
@@ -169,7 +176,7 @@ def run_shard(
 ) -> list[dict[str, Any]]:
     """Make every design of the shard; each becomes an ok or failed row.
 
-    With config.overlap the device is kept fed: while it optimizes one batch, a
+    With config.overlap on (by default on GPUs) the device is kept fed: while it optimizes one batch, a
     thread decodes the next batch's images and another encodes and writes the
     finished designs' PNGs. Targets are device work and are computed in line."""
     engine = engine_for(config, weights, device)
@@ -202,7 +209,7 @@ def run_shard(
     writing: deque[list[Callable[[], dict[str, Any]]]] = deque()
     with contextlib.ExitStack() as stack:
         loader = writer = None
-        if config.overlap:
+        if overlaps(config, device):
             # Exiting waits for both threads, so no PNG is left half-written behind a failure.
             loader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix=f"load-{device}"))
             writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix=f"write-{device}"))

@@ -174,3 +174,35 @@ def exif_jpeg_bytes(image: Image.Image, orientation: int, **save_args: Any) -> b
     exif = Image.Exif()
     exif[0x0112] = orientation
     return encode(image, "JPEG", exif=exif.tobytes(), **save_args)
+
+
+def run_bench_main(args: list[str], tmp_path: Path) -> tuple[dict, dict, str, str]:
+    """pipeline.bench.main with its JSON and a copy of docs/BENCHMARKS.md under tmp_path:
+    (returned result, written JSON, the page before, the page after)."""
+    import json
+
+    import torch
+
+    from pipeline import bench
+
+    markdown = tmp_path / "BENCHMARKS.md"
+    original = (Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md").read_text()
+    markdown.write_text(original)
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main([*args, "--threads", "1", "--json", str(tmp_path / "r.json"), "--markdown", str(markdown)])
+    finally:
+        torch.set_num_threads(threads)
+    return result, json.loads((tmp_path / "r.json").read_text()), original, markdown.read_text()
+
+
+def table_rows(text: str, header: str) -> list[list[str]]:
+    """The cells of the markdown table that starts with header's first line."""
+    lines = text.splitlines()
+    start = lines.index(header.splitlines()[0]) + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows

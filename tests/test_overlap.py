@@ -33,7 +33,7 @@ def square_jobs(sample_catalog: Path, config: Config, n: int):
 
 
 def test_next_batch_is_decoded_while_the_device_optimizes(sample_catalog: Path, tmp_path: Path, monkeypatch):
-    config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=2)
+    config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=2, overlap="on")
     jobs = square_jobs(sample_catalog, config, 6)
     second_batch = {j.design_id for j in jobs[2:4]}
     second_batch_loading = threading.Event()
@@ -62,7 +62,7 @@ def test_next_batch_is_decoded_while_the_device_optimizes(sample_catalog: Path, 
 
 
 def test_pngs_are_written_while_the_device_optimizes_the_next_batch(sample_catalog: Path, tmp_path: Path, monkeypatch):
-    config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=2)
+    config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=2, overlap="on")
     jobs = square_jobs(sample_catalog, config, 4)
     runs_started = threading.Semaphore(0)
     real_run, real_write = StyleTransfer.run, pipeline.runner.write_atomic
@@ -85,21 +85,21 @@ def test_pngs_are_written_while_the_device_optimizes_the_next_batch(sample_catal
 
 
 def test_overlap_on_and_off_make_the_same_designs(sample_catalog: Path, tmp_path: Path):
-    base = Config(weights="random", size=32, steps=3, loss_every=1, batch_size=2)
+    base = Config(weights="random", size=32, steps=3, loss_every=1, batch_size=2, overlap="on")
     jobs = square_jobs(sample_catalog, base, 5)
     made = {}
-    for overlap in (True, False):
+    for overlap in ("on", "off"):
         rows = run_shard(jobs, base.replace(overlap=overlap), WEIGHTS, "cpu", DesignCatalog(tmp_path / str(overlap)), "r")
         out = tmp_path / str(overlap)
         # Pixels, not file hashes: the PNG's params text records `overlap` itself.
         made[overlap] = sorted((r["design_id"], r["status"], Image.open(out / r["output_uri"]).tobytes(), r["loss_total"][-1])
                                for r in rows)
-    assert made[True] == made[False]
-    assert len(made[True]) == 5 and {status for _, status, _, _ in made[True]} == {"ok"}
+    assert made["on"] == made["off"]
+    assert len(made["on"]) == 5 and {status for _, status, _, _ in made["on"]} == {"ok"}
 
 
 def test_an_engine_failure_still_finishes_the_pngs_already_handed_to_the_writer(sample_catalog: Path, tmp_path: Path, monkeypatch):
-    config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=2)
+    config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=2, overlap="on")
     jobs = square_jobs(sample_catalog, config, 4)
     real_run = StyleTransfer.run
     calls = []
@@ -121,8 +121,8 @@ def test_an_engine_failure_still_finishes_the_pngs_already_handed_to_the_writer(
     assert not [p for p in written if p.is_file() and p.suffix != ".png"]
 
 
-@pytest.mark.parametrize("overlap", [True, False])
-def test_out_of_memory_halving_with_and_without_overlap(sample_catalog: Path, tmp_path: Path, monkeypatch, overlap: bool):
+@pytest.mark.parametrize("overlap", ["on", "off"])
+def test_out_of_memory_halving_with_and_without_overlap(sample_catalog: Path, tmp_path: Path, monkeypatch, overlap: str):
     real_run = StyleTransfer.run
     batch_sizes: list[int] = []
 
@@ -174,3 +174,15 @@ def test_a_device_starts_its_next_shard_before_the_last_one_is_committed(sample_
     assert summary.ok == 11
     assert events[:2] == ["shard", "shard"] and events.count("shard") == 3
     assert [e for e in events if e != "shard"] == ["shard-0", "shard-1", "shard-2"]
+
+
+def test_auto_overlaps_on_gpus_only():
+    from pipeline.runner import overlaps
+
+    auto = Config()
+    assert auto.overlap == "auto"
+    assert overlaps(auto, "cuda:0") and overlaps(auto, "cuda:3")
+    assert not overlaps(auto, "cpu")
+    assert overlaps(auto.replace(overlap="on"), "cpu") and not overlaps(auto.replace(overlap="off"), "cuda:0")
+    with pytest.raises(ValueError, match="overlap='yes'.*auto, on or off"):
+        Config(overlap="yes")
