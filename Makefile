@@ -92,9 +92,21 @@ sample-data: $(STAMP)
 # Throughput of the engine against the naive loop, side by side (docs/BENCHMARKS.md):
 # short sizes on a CPU, full on a GPU; ARGS: python -m pipeline.bench --help.
 # bench-plan: planning 1,000 x 1,000 pairings (seconds, peak memory, profile).
-.PHONY: bench bench-plan
+# bench-scales: coarse-to-fine timed to the single-scale loss; bench-max-size: peak
+# memory by size and the largest size that fits; bench-pipeline: device busy with
+# decoding and writing overlapped, and without.
+.PHONY: bench bench-plan bench-scales bench-max-size bench-pipeline
 bench: $(STAMP)
 	$(BIN)/python -m pipeline.bench $(ARGS)
+
+bench-scales: $(STAMP)
+	$(BIN)/python -m pipeline.bench --scales $(ARGS)
+
+bench-max-size: $(STAMP)
+	$(BIN)/python -m pipeline.bench --max-size $(ARGS)
+
+bench-pipeline: $(STAMP)
+	$(BIN)/python -m pipeline.bench --pipeline $(ARGS)
 
 bench-plan: $(STAMP)
 	$(BIN)/python -m pipeline.bench --plan $(ARGS)

@@ -26,7 +26,7 @@ from pipeline.runner import failed_row, now_utc, run_shard
 from pipeline.runs import run_config
 from pipeline.contact_sheet import write_contact_sheet
 from pipeline.summary import RunSummary, summarize
-from pipeline.variants import JobSpec, job_specs
+from pipeline.variants import JobSpecs, job_specs
 from pipeline.weights import WeightsSource, resolve_weights
 
 PROGRESS_LOG_SECONDS = 15.0
@@ -43,12 +43,12 @@ def find_weights(spec: str, seed: int) -> WeightsSource:
 
 
 @task(cache_policy=NO_CACHE)
-def enumerate_designs(catalog: InputCatalog, config: Config, pairs: str | None, grid: dict[str, list[Any]] | None) -> list[JobSpec]:
+def enumerate_designs(catalog: InputCatalog, config: Config, pairs: str | None, grid: dict[str, list[Any]] | None) -> JobSpecs:
     return job_specs(catalog, config, pairs, grid)
 
 
 @task(cache_policy=NO_CACHE)
-def plan(catalog: InputCatalog, config: Config, weights: WeightsSource, out: str, specs: list[JobSpec]) -> Plan:
+def plan(catalog: InputCatalog, config: Config, weights: WeightsSource, out: str, specs: JobSpecs) -> Plan:
     return plan_designs(catalog, config, weights.identity, DesignCatalog(out).ok_design_ids(), specs)
 
 

@@ -486,6 +486,7 @@ def run_plan_bench(contents: int, styles: int, done_fraction: float, profile_sid
     import io
     import pstats
     import tempfile
+    import tracemalloc
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -543,6 +544,17 @@ def run_plan_bench(contents: int, styles: int, done_fraction: float, profile_sid
                       peak_rss_mib=rss_mib())
         log(f"plan_designs, {len(done)} done: {result['plan_seconds']:.1f} s, {len(plan.todo)} to do, {plan.already_done} already done; "
             f"cut_shards({shard_size}): {result['shard_seconds']:.3f} s, {len(shards)} shards; peak RSS {result['peak_rss_mib']:,.0f} MiB")
+        del plan, shards
+
+        # The process's RSS peak is the first plan's (1M jobs to learn the ids); what planning
+        # itself holds is measured again, untimed, by the allocations it makes.
+        tracemalloc.start()
+        plan = plan_designs(catalog, config, identity, done)
+        shards = cut_shards(plan.todo, shard_size)
+        result["plan_peak_allocated_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        log(f"plan_designs + cut_shards with {len(done)} done: peak of its own allocations {result['plan_peak_allocated_mib']:,.0f} MiB "
+            f"(tracemalloc; the done ids are the caller's)")
         del plan, shards
 
         small = folder / "profile"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,20 @@ class InputCatalog:
 
     def pairings(self) -> list[tuple[ImageRef, ImageRef]]:
         """Every content x style pair whose collections agree (null pairs with everything)."""
-        return [(c, s) for c in self.contents for s in self.styles if _collections_match(c.collection, s.collection)]
+        return list(self.iter_pairings())
+
+    def iter_pairings(self) -> Iterator[tuple[ImageRef, ImageRef]]:
+        """pairings(), one at a time: a 1,000 x 1,000 catalog is never held as a list."""
+        for c in self.contents:
+            for s in self.styles:
+                if _collections_match(c.collection, s.collection):
+                    yield c, s
+
+    def pairing_count(self) -> int:
+        """len(pairings()), counted by collection instead of pair by pair."""
+        by_collection = Counter(s.collection for s in self.styles)
+        unlabelled = by_collection[None]
+        return sum(len(self.styles) if c.collection is None else by_collection[c.collection] + unlabelled for c in self.contents)
 
 
 def _collections_match(a: str | None, b: str | None) -> bool:
@@ -196,7 +211,7 @@ def load_input_catalog(path: str | Path, allow_roots: tuple[str, ...] = (), max_
         (contents if ref.role == "content" else styles).append(ref)
 
     catalog = InputCatalog(path=path, contents=tuple(contents), styles=tuple(styles))
-    if not catalog.pairings():
+    if not catalog.pairing_count():
         raise CatalogError(
             f"catalog {str(path)!r} yields no pairings: {len(contents)} content and {len(styles)} style image(s)"
             + (" whose collections never match" if contents and styles else "")

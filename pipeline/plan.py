@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,9 +142,10 @@ def pairing_key(content_id: str, style_id: str, config: Config, weights_identity
 
 
 def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, done_ids: set[str],
-                 specs: list[JobSpec] | None = None) -> Plan:
-    """`specs`: the designs to make (pipeline.variants.job_specs); default: the
-    catalog's content x style cross product at `config`."""
+                 specs: Iterable[JobSpec] | None = None) -> Plan:
+    """`specs`: the designs to make (pipeline.variants.job_specs), iterated once;
+    default: the catalog's content x style cross product at `config`. Memory
+    grows with the designs to do, not with the pairings already done."""
     files: dict[str, InputFile] = {}
     masks: dict[str, InputFile] = {}
     for ref in catalog.contents + catalog.styles:
@@ -157,7 +159,9 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
     done = duplicates = 0
     planned: set[str] = set()
     specs = specs if specs is not None else job_specs(catalog, config)
+    pairings = 0
     for spec in specs:
+        pairings += 1
         cfg, content = spec.config, spec.content
         c = files[content.image_id] if content else None
         m = masks.get(content.image_id) if content else None
@@ -203,7 +207,7 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
         (failed if error else todo).append(job)
     # The same config and size batch together; sorting keeps each shard's batches full.
     todo.sort(key=lambda j: ("" if j.config is None else j.config.identity_json(), j.height, j.width, j.style_label, j.content_id or ""))
-    return Plan(tuple(todo), tuple(failed), done, len(specs), duplicates)
+    return Plan(tuple(todo), tuple(failed), done, pairings, duplicates)
 
 
 def cut_shards(jobs: tuple[Job, ...] | list[Job], shard_size: int) -> list[list[Job]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -104,22 +105,51 @@ def load_pairs(path: str | Path, catalog: InputCatalog) -> list[tuple[ImageRef |
     return specs
 
 
+class JobSpecs:
+    """Every design to make: pairings (cross product or pairs file) x grid variants,
+    produced on demand so that a million pairings are never held as a list.
+    Iterating twice gives the same specs in the same order; len() counts them.
+    Pairings that change nothing share the run's config object, and each distinct
+    set of overrides resolves to one Config."""
+
+    def __init__(self, catalog: InputCatalog, config: Config, rows: list[tuple] | None, variants: list[dict[str, Any]]):
+        self.catalog = catalog
+        self.config = config
+        self.rows = rows  # a pairs file's (content, styles, mix, overrides); None: the cross product
+        self.variants = variants
+        self._configs: dict[tuple, Config] = {}
+
+    def __len__(self) -> int:
+        return (len(self.rows) if self.rows is not None else self.catalog.pairing_count()) * len(self.variants)
+
+    def __iter__(self) -> Iterator[JobSpec]:
+        base = self.rows if self.rows is not None else ((c, (s,), (), {}) for c, s in self.catalog.iter_pairings())
+        for content, styles, mix, overrides in base:
+            for variant in self.variants:
+                changes = {**overrides, **variant}
+                try:
+                    resolved = self._resolved(changes) if changes else self.config
+                except ValueError as err:
+                    label = f"{content.image_id if content else '(pattern)'} x {'+'.join(s.image_id for s in styles)}"
+                    raise CatalogError(f"pairing {label}: {err}") from None
+                yield JobSpec(content, styles, mix, resolved)
+
+    def _resolved(self, changes: dict[str, Any]) -> Config:
+        key = tuple(sorted(changes.items()))
+        if key not in self._configs:
+            self._configs[key] = self.config.replace(**changes)
+        return self._configs[key]
+
+
 def job_specs(catalog: InputCatalog, config: Config, pairs: str | Path | None = None,
-              grid: dict[str, list[Any]] | None = None) -> list[JobSpec]:
-    """Every design to make: pairings (cross product or pairs file) x grid variants."""
-    if pairs:
-        base = load_pairs(pairs, catalog)
-    else:
-        base = [(content, (style,), (), {}) for content, style in catalog.pairings()]
+              grid: dict[str, list[Any]] | None = None) -> JobSpecs:
+    """Every design to make. The pairs file is read and checked now, each grid
+    variant is checked against the config now; the specs are produced as iterated."""
+    rows = load_pairs(pairs, catalog) if pairs else None
     variants = expand_grid(grid or {})
-    out = []
-    for content, styles, mix, overrides in base:
-        for variant in variants:
-            changes = {**overrides, **variant}
-            try:
-                # Most pairings change nothing: they share the run's config object.
-                resolved = config.replace(**changes) if changes else config
-            except ValueError as err:
-                raise CatalogError(f"pairing {content.image_id if content else '(pattern)'} x {'+'.join(s.image_id for s in styles)}: {err}") from None
-            out.append(JobSpec(content, styles, mix, resolved))
-    return out
+    for variant in variants:
+        try:
+            config.replace(**variant)
+        except ValueError as err:
+            raise CatalogError(f"--grid {variant}: {err}") from None
+    return JobSpecs(catalog, config, rows, variants)

@@ -46,6 +46,23 @@ def test_grid_multiplies_every_pairing_with_its_own_design_ids(sample_catalog: P
     assert {(j.config or TINY).style_weight for j in plan.todo} == {0.01, 0.1}
 
 
+def test_specs_are_produced_on_demand_and_share_configs(sample_catalog: Path):
+    inputs = load_input_catalog(sample_catalog)
+    grid = parse_grid(["style_weight=1e-2,1e-1", "seed=0,1"])
+    specs = job_specs(inputs, TINY, None, grid)
+    assert not isinstance(specs, list)
+    first, second = list(specs), list(specs)
+    assert len(specs) == len(first) == 11 * 4 and first == second  # re-iterable, same order
+    assert len({id(s.config) for s in first}) == 4  # one Config per distinct variant, shared
+    plain = list(job_specs(inputs, TINY))
+    assert len(plain) == 11 and all(s.config is TINY for s in plain)
+
+
+def test_a_grid_value_the_config_refuses_is_refused_before_planning(sample_catalog: Path):
+    with pytest.raises(CatalogError, match="size"):
+        job_specs(load_input_catalog(sample_catalog), TINY, None, {"size": [8]})
+
+
 def test_grid_refuses_fields_that_do_not_change_a_design():
     with pytest.raises(ValueError, match="'devices' is not a field that changes a design"):
         parse_grid(["devices=cpu"])

@@ -173,7 +173,9 @@ def test_collection_rule(tmp_path):
         catalog_row("s_any", "style", collection=None),
         catalog_row("s_winter", "style", collection="winter"),
     ]
-    pairs = {(c.image_id, s.image_id) for c, s in load_input_catalog(_catalog(tmp_path, rows)).pairings()}
+    catalog = load_input_catalog(_catalog(tmp_path, rows))
+    pairs = {(c.image_id, s.image_id) for c, s in catalog.pairings()}
+    assert catalog.pairing_count() == len(pairs) == len(list(catalog.iter_pairings()))
     assert pairs == {
         ("c_spring", "s_spring"),  # both set and equal
         ("c_spring", "s_any"),  # null pairs with all
