@@ -26,6 +26,7 @@ help:
 	@echo "make verify [OUT=dir] [ARGS=--fix]   # PNGs match the catalog; orphans listed"
 	@echo "make runs | make logs RUN=<id> | make ui   # past runs in Prefect"
 	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
+	@echo "make bench | bench-plan | bench-scales | bench-max-size | bench-pipeline [ARGS=...]   # docs/BENCHMARKS.md"
 
 install: $(STAMP)
 

@@ -253,7 +253,8 @@ def run_max_size_bench(device: torch.device, weights: WeightsSource, sizes: Sequ
     log(f"largest size on {name}, torch {torch.__version__}, {engine.precision}: sizes {list(sizes)}, {steps} steps, one design")
     result = max_size(engine, device, sizes, steps, budget, log)
     result.update(bench="max-size", date=_now(), device=str(device), device_name=name, torch=torch.__version__,
-                  precision=engine.precision, weights=weights.identity, memory_measure=peak_memory(device)[1], steps=steps)
+                  precision=engine.precision, weights=weights.identity, steps=steps,
+                  memory_measure=peak_memory(device)[1] if device.type == "cuda" else "peak RSS above the start, a process per size")
     if result["largest_in_budget"]:
         log(f"fit: {result['fit']['bytes_per_pixel']:.0f} bytes per pixel + {result['fit']['bytes_intercept'] / 2**20:.0f} MiB; "
             f"largest square size in {budget / 2**30:.0f} GiB: about {result['largest_in_budget']} px")

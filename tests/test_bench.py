@@ -338,7 +338,8 @@ def test_plan_bench_reports_times_memory_and_a_profile(tmp_path):
     assert result["pairings"] == 120
     assert result["already_done"] == 108 and result["todo"] == 12  # 90% done
     assert result["shards"] == 1 and result["shard_size"] == 16
-    for key in ("load_seconds", "plan_fresh_seconds", "plan_seconds", "shard_seconds", "peak_rss_mib"):
+    for key in ("load_seconds", "plan_fresh_seconds", "read_done_seconds", "plan_seconds", "shard_seconds", "peak_rss_mib",
+                "plan_peak_allocated_mib"):
         assert result[key] >= 0
     assert "plan_designs" in result["profile"] and result["profile_pairings"] == 16
     assert json.loads((tmp_path / "plan.json").read_text())["todo"] == 12
