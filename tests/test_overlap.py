@@ -121,26 +121,6 @@ def test_an_engine_failure_still_finishes_the_pngs_already_handed_to_the_writer(
     assert not [p for p in written if p.is_file() and p.suffix != ".png"]
 
 
-@pytest.mark.parametrize("overlap", ["on", "off"])
-def test_out_of_memory_halving_with_and_without_overlap(sample_catalog: Path, tmp_path: Path, monkeypatch, overlap: str):
-    real_run = StyleTransfer.run
-    batch_sizes: list[int] = []
-
-    def run_that_fits_two(self, pairings, *args, **kwargs):
-        batch_sizes.append(len(pairings))
-        if len(pairings) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated: this device fits 2 designs)")
-        return real_run(self, pairings, *args, **kwargs)
-
-    monkeypatch.setattr(StyleTransfer, "run", run_that_fits_two)
-    config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=4, overlap=overlap)
-    jobs = square_jobs(sample_catalog, config, 8)
-    rows = run_shard(jobs, config, WEIGHTS, "cpu", DesignCatalog(tmp_path / "out"), "r")
-    assert batch_sizes == [4, 2, 2, 4, 2, 2]
-    assert sorted(r["design_id"] for r in rows) == sorted(j.design_id for j in jobs)
-    assert all(r["status"] == "ok" for r in rows)
-
-
 @pytest.mark.usefixtures("prefect_server")
 def test_a_device_starts_its_next_shard_before_the_last_one_is_committed(sample_catalog: Path, tmp_path: Path, monkeypatch):
     import flows.generate

@@ -172,7 +172,8 @@ def test_diverging_design_fails_with_a_clear_error_after_its_retry(sample_catalo
     assert not pngs(tmp_path / "out")
 
 
-def test_out_of_memory_halves_the_batch_without_losing_a_design(sample_catalog: Path, tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("overlap", ["on", "off"])  # the halves reuse the decoded batch, or load in line
+def test_out_of_memory_halves_the_batch_without_losing_a_design(sample_catalog: Path, tmp_path: Path, monkeypatch, overlap: str):
     real_run = StyleTransfer.run
     batch_sizes: list[int] = []
 
@@ -183,7 +184,7 @@ def test_out_of_memory_halves_the_batch_without_losing_a_design(sample_catalog: 
         return real_run(self, pairings, *args, **kwargs)
 
     monkeypatch.setattr(StyleTransfer, "run", run_that_fits_two)
-    config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=8)
+    config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=8, overlap=overlap)
     weights = resolve_weights("random", 0)
     plan = plan_designs(load_input_catalog(sample_catalog), config, weights.identity, set())
     jobs = [j for j in plan.todo if (j.width, j.height) == (32, 32)][:8]
