@@ -176,9 +176,10 @@ def run_shard(
 ) -> list[dict[str, Any]]:
     """Make every design of the shard; each becomes an ok or failed row.
 
-    With config.overlap on (by default on GPUs) the device is kept fed: while it optimizes one batch, a
-    thread decodes the next batch's images and another encodes and writes the
-    finished designs' PNGs. Targets are device work and are computed in line."""
+    With config.overlap on (the default on GPUs) the device is kept fed: while
+    it optimizes one batch, a thread decodes the next batch's images and another
+    encodes and writes the finished designs' PNGs. Targets are device work (and
+    cached per input) and are computed in line."""
     engine = engine_for(config, weights, device)
     images = _ImageCache(config.max_image_pixels)
     name = device_name(device)
