@@ -96,6 +96,13 @@ def params_value(config: Config, weights_identity: str) -> dict[str, Any]:
     return values
 
 
+def _text_field(name: str) -> pc.Expression:
+    """A string column in a scan filter. delta-rs writes string_view columns while the
+    table schema says string, and pyarrow, pruning files by their statistics, has no
+    string/string_view comparison ("no kernel matching"): the cast keeps both sides string."""
+    return pc.field(name).cast(pa.string())
+
+
 class DesignCatalog:
     def __init__(self, out: str | Path):
         self.out = Path(out)
@@ -152,7 +159,7 @@ class DesignCatalog:
         if not self.exists():
             return set()
         dataset = self.table().to_pyarrow_dataset()
-        ids = dataset.to_table(columns=["design_id"], filter=pc.field("status") == "ok").column("design_id")
+        ids = dataset.to_table(columns=["design_id"], filter=_text_field("status") == "ok").column("design_id")
         return set(ids.to_pylist())
 
     def commit(self, rows: list[dict[str, Any]], run_id: str, note: str = "shard") -> int | None:
@@ -169,7 +176,6 @@ class DesignCatalog:
                 if attempt == COMMIT_ATTEMPTS - 1:
                     raise
                 time.sleep(random.uniform(0.05, 0.2) * 2 ** min(attempt, 5))
-        return None
 
     def _merge(self, rows: list[dict[str, Any]], run_id: str, note: str) -> int | None:
         """One merge attempt.
@@ -185,9 +191,9 @@ class DesignCatalog:
         ok_keys = sorted({r["pairing_key"] for r in rows if r["status"] == "ok" and r.get("pairing_key")})
         stale: list[str] = []
         if ok_keys:
-            found = table.to_pyarrow_dataset().to_table(columns=["design_id", "status", "pairing_key"])
-            mask = pc.and_(pc.equal(found["status"], "failed"), pc.is_in(found["pairing_key"], pa.array(ok_keys)))
-            stale = sorted(set(found.filter(mask).column("design_id").to_pylist()) - new_ids)
+            failed = (_text_field("status") == "failed") & _text_field("pairing_key").isin(pa.array(ok_keys, pa.string()))
+            found = table.to_pyarrow_dataset().to_table(columns=["design_id"], filter=failed)
+            stale = sorted(set(found.column("design_id").to_pylist()) - new_ids)
         tombstones = [{"design_id": d, "run_id": run_id, "created_at": rows[0]["created_at"], "status": SUPERSEDED,
                        "content_id": "", "style_id": ""} for d in stale]
         source = pa.Table.from_pylist(rows + tombstones, schema=SCHEMA)

@@ -214,3 +214,22 @@ def test_a_shard_task_that_dies_is_retried(sample_catalog: Path, tmp_path: Path,
                        config=Config(weights="random", size=32, steps=2, shard_size=SAMPLE_PAIRINGS))
     assert (summary.ok, summary.failed) == (SAMPLE_PAIRINGS, 0)
     assert calls == ["cpu", "cpu"]  # one device: the retry runs where it can
+
+
+def test_done_ids_and_supersedes_read_a_commit_that_mixes_ok_and_failed_rows(tmp_path: Path):
+    """delta-rs writes string_view columns; a scan filter on them once failed to compare
+    with a string literal when file statistics were used (a rerun's plan then crashed)."""
+    from datetime import datetime, timezone
+
+    catalog = DesignCatalog(tmp_path / "out")
+    now = datetime.now(timezone.utc)
+
+    def row(design_id: str, key: str, status: str, run_id: str) -> dict:
+        return {"design_id": design_id, "pairing_key": key, "run_id": run_id, "created_at": now, "status": status,
+                "content_id": "c", "style_id": "s"}
+
+    catalog.commit([row(f"d{i}", f"k{i}", "ok" if i % 2 else "failed", "r1") for i in range(4)], "r1")
+    assert catalog.ok_design_ids() == {"d1", "d3"}
+    catalog.commit([row("d9", "k0", "ok", "r2")], "r2")  # supersedes the failed d0 of the same pairing
+    assert catalog.ok_design_ids() == {"d1", "d3", "d9"}
+    assert sorted(catalog.to_pandas().design_id) == ["d1", "d2", "d3", "d9"]
