@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from pipeline.config import DEFAULT_OUT, Config, coerce, config_fields, element_type, field_type
-from pipeline.variants import parse_grid
 
 EXIT_OK, EXIT_FAILED_DESIGNS, EXIT_REFUSED = 0, 1, 2
 # Flags whose names read better than the field's.
@@ -111,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from_args(args)
         except ValueError as err:
             parser.error(str(err))
+        from pipeline.variants import parse_grid  # local: pyarrow and numpy are not needed for --help
+
         try:
             grid = parse_grid(args.grid)
         except ValueError as err:
@@ -155,19 +156,16 @@ def run_generate(catalog: str, out: str, config: Config, pairs: str | None = Non
     from pipeline.inputs import CatalogError
     from pipeline.weights import WeightsError
 
-    from flows.generate import generate
-    from flows.task_runners import make_task_runner, workers_prefect_api
+    from flows.task_runners import generate_flow, workers_prefect_api
 
     # --runner thread (default) or --runner dask --dask-address tcp://HOST:PORT (docs/SCALING.md).
-    runner, address = getattr(config, "runner", "thread") or "thread", getattr(config, "dask_address", "") or None
     try:
-        task_runner = make_task_runner(runner, address, config.devices)
+        flow = generate_flow(config)
     except ValueError as err:  # DeviceError included
         print(f"designs generate: refused: {err}", file=sys.stderr)
         return EXIT_REFUSED
-    flow = generate if runner == "thread" else generate.with_options(task_runner=task_runner)
     try:
-        with workers_prefect_api(runner, address):
+        with workers_prefect_api(config.runner, config.dask_address or None):
             summary = flow(catalog=catalog, out=out, config=config, pairs=pairs, grid=grid or None)
     except (CatalogError, WeightsError, DeviceError) as err:
         print(f"designs generate: refused: {err}", file=sys.stderr)

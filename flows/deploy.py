@@ -97,17 +97,6 @@ def flow_parameters(catalog: str, out: str, config: Config, pairs: str | None = 
     return parameters
 
 
-def deployment_flow(config: Config):
-    """`generate`, with the task runner of config.runner (thread or dask) where that is not the default."""
-    from flows.generate import generate
-    from flows.task_runners import make_task_runner
-
-    runner = getattr(config, "runner", "thread") or "thread"
-    if runner == "thread":
-        return generate
-    return generate.with_options(task_runner=make_task_runner(runner, getattr(config, "dask_address", "") or None, config.devices))
-
-
 def make_schedule(cron: str | None = None, interval: float | timedelta | None = None, rrule: str | None = None,
                   timezone: str | None = None, anchor: str | None = None):
     """One Prefect schedule: every `interval` seconds from `anchor` (default now), an RRULE, or cron (default 02:00)."""
@@ -130,7 +119,9 @@ def make_schedule(cron: str | None = None, interval: float | timedelta | None = 
 def build_deployment(catalog: str, out: str, config: Config, name: str = DEFAULT_NAME, schedule: Any = None,
                      pairs: str | None = None, grid: dict[str, list[Any]] | None = None):
     """A RunnerDeployment of generate (with config.runner's task runner) with its parameters and schedule (default: cron 02:00)."""
-    flow = deployment_flow(config)
+    from flows.task_runners import generate_flow
+
+    flow = generate_flow(config)
     return flow.to_deployment(
         name=name, schedule=schedule if schedule is not None else make_schedule(),
         parameters=flow_parameters(catalog, out, config, pairs, grid),

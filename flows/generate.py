@@ -13,8 +13,8 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run, task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.reporting import RunProgress, publish_run_artifacts
-from flows.task_runners import shard_devices
+from flows.reporting import CONTACT_SHEET, RunProgress, publish_run_artifacts
+from flows.task_runners import THREAD_POOL_WORKERS, shard_devices
 
 from pipeline.config import DEFAULT_OUT, Config
 from pipeline.design_catalog import DesignCatalog
@@ -54,7 +54,7 @@ def plan(catalog: InputCatalog, config: Config, weights: WeightsSource, out: str
 
 @task(cache_policy=NO_CACHE)
 def contact_sheet(rows: list[dict[str, Any]], out: str, run_id: str) -> str | None:
-    path = write_contact_sheet(rows, out, DesignCatalog(out).run_dir(run_id) / "contact_sheet.png",
+    path = write_contact_sheet(rows, out, DesignCatalog(out).run_dir(run_id) / CONTACT_SHEET,
                                title=f"run {run_id}: {sum(r['status'] == 'ok' for r in rows)} designs", defaults=Config().to_dict())
     return str(path) if path else None
 
@@ -88,7 +88,7 @@ def commit(out: str, rows: list[dict[str, Any]], run_id: str, note: str) -> int 
 
 
 # The device loop below bounds concurrency to one shard per device.
-@flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=True)
+@flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=THREAD_POOL_WORKERS), log_prints=True)
 def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config(), pairs: str | None = None,
              grid: dict[str, list[Any]] | None = None) -> RunSummary:
     """Make every content x style design of CATALOG not yet in the design catalog at OUT.

@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import math
+import statistics
 import sys
 import threading
 import time
@@ -263,11 +265,12 @@ def plot_loss_curves(rows: list[dict[str, Any]], path: str | Path, title: str = 
     axes.set_title(title or f"loss curves of {len(curves)} design(s)" + (f" ({len(shown)} drawn)" if len(shown) < len(curves) else ""))
     axes.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
+    from pipeline.images import write_atomic  # local: it imports torch
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    figure.savefig(partial, format="png")
-    partial.replace(path)
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -276,12 +279,7 @@ def _median_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, floa
     for points in curves:
         for step, value in points:
             by_step.setdefault(step, []).append(value)
-    median = []
-    for step in sorted(by_step):
-        values = sorted(by_step[step])
-        mid = len(values) // 2
-        median.append((step, values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2))
-    return median
+    return [(step, statistics.median(by_step[step])) for step in sorted(by_step)]
 
 
 # --- Prefect artifacts ---
@@ -355,7 +353,7 @@ def run_report(summary: Any, out: str | Path, run_id: str, plot: Path | None, co
         lines.append(f"- Contact sheet: [{contact_sheet.resolve()}]({contact_sheet.resolve().as_uri()})")
     else:
         lines.append("- Contact sheet: none for this run")
-    lines.append(f"- Summary and config: `{(out / 'runs' / run_id).resolve()}/{{summary,config}}.json`")
+    lines.append(f"- Summary and config: `{_run_dir(out, run_id).resolve()}/{{summary,config}}.json`")
     lines += ["", "## Loss curves", ""]
     if plot is not None and plot.is_file():
         lines.append(f"`{plot.resolve()}`")
@@ -390,7 +388,7 @@ def publish_run_artifacts(summary: Any, rows: list[dict[str, Any]], out: str | P
 
     out = Path(out)
     run_id = run_id or _get(summary, "run_id")
-    run_dir = out / "runs" / run_id
+    run_dir = _run_dir(out, run_id)
     result: dict[str, Any] = {"plot": None}
     try:
         result["plot"] = plot_loss_curves(rows, run_dir / LOSS_PLOT, title=f"run {run_id}: total loss of {_get(summary, 'ok')} design(s)")
@@ -409,6 +407,12 @@ def publish_run_artifacts(summary: Any, rows: list[dict[str, Any]], out: str | P
     except Exception as err:  # the API is down or refuses: the run's designs are committed all the same
         _warn(f"run artifacts not published: {err}")
     return result
+
+
+def _run_dir(out: Path, run_id: str) -> Path:
+    from pipeline.design_catalog import DesignCatalog  # local: it imports deltalake
+
+    return DesignCatalog(out).run_dir(run_id)
 
 
 def _warn(message: str) -> None:

@@ -2,7 +2,8 @@
 (default) or the workers of a Dask cluster, one GPU per task.
 
 - `make_task_runner(runner, dask_address, devices)` builds the task runner that
-  `generate.with_options(task_runner=...)` runs with.
+  `generate.with_options(task_runner=...)` runs with; `generate_flow(config)`
+  gives the flow with config.runner's task runner (the CLI and deployments).
 - `shard_devices(config)`, called inside the flow, gives the device of each
   concurrent shard slot: the flow's own devices for the thread runner, and for
   a Dask runner one slot per `GPU` resource unit the cluster's workers offer.
@@ -234,11 +235,12 @@ def workers_prefect_api(runner: str = "thread", dask_address: str | None = None)
             os.environ["PREFECT_API_URL"] = previous
 
 
-@contextlib.contextmanager
-def task_runner_for(config: Config) -> Iterator[TaskRunner]:
-    """The task runner chosen by config.runner / config.dask_address, with a Prefect API its workers can reach."""
-    runner = getattr(config, "runner", "thread") or "thread"
-    address = getattr(config, "dask_address", "") or None
-    task_runner = make_task_runner(runner, address, config.devices if runner == "dask" else None)
-    with workers_prefect_api(runner, address):
-        yield task_runner
+def generate_flow(config: Config):
+    """The `generate` flow with the task runner of config.runner / config.dask_address: the flow
+    itself for 'thread' (its own thread pool), else a copy with a Dask task runner.
+    Raises ValueError (DeviceError included) for bad runner settings, before any work."""
+    from flows.generate import generate  # local: flows.generate imports this module
+
+    if config.runner == "thread":
+        return generate
+    return generate.with_options(task_runner=make_task_runner(config.runner, config.dask_address or None, config.devices))

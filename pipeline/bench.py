@@ -350,8 +350,13 @@ TABLE_HEADER = ("| date | device | torch | threads | size | steps | config | bat
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def fmt(value: float | None, spec: str, missing: str = "-") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def utc_now() -> str:
+    """The date a bench row carries."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def markdown_rows(result: dict[str, Any]) -> str:
@@ -360,9 +365,9 @@ def markdown_rows(result: dict[str, Any]) -> str:
         if r.get("error"):
             cells = [r["error"]] + ["-"] * 6
         else:
-            cells = [_fmt(r["designs_per_hour"], ",.0f"), _fmt(r["steps_per_second"], ".2f"), _fmt(r["tflops"], ".3f"),
-                     _fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
-                     _fmt(r["peak_memory_bytes"] / 2**20, ",.0f"), _fmt(r["vs_naive_fp32"], ".2f"), _fmt(r["vs_naive_default"], ".2f")]
+            cells = [fmt(r["designs_per_hour"], ",.0f"), fmt(r["steps_per_second"], ".2f"), fmt(r["tflops"], ".3f"),
+                     fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
+                     fmt(r["peak_memory_bytes"] / 2**20, ",.0f"), fmt(r["vs_naive_fp32"], ".2f"), fmt(r["vs_naive_default"], ".2f")]
         lines.append("| " + " | ".join([result["date"][:10], result["device_name"], result["torch"], str(result["threads"]),
                                         str(result["size"]), str(result["steps"]), r["name"], str(r["batch_size"]), *cells]) + " |")
     return "\n".join(lines) + "\n"
@@ -436,7 +441,7 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
                 f"busy and the timings unreliable; rerun, or with --threads 1 (threads waiting on each other suffer most)")
     result = {
         "bench": "pipeline.bench",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "device": str(device),
         "device_name": name,
         "torch": torch.__version__,

@@ -16,7 +16,6 @@ Needs pyarrow and deltalake besides torch, numpy and Pillow (the runner's import
 
 from __future__ import annotations
 
-import datetime
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.bench import device_label
+from pipeline.bench import device_label, utc_now
 from pipeline.config import Config
 from pipeline.weights import WeightsSource
 
@@ -90,7 +89,7 @@ def run_pipeline_bench(device: torch.device, weights: WeightsSource, *, contents
     designs = len(plan.todo)
     result: dict[str, Any] = {
         "bench": "pipeline",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "device": str(device), "device_name": name, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "designs": designs, "size": size, "steps": steps, "batch_size": batch_size,
         "contents": contents, "content_size": list(content_size), "styles": styles, "style_side": style_side,

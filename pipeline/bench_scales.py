@@ -11,9 +11,9 @@ is at or under what the single-scale run ended at. The same run also gives
 where the default schedule (each scale half the steps of the one before) ends.
 
 --max-size runs a few steps of one design at growing sizes and records each
-size's peak memory (CUDA: max_memory_allocated; CPU: the growth of the
-process's peak RSS, which only grows, so sizes go up) until one runs out of
-memory or the list ends. It fits bytes = a + b * pixels through the points and
+size's peak memory (CUDA: max_memory_allocated after a reset; CPU: the peak RSS
+of a process of its own per size, above its RSS before the run) until one runs
+out of memory or the list ends. It fits bytes = a + b * pixels through the points and
 gives the largest square size that fits a memory budget (the device's, or
 --memory-gib).
 
@@ -22,7 +22,6 @@ Imports only torch, numpy, Pillow and the pipeline's engine modules, as pipeline
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import subprocess
@@ -34,7 +33,7 @@ from typing import Any
 
 import torch
 
-from pipeline.bench import device_label, make_pairings, peak_memory, sync
+from pipeline.bench import device_label, fmt, make_pairings, peak_memory, sync, utc_now
 from pipeline.config import Config
 from pipeline.engine import Progress, StyleTransfer
 from pipeline.weights import WeightsSource
@@ -240,7 +239,7 @@ def run_scales_bench(device: torch.device, weights: WeightsSource, size: int, st
     name = device_label(device)
     log(f"coarse-to-fine on {name}, torch {torch.__version__}: {designs} designs at {size} px, {steps} steps")
     result = coarse_to_fine(engine, device, size, steps, designs, log)
-    result.update(bench="coarse-to-fine", date=_now(), device=str(device), device_name=name, torch=torch.__version__,
+    result.update(bench="coarse-to-fine", date=utc_now(), device=str(device), device_name=name, torch=torch.__version__,
                   precision=engine.precision, weights=weights.identity)
     return result
 
@@ -252,17 +251,13 @@ def run_max_size_bench(device: torch.device, weights: WeightsSource, sizes: Sequ
     budget = int(budget_gib * 2**30) if budget_gib else device_memory_bytes(device)
     log(f"largest size on {name}, torch {torch.__version__}, {engine.precision}: sizes {list(sizes)}, {steps} steps, one design")
     result = max_size(engine, device, sizes, steps, budget, log)
-    result.update(bench="max-size", date=_now(), device=str(device), device_name=name, torch=torch.__version__,
+    result.update(bench="max-size", date=utc_now(), device=str(device), device_name=name, torch=torch.__version__,
                   precision=engine.precision, weights=weights.identity, steps=steps,
                   memory_measure=peak_memory(device)[1] if device.type == "cuda" else "peak RSS above the start, a process per size")
     if result["largest_in_budget"]:
         log(f"fit: {result['fit']['bytes_per_pixel']:.0f} bytes per pixel + {result['fit']['bytes_intercept'] / 2**20:.0f} MiB; "
             f"largest square size in {budget / 2**30:.0f} GiB: about {result['largest_in_budget']} px")
     return result
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 # --- rows for docs/BENCHMARKS.md ---
@@ -275,15 +270,11 @@ MAX_SIZE_TABLE = ("| date | device | torch | precision | memory measure | size p
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 
 
-def _cell(value: float | None, spec: str, missing: str = "-") -> str:
-    return missing if value is None else format(value, spec)
-
-
 def scales_rows(r: dict[str, Any]) -> str:
     cells = [r["date"][:10], r["device_name"], r["torch"], r["precision"], str(r["size"]), ",".join(map(str, r["scales"])),
              str(r["designs"]), f"{r['single_seconds']:.2f} ({r['steps']} steps)",
-             _cell(r["seconds_to_single_loss"], ".2f", "not reached"),
-             _cell(r["reached_after_fine_steps"], "d", f"> {r['steps']}"), _cell(r["speedup"], ".2f"),
+             fmt(r["seconds_to_single_loss"], ".2f", "not reached"),
+             fmt(r["reached_after_fine_steps"], "d", f"> {r['steps']}"), fmt(r["speedup"], ".2f"),
              f"{r['default_schedule_seconds']:.2f} ({','.join(map(str, r['default_schedule_steps']))} steps)",
              f"{r['default_schedule_loss_ratio']:.3f}"]
     return "| " + " | ".join(cells) + " |\n"

@@ -10,7 +10,6 @@ carried out (devices, batch size, file-system limits).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -173,13 +172,22 @@ class Config:
         return {k: v for k, v in self.to_dict().items() if config_field(k).metadata["identity"]}
 
     def identity_json(self) -> str:
-        return _identity_json(self)
+        """Cached on the instance: planning hashes it for every pairing of a million-pairing catalog."""
+        try:
+            return self.__dict__[_IDENTITY_JSON]
+        except KeyError:
+            value = json.dumps(self.identity_dict(), sort_keys=True, separators=(",", ":"))
+            object.__setattr__(self, _IDENTITY_JSON, value)  # not a field: eq, hash, replace and to_dict ignore it
+            return value
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles the fields only, not the cache."""
+        state = dict(self.__dict__)
+        state.pop(_IDENTITY_JSON, None)
+        return state
 
 
-@functools.lru_cache(maxsize=4096)
-def _identity_json(config: Config) -> str:
-    """Cached: planning hashes it for every pairing of a million-pairing catalog."""
-    return json.dumps(config.identity_dict(), sort_keys=True, separators=(",", ":"))
+_IDENTITY_JSON = "_identity_json_cache"
 
 
 def config_fields() -> tuple[dataclasses.Field, ...]:

@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.vgg import VGG19_LAYOUT
-
 if TYPE_CHECKING:
     from pipeline.config import Config
     from pipeline.engine import StyleTransfer
@@ -50,32 +48,13 @@ def device_name(device: str) -> str:
     return "cpu"
 
 
-def bytes_per_design(width: int, height: int) -> int:
-    """Rough fp32 memory of one design's forward and backward through VGG19
-    (activations kept for autograd, their gradients, the ReLU copies)."""
-    elements, h, w = 0, height, width
-    for item in VGG19_LAYOUT:
-        if item == "M":
-            h, w = h // 2, w // 2
-            elements += 64 * h * w  # pool outputs are small; a generous bound
-        else:
-            elements += 2 * item * h * w  # conv output and ReLU output
-    return elements * 4 * 3  # values, gradients, workspace
-
-
-def auto_batch_size(device: str, width: int, height: int, engine: StyleTransfer | None = None,
-                    config: Config | None = None) -> int:
+def auto_batch_size(device: str, width: int, height: int, engine: StyleTransfer, config: Config | None = None) -> int:
     """Designs of (width, height) to optimize together on `device`: CPU_BATCH_SIZE on
-    the CPU; on a GPU as many as fit in 80% of the memory it has left. With the
-    device's `engine` the memory of a design is measured (two probe steps, see
-    measured_step_memory); without, estimated from the layer shapes (fp32)."""
+    the CPU; on a GPU as many as fit in 80% of the memory it has left, a design's
+    memory measured with the device's `engine` (two probe steps, see measured_step_memory)."""
     if not device.startswith("cuda"):
         return CPU_BATCH_SIZE
     dev = torch.device(device)
-    if engine is None:
-        free, _total = torch.cuda.mem_get_info(dev)
-        fits = int(free * 0.6 // bytes_per_design(width, height))
-        return max(1, min(MAX_AUTO_BATCH, fits))
     fixed, per_design = measured_step_memory(engine, width, height, config)
     free, _total = torch.cuda.mem_get_info(dev)
     # Memory PyTorch holds in its cache is free to it, though not to the driver.

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +48,12 @@ def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tens
     """
     n, c, h, w = features.shape
     flat = features.float()
+    positions: torch.Tensor | float
     if mask is not None:
         flat = flat * mask
         positions = mask.float().sum(dim=(1, 2, 3)).clamp_min(1.0).view(n, 1, 1)
     else:
-        positions = torch.full((n, 1, 1), float(h * w), device=features.device)
+        positions = float(h * w)
     if _channels_last(flat):
         # (N, H, W, C) in memory: a view as (N, HW, C), no copy; the same sums.
         rows = flat.permute(0, 2, 3, 1).reshape(n, h * w, c)
@@ -311,10 +313,18 @@ class StyleTransfer:
 
     @torch.no_grad()
     def style_targets(self, key: str, style: torch.Tensor, config: Config | None = None, color_source: str | None = None) -> dict[str, torch.Tensor]:
-        cfg = config or self.config
-        cache_key = (key, style.shape[-2], style.shape[-1], tuple(cfg.style_layers), cfg.tile, color_source)
+        return self._style_targets(key, tuple(style.shape[-2:]), lambda: style, config or self.config, color_source)
+
+    @torch.no_grad()
+    def _style_targets(self, key: str, shape: tuple[int, int], prepare: Callable[[], torch.Tensor], cfg: Config,
+                       color_source: str | None) -> dict[str, torch.Tensor]:
+        """The style Grams cached under the (H, W) `shape` the style has once prepared;
+        `prepare` (resize, colour match) runs only when they are not cached yet."""
+        cache_key = (key, shape[0], shape[1], tuple(cfg.style_layers), cfg.tile, color_source)
 
         def make():
+            style = prepare()
+            assert tuple(style.shape[-2:]) == tuple(shape), (tuple(style.shape), shape)
             feats = self.features(style.unsqueeze(0).to(self.device), cfg)
             return {name: gram(feats[name])[0] for name in cfg.style_layers}
 
@@ -336,8 +346,13 @@ class StyleTransfer:
         self._content_cache.clear()
 
     def losses(self, image: torch.Tensor, content_t: dict[str, torch.Tensor], style_t: dict[str, torch.Tensor],
-               config: Config | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, 4) per-design losses: total, content, style, tv (weighted)."""
+               config: Config | None = None, mask: torch.Tensor | None = None,
+               layer_masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """(N, 4) per-design losses: total, content, style, tv (weighted).
+
+        `layer_masks`: `mask` already resized to each style layer's grid
+        (`_layer_masks`), for a loop that calls this every step; computed here
+        when not given."""
         cfg = config or self.config
         feats = self.features(image, cfg)
         n = image.shape[0]
@@ -345,8 +360,12 @@ class StyleTransfer:
             c = cfg.content_weight * content_loss(feats, content_t, _layer_weights(cfg.content_layers, cfg.content_layer_weights))
         else:
             c = torch.zeros(n, device=image.device)
-        layer_masks = {name: _resize_mask(mask, feats[name].shape[-2:]) for name in cfg.style_layers} if mask is not None else None
-        s = cfg.style_weight * style_loss(feats, style_t, _layer_weights(cfg.style_layers, cfg.style_layer_weights), layer_masks)
+        if mask is not None and layer_masks is None:
+            layer_masks = {name: _resize_mask(mask, feats[name].shape[-2:]) for name in cfg.style_layers}
+        elif mask is None:
+            layer_masks = None
+        s = cfg.style_weight * style_loss(feats, style_t, _layer_weights(cfg.style_layers, cfg.style_layer_weights),
+                                          layer_masks)
         t = cfg.tv_weight * tv_loss(image, wrap=cfg.tile, mask=mask)
         return torch.stack([c + s + t, c, s, t], dim=1)
 
@@ -464,10 +483,12 @@ class StyleTransfer:
         factor = max(h, w) / max(pairings[0].size)
         contents = masks = None
         content_t: dict[str, torch.Tensor] = {}
+        scaled: list[torch.Tensor] | None = None  # each content at this scale, resized once
         if all(p.content is not None for p in pairings):
-            contents = torch.stack([_resize(p.content, (h, w)) for p in pairings]).to(self.device)
+            scaled = [_resize(p.content, (h, w)) for p in pairings]
+            contents = torch.stack(scaled).to(self.device)
             if not pattern:
-                per = [self.content_targets(p.content_key, _resize(p.content, (h, w)), cfg) for p in pairings]
+                per = [self.content_targets(p.content_key, c, cfg) for p, c in zip(pairings, scaled)]
                 content_t = {name: torch.stack([t[name] for t in per]) for name in cfg.content_layers}
         if any(p.mask is not None for p in pairings):
             ones = torch.ones(1, h, w)
@@ -476,12 +497,18 @@ class StyleTransfer:
         for i, p in enumerate(pairings):
             mixed: dict[str, torch.Tensor] = {}
             for (key, style), weight in zip(p.styles, p.weights):
-                style_s = style if factor == 1 else _resize(style, _fit(style.shape[-2:], round(max(style.shape[-2:]) * factor)))
-                source = None
-                if cfg.color == "match":
-                    style_s = match_colors(style_s, _resize(p.content, (h, w)))
-                    source = p.content_key
-                grams = self.style_targets(key, style_s, cfg, color_source=source)
+                # The shape the style takes here keys the cache; resizing and colour
+                # matching run only when its Grams are not cached yet.
+                shape = tuple(style.shape[-2:]) if factor == 1 else _fit(style.shape[-2:], round(max(style.shape[-2:]) * factor))
+                source = p.content_key if cfg.color == "match" else None
+
+                def prepare(style=style, shape=shape, i=i, p=p) -> torch.Tensor:
+                    style_s = style if factor == 1 else _resize(style, shape)
+                    if cfg.color == "match":
+                        style_s = match_colors(style_s, scaled[i] if scaled is not None else _resize(p.content, (h, w)))
+                    return style_s
+
+                grams = self._style_targets(key, shape, prepare, cfg, source)
                 for name, g in grams.items():
                     mixed[name] = mixed.get(name, 0) + weight * g
             per_style.append(mixed)
@@ -515,6 +542,8 @@ class StyleTransfer:
         # features() hands the network a channels-last copy, a small one (3 channels).
         image = image.detach().clone().requires_grad_(True)
         sample_steps = list(range(0, steps, cfg.loss_every))
+        # The mask at each style layer's grid: constant for the whole scale.
+        layer_masks = _layer_masks(masks, cfg.style_layers, tuple(image.shape[-2:])) if masks is not None else None
         # Loss curves stay on the device; the host reads them at the end (or
         # every loss_every steps when a progress callback wants them).
         curves = torch.zeros(image.shape[0], len(LOSS_NAMES), len(sample_steps), device=self.device)
@@ -533,7 +562,7 @@ class StyleTransfer:
 
             def closure() -> torch.Tensor:
                 opt.zero_grad(set_to_none=True)
-                losses = self.losses(image, content_t, style_t, cfg, masks)
+                losses = self.losses(image, content_t, style_t, cfg, masks, layer_masks=layer_masks)
                 losses[:, 0].sum().backward()
                 losses_at_step.append(losses.detach())
                 return losses[:, 0].sum()
@@ -609,8 +638,23 @@ def _feather(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return blurred.clamp(0, 1) * binary
 
 
-def _layer_weights(layers: Sequence[str], weights: Sequence[float]) -> dict[str, float]:
-    weights = tuple(weights) or (1.0,) * len(layers)
+def _layer_grid(name: str, size: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) of layer convB_L's activations for an (H, W) input: the 3x3 convolutions
+    (zero or circular padding 1) keep the grid; the B - 1 max pools before it each halve it, rounding down."""
+    pools = int(name[len("conv")]) - 1
+    return size[0] >> pools, size[1] >> pools
+
+
+def _layer_masks(mask: torch.Tensor, layers: Sequence[str], size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """A (N, 1, H, W) mask resized to each layer's grid, as `losses` does it."""
+    return {name: _resize_mask(mask, _layer_grid(name, size)) for name in layers}
+
+
+@lru_cache(maxsize=64)
+def _layer_weights(layers: tuple[str, ...], weights: tuple[float, ...]) -> dict[str, float]:
+    """Layer -> weight (all 1 when none are given). Cached, as `losses` asks every step:
+    the dict is shared, not to be modified."""
+    weights = weights or (1.0,) * len(layers)
     return {name: float(w) for name, w in zip(layers, weights)}
 
 

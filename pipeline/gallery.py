@@ -21,7 +21,6 @@ import html
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -29,6 +28,8 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.design_catalog import DesignCatalog
+from pipeline.output_file import check_output, write_output
+from pipeline.runs import resolve_version
 
 GALLERY_FILE = "gallery.html"
 # Shown on each card; every params field is in the card's <details>.
@@ -317,31 +318,11 @@ def build_gallery(out: str | Path, version: int | None = None, output: str | Pat
     """Write the gallery of the design catalog at OUT (default file OUT/gallery.html)."""
     out = Path(out)
     catalog = DesignCatalog(out)
-    if version is not None:
-        versions = [h.get("version") for h in catalog.history()] if catalog.exists() else []
-        if version not in versions:
-            catalog.table()  # a missing catalog says so first
-            raise ValueError(f"version {version} does not exist in {catalog.table_path}; it has versions "
-                             f"{min(versions)}..{max(versions)}")
-    table = catalog.table(version)
+    table = catalog.table(resolve_version(catalog, version))  # a missing catalog says so first
     resolved = table.version()
     rows = table.to_pyarrow_table().to_pylist()
     page = Path(output) if output is not None else out / GALLERY_FILE
-    if not page.parent.is_dir():
-        raise ValueError(f"--output {str(page)!r}: folder {str(page.parent)!r} does not exist")
+    check_output(page)  # before rendering
     text, ok, failed, missing = render(rows, out, page, resolved)
-    try:
-        handle, temp = tempfile.mkstemp(dir=page.parent, prefix=f".{page.name}.", suffix=".tmp")
-    except OSError as err:
-        raise ValueError(f"--output {str(page)!r}: cannot write there: {err}") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(temp, 0o666 & ~mask)
-        os.replace(temp, page)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_output(page, lambda path: Path(path).write_text(text, encoding="utf-8"))
     return GalleryReport(page, resolved, ok, failed, missing)

@@ -20,6 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import config_field
+
 IMAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 REQUIRED_COLUMNS = ("image_id", "role", "uri")
 OPTIONAL_COLUMNS = ("collection", "mask_uri", "tags")
@@ -126,7 +128,7 @@ def _normalise_types(table: pa.Table, path: Path) -> pa.Table:
     return table
 
 
-DEFAULT_MAX_IMAGES = 100_000
+DEFAULT_MAX_IMAGES: int = config_field("max_catalog_images").default  # Config's default, not restated
 
 
 def load_input_catalog(path: str | Path, allow_roots: tuple[str, ...] = (), max_images: int = DEFAULT_MAX_IMAGES) -> InputCatalog:

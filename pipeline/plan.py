@@ -154,6 +154,15 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
         if ref.mask_path is not None:
             masks[ref.image_id] = inspect_file(ref.mask_path, f"mask of {label}", config.max_image_pixels)
 
+    # Per (role, image, size): the output size and why it is too small, reused by every pairing of the image.
+    sized: dict[tuple[str, str, int], tuple[tuple[int, int], str | None]] = {}
+
+    def fit(role: str, ref: ImageRef, file: InputFile, cfg: Config) -> tuple[tuple[int, int], str | None]:
+        key = (role, ref.image_id, cfg.size)
+        if key not in sized:
+            sized[key] = (output_size(file.width, file.height, cfg.size), _too_small(role, ref, file, cfg))
+        return sized[key]
+
     todo: list[Job] = []
     failed: list[Job] = []
     done = duplicates = 0
@@ -169,18 +178,23 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
         # The runner scales the content to the output size and the style to the
         # same longest side: both must keep a short side VGG19 can pool.
         errors = []
+        content_size = (0, 0)
         if content is not None and c is not None:
-            errors.append(f"content image {content.image_id!r}: {c.error}" if c.error else _too_small("content", content, c, cfg))
+            if c.error:
+                errors.append(f"content image {content.image_id!r}: {c.error}")
+            else:
+                content_size, too_small = fit("content", content, c, cfg)
+                errors.append(too_small)
         for style in spec.styles:
             s = files[style.image_id]
-            errors.append(f"style image {style.image_id!r}: {s.error}" if s.error else _too_small("style", style, s, cfg))
+            errors.append(f"style image {style.image_id!r}: {s.error}" if s.error else fit("style", style, s, cfg)[1])
         if m and m.error:
             errors.append(f"mask of content image {content.image_id!r}: {m.error}")
         error = "; ".join(e for e in errors if e) or None
         if content is None:
             width = height = cfg.size  # pattern mode: a square repeat
         else:
-            width, height = output_size(c.width, c.height, cfg.size) if error is None else (0, 0)
+            width, height = content_size if error is None else (0, 0)
         style_shas = [files[s.image_id].sha256 or f"unusable:{s.image_id}" for s in spec.styles]
         mix = f"@{','.join(map(repr, spec.style_mix))}" if spec.style_mix else ""
         # Faulty inputs get a stable id from their image ids, so a rerun updates
@@ -203,7 +217,7 @@ def plan_designs(catalog: InputCatalog, config: Config, weights_identity: str, d
         job = Job(did, key, content, spec.styles[0], c.sha256 if c else None, files[spec.styles[0].image_id].sha256,
                   m.sha256 if m else None, width, height, error,
                   extra_styles=spec.styles[1:], extra_style_sha256s=tuple(files[s.image_id].sha256 for s in spec.styles[1:]),
-                  style_mix=spec.style_mix, config=None if cfg == config else cfg)
+                  style_mix=spec.style_mix, config=None if cfg is config or cfg == config else cfg)
         (failed if error else todo).append(job)
     # The same config and size batch together; sorting keeps each shard's batches full.
     todo.sort(key=lambda j: ("" if j.config is None else j.config.identity_json(), j.height, j.width, j.style_label, j.content_id or ""))

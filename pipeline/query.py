@@ -15,9 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,57 +27,13 @@ import pyarrow.parquet as pq
 from deltalake.exceptions import DeltaError
 
 from pipeline.design_catalog import DesignCatalog
-from pipeline.runs import COMMITS_SCHEMA, commit_history, runs_table
+from pipeline.output_file import write_output
+# QueryError, parse_as_of and resolve_version live in runs.py (the gallery uses them without DuckDB);
+# they are imported from here too.
+from pipeline.runs import COMMITS_SCHEMA, QueryError, commit_history, parse_as_of, resolve_version, runs_table  # noqa: F401
 
 FORMATS = ("table", "csv", "json", "parquet")
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet", ".txt": "table"}
-
-
-class QueryError(ValueError):
-    """A refused query: bad SQL, a version or timestamp the table lacks, an unknown format."""
-
-
-def parse_as_of(text: str) -> datetime:
-    """An ISO 8601 timestamp; without a zone it is UTC."""
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise QueryError(f"--as-of {text!r} is not an ISO 8601 timestamp (e.g. 2026-11-24T01:30:00Z or 2026-11-24)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def resolve_version(catalog: DesignCatalog, version: int | None = None, as_of: str | datetime | None = None) -> int | None:
-    """The table version to read: `version`, the latest committed at or before `as_of`, or None (latest)."""
-    if version is not None and as_of is not None:
-        raise QueryError("give --version or --as-of, not both")
-    if version is None and as_of is None:
-        return None
-    if not catalog.exists():
-        catalog.table()  # raises FileNotFoundError naming the path
-    commits = commit_history(catalog)
-    versions = [c["version"] for c in commits]
-    if version is not None:
-        if version not in versions:
-            raise QueryError(f"version {version} does not exist in {catalog.table_path}; it has versions {_ranges(versions)}")
-        return version
-    moment = parse_as_of(as_of) if isinstance(as_of, str) else as_of
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    before = [c for c in commits if c["committed_at"] is not None and c["committed_at"] <= moment]
-    if not before:
-        first = commits[0]
-        shown = as_of if isinstance(as_of, str) else moment.isoformat()
-        raise QueryError(f"--as-of {shown!r} ({moment.isoformat()}) is before the first commit of {catalog.table_path} "
-                         f"(version {first['version']} at {first['committed_at'].isoformat()})")
-    return max(c["version"] for c in before)
-
-
-def _ranges(versions: list[int]) -> str:
-    if not versions:
-        return "none"
-    if versions == list(range(versions[0], versions[-1] + 1)):
-        return f"{versions[0]}..{versions[-1]}"
-    return ", ".join(map(str, versions))
 
 
 def _string_view(kind: pa.DataType) -> pa.DataType:
@@ -107,10 +61,12 @@ def string_views(schema: pa.Schema) -> pa.Schema:
 def connect(out: str | Path, version: int | None = None, as_of: str | datetime | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with `designs` (the table at the chosen version), `runs` and `commits`."""
     catalog = DesignCatalog(out)
-    resolved = resolve_version(catalog, version, as_of)
+    # Time travel reads the commit history to find its version; the views reuse it.
+    commits = commit_history(catalog) if version is not None or as_of is not None else None
+    resolved = resolve_version(catalog, version, as_of, commits)
     try:
         table = catalog.table(resolved)
-        dataset = table.to_pyarrow_dataset(schema=string_views(table.to_pyarrow_dataset().schema))
+        dataset = table.to_pyarrow_dataset(schema=string_views(pa.schema(table.schema().to_arrow())))
     except FileNotFoundError:
         raise
     except (DeltaError, OSError) as err:  # a vacuumed version, a damaged log
@@ -118,7 +74,8 @@ def connect(out: str | Path, version: int | None = None, as_of: str | datetime |
     # No extension downloads: a query naming one fails at once instead of waiting on the network.
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "TimeZone": "UTC"})
     con.register("designs", dataset)
-    commits = commit_history(catalog)
+    if commits is None:  # read after the table, so the views cover at least its version
+        commits = commit_history(catalog)
     con.register("runs", runs_table(out, commits))
     con.register("commits", pa.Table.from_pylist(commits, schema=COMMITS_SCHEMA))
     return con
@@ -200,10 +157,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _is_nested(kind: pa.DataType) -> bool:
-    return pa.types.is_nested(kind)
-
-
 def to_json_text(table: pa.Table) -> str:
     """A JSON array of one object per row."""
     return json.dumps([_plain(row) for row in table.to_pylist(maps_as_pydicts="strict")], indent=2, allow_nan=False) + "\n"
@@ -213,7 +166,7 @@ def to_csv_bytes(table: pa.Table) -> bytes:
     """CSV; nested columns (lists, structs: loss curves, params) as JSON text."""
     columns = []
     for name, column in zip(table.column_names, table.columns):
-        if _is_nested(column.type):
+        if pa.types.is_nested(column.type):
             values = [None if v is None else json.dumps(_plain(v), allow_nan=False) for v in column.to_pylist(maps_as_pydicts="strict")]
             column = pa.array(values, pa.string())
         columns.append(column)
@@ -224,56 +177,23 @@ def to_csv_bytes(table: pa.Table) -> bytes:
 
 
 def write_result(table: pa.Table, fmt: str, output: str | Path | None) -> None:
-    """Print (output None) or write the result in `fmt` (table, csv, json, parquet)."""
+    """Print (output None) or write the result in `fmt`, as format_for(fmt, output) chose it."""
     if fmt == "parquet":
-        if output is None:
-            raise QueryError("--format parquet needs --output FILE")
-        _write_file(Path(output), lambda path: pq.write_table(table, path))
+        write_output(Path(output), lambda path: pq.write_table(table, path), QueryError)
         return
     if fmt == "csv":
         data = to_csv_bytes(table)
     elif fmt == "json":
         data = to_json_text(table).encode()
-    elif fmt == "table":
-        data = (render_table(table) + "\n").encode()
     else:
-        raise QueryError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+        data = (render_table(table) + "\n").encode()
     if output is None:
         import sys
 
         sys.stdout.write(data.decode())
         sys.stdout.flush()
         return
-    _write_file(Path(output), lambda path: Path(path).write_bytes(data))
-
-
-def _write_file(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, so a failed write leaves no half file."""
-    if not path.parent.is_dir():
-        raise QueryError(f"--output {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    if path.is_dir():
-        raise QueryError(f"--output {str(path)!r} is a folder")
-    try:
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise QueryError(f"--output {str(path)!r}: cannot write there: {err}") from None
-    os.close(handle)
-    try:
-        write(temp)
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, path)
-    except OSError as err:
-        Path(temp).unlink(missing_ok=True)
-        raise QueryError(f"--output {str(path)!r}: cannot write there: {err}") from None
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    write_output(Path(output), lambda path: Path(path).write_bytes(data), QueryError)
 
 
 def run_query(out: str | Path, sql: str, version: int | None = None, as_of: str | None = None, fmt: str | None = None,
@@ -283,7 +203,3 @@ def run_query(out: str | Path, sql: str, version: int | None = None, as_of: str 
     table = query(out, sql, version, as_of)
     write_result(table, chosen, output)
     return table
-
-
-def print_query(out: str | Path, sql: str, version: int | None = None) -> None:
-    run_query(out, sql, version)

@@ -4,6 +4,7 @@ write PNGs, and return the catalog rows (committed by the caller)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import platform
@@ -43,7 +44,9 @@ def engine_for(config: Config, weights: WeightsSource, device: str) -> StyleTran
         return _engines[key]
 
 
+@functools.cache
 def versions() -> dict[str, str]:
+    """The package, torch and Python versions every row records (looked up once per process)."""
     try:
         package = metadata.version("designs")
     except metadata.PackageNotFoundError:
@@ -81,7 +84,7 @@ def base_row(job: Job, config: Config, weights: WeightsSource, run_id: str) -> d
         "tags": list(dict.fromkeys(t for r in refs for t in r.tags)),
         "content_extra": content.extra_json if content else None,
         "style_extra": job.style.extra_json,
-        "versions": versions(),
+        "versions": dict(versions()),  # a copy: the cached dict is shared
     }
 
 

@@ -6,6 +6,9 @@ A run leaves `OUT/runs/<run_id>/config.json` before its first commit and
 no summary: it is still listed, from its config.json, with nulls where the
 summary would be. A run whose folder is gone is listed from the commit history
 alone.
+
+The commit history also gives `resolve_version`: the table version that
+`--version`/`--as-of` name (`designs query`, `designs gallery`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from pipeline.design_catalog import RUNS_DIR, DesignCatalog
-from pipeline.weights import sha256_file
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -72,6 +74,8 @@ def run_config(run_id: str, flow_run_id: str, catalog: str | Path, out: str | Pa
                weights_path: str | None, devices: list[str], started: datetime) -> dict[str, Any]:
     """The payload of OUT/runs/<run_id>/config.json, written before a run's first commit
     (flows/generate.py writes the same fields)."""
+    from pipeline.weights import sha256_file  # imports torch: not for the readers (query, gallery)
+
     return {
         "run_id": run_id,
         "flow_run_id": str(flow_run_id),
@@ -144,6 +148,58 @@ def commit_history(catalog: DesignCatalog) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["version"])
 
 
+class QueryError(ValueError):
+    """A refused query: bad SQL, a version or timestamp the table lacks, an unknown format."""
+
+
+def parse_as_of(text: str) -> datetime:
+    """An ISO 8601 timestamp; without a zone it is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise QueryError(f"--as-of {text!r} is not an ISO 8601 timestamp (e.g. 2026-11-24T01:30:00Z or 2026-11-24)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def resolve_version(catalog: DesignCatalog, version: int | None = None, as_of: str | datetime | None = None,
+                    commits: list[dict[str, Any]] | None = None) -> int | None:
+    """The table version to read: `version`, the latest committed at or before `as_of`, or None (latest).
+
+    `commits`: the table's commit_history, when the caller has read it already.
+    """
+    if version is not None and as_of is not None:
+        raise QueryError("give --version or --as-of, not both")
+    if version is None and as_of is None:
+        return None
+    if not catalog.exists():
+        catalog.table()  # raises FileNotFoundError naming the path
+    if commits is None:
+        commits = commit_history(catalog)
+    versions = [c["version"] for c in commits]
+    if version is not None:
+        if version not in versions:
+            raise QueryError(f"version {version} does not exist in {catalog.table_path}; it has versions {_ranges(versions)}")
+        return version
+    moment = parse_as_of(as_of) if isinstance(as_of, str) else as_of
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    before = [c for c in commits if c["committed_at"] is not None and c["committed_at"] <= moment]
+    if not before:
+        first = commits[0]
+        shown = as_of if isinstance(as_of, str) else moment.isoformat()
+        raise QueryError(f"--as-of {shown!r} ({moment.isoformat()}) is before the first commit of {catalog.table_path} "
+                         f"(version {first['version']} at {first['committed_at'].isoformat()})")
+    return max(c["version"] for c in before)
+
+
+def _ranges(versions: list[int]) -> str:
+    if not versions:
+        return "none"
+    if versions == list(range(versions[0], versions[-1] + 1)):
+        return f"{versions[0]}..{versions[-1]}"
+    return ", ".join(map(str, versions))
+
+
 def run_records(out: str | Path, commits: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One RUNS_SCHEMA row per run found in OUT/runs/ or in the table's commit history."""
     catalog = DesignCatalog(out)
@@ -203,7 +259,3 @@ def _record(run_id: str, config: dict[str, Any], summary: dict[str, Any] | None,
 
 def runs_table(out: str | Path, commits: list[dict[str, Any]] | None = None) -> pa.Table:
     return pa.Table.from_pylist(run_records(out, commits), schema=RUNS_SCHEMA)
-
-
-def commits_table(out: str | Path) -> pa.Table:
-    return pa.Table.from_pylist(commit_history(DesignCatalog(out)), schema=COMMITS_SCHEMA)

@@ -123,16 +123,23 @@ class JobSpecs:
         return (len(self.rows) if self.rows is not None else self.catalog.pairing_count()) * len(self.variants)
 
     def __iter__(self) -> Iterator[JobSpec]:
-        base = self.rows if self.rows is not None else ((c, (s,), (), {}) for c, s in self.catalog.iter_pairings())
-        for content, styles, mix, overrides in base:
+        if self.rows is None:
+            # No per-row overrides: one config per variant (job_specs checked them all).
+            configs = [self._resolved(variant) if variant else self.config for variant in self.variants]
+            for content, style in self.catalog.iter_pairings():
+                for config in configs:
+                    yield JobSpec(content, (style,), (), config)
+            return
+        for content, styles, mix, overrides in self.rows:
             for variant in self.variants:
-                changes = {**overrides, **variant}
-                try:
-                    resolved = self._resolved(changes) if changes else self.config
-                except ValueError as err:
-                    label = f"{content.image_id if content else '(pattern)'} x {'+'.join(s.image_id for s in styles)}"
-                    raise CatalogError(f"pairing {label}: {err}") from None
-                yield JobSpec(content, styles, mix, resolved)
+                yield JobSpec(content, styles, mix, self._config_of({**overrides, **variant}, content, styles))
+
+    def _config_of(self, changes: dict[str, Any], content: ImageRef | None, styles: tuple[ImageRef, ...]) -> Config:
+        try:
+            return self._resolved(changes) if changes else self.config
+        except ValueError as err:
+            label = f"{content.image_id if content else '(pattern)'} x {'+'.join(s.image_id for s in styles)}"
+            raise CatalogError(f"pairing {label}: {err}") from None
 
     def _resolved(self, changes: dict[str, Any]) -> Config:
         key = tuple(sorted(changes.items()))
@@ -147,9 +154,11 @@ def job_specs(catalog: InputCatalog, config: Config, pairs: str | Path | None = 
     variant is checked against the config now; the specs are produced as iterated."""
     rows = load_pairs(pairs, catalog) if pairs else None
     variants = expand_grid(grid or {})
+    specs = JobSpecs(catalog, config, rows, variants)
     for variant in variants:
         try:
-            config.replace(**variant)
+            if variant:
+                specs._resolved(variant)  # checked now, and kept for iterating
         except ValueError as err:
             raise CatalogError(f"--grid {variant}: {err}") from None
-    return JobSpecs(catalog, config, rows, variants)
+    return specs
