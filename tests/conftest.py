@@ -1,5 +1,5 @@
 """Test set-up: Prefect state inside the project, one temporary Prefect server
-for the whole session, and the `slow` / `cuda` markers."""
+for the whole session, the `slow` / `cuda` markers, and a one-torch-thread fixture."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SAMPLE
+
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "data" / "sample"
 
 os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -52,3 +53,16 @@ def sample_catalog(tmp_path: Path) -> Path:
     target = tmp_path / "sample"
     shutil.copytree(SAMPLE, target)
     return target / "catalog.parquet"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (test_hostile_inputs.py, test_property.py ask for it
+    with pytestmark): 32 px images gain nothing from threads, and on a busy 2-core machine
+    OpenMP's spinning threads multiply the CPU time several times over."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

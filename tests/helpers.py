@@ -12,6 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+# The repo's sample catalog (made by data/make_sample.py) and its pairings:
+# 3 garments x 4 textures, minus the pairs whose collections differ.
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE_PAIRINGS = 11
+
 
 def image_array(width: int, height: int, seed: int = 0) -> np.ndarray:
     """A seeded random RGB uint8 array of shape (height, width, 3)."""
@@ -63,6 +68,17 @@ def write_catalog(path: Path, rows: list[dict[str, Any]], schema: pa.Schema | No
     return path
 
 
+def square_jobs(catalog: Path, config: Any, n: int, weights_identity: str) -> list:
+    """The first `n` planned jobs of `catalog` whose output is config.size square (asserts there are `n`)."""
+    from pipeline.inputs import load_input_catalog
+    from pipeline.plan import plan_designs
+
+    plan = plan_designs(load_input_catalog(catalog), config, weights_identity, set())
+    jobs = [j for j in plan.todo if (j.width, j.height) == (config.size, config.size)][:n]
+    assert len(jobs) == n
+    return jobs
+
+
 def make_image_catalog(
     folder: Path,
     contents: dict[str, tuple[int, int]],
@@ -92,7 +108,8 @@ def encode(image: Image.Image, fmt: str, **save_args: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, `kind`, `body`, CRC."""
     import struct
     import zlib
 
@@ -106,7 +123,7 @@ def with_ihdr_size(png: bytes, width: int, height: int) -> bytes:
     assert png[12:16] == b"IHDR", "not a PNG starting with IHDR"
     ihdr = bytearray(png[16:29])
     ihdr[0:8] = struct.pack(">II", width, height)
-    return png[:8] + _png_chunk(b"IHDR", bytes(ihdr)) + png[33:]
+    return png[:8] + png_chunk(b"IHDR", bytes(ihdr)) + png[33:]
 
 
 def png16_bytes(array: np.ndarray) -> bytes:
@@ -121,7 +138,7 @@ def png16_bytes(array: np.ndarray) -> bytes:
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
     raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
 
 
 def tiff16_rgb_bytes(array: np.ndarray) -> bytes:

@@ -4,6 +4,8 @@ CPU here, the rest under @pytest.mark.cuda."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import run_bench_main
 from pipeline import bench
 from pipeline.config import Config
 from pipeline.engine import Pairing, StyleTransfer, gram
@@ -25,22 +28,12 @@ TINY = ["--short", "--size", "32", "--steps", "2", "--batch-sizes", "1,2", "--de
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
-    """One tiny bench run writing its JSON and appending to a copy of docs/BENCHMARKS.md."""
-    folder = tmp_path_factory.mktemp("bench")
-    markdown = folder / "BENCHMARKS.md"
-    original = (ROOT / "docs" / "BENCHMARKS.md").read_text()
-    markdown.write_text(original)
-    threads = torch.get_num_threads()
-    import contextlib
-    import io
-
+    """One tiny bench run writing its JSON and appending to a copy of docs/BENCHMARKS.md:
+    run_bench_main's (result, written JSON, page before, page after), then the printed output."""
     out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            result = bench.main([*TINY, "--json", str(folder / "r.json"), "--markdown", str(markdown)])
-    finally:
-        torch.set_num_threads(threads)  # the bench pins threads; other tests keep theirs
-    return result, json.loads((folder / "r.json").read_text()), original, markdown.read_text(), out.getvalue()
+    with contextlib.redirect_stdout(out):
+        run = run_bench_main(TINY, tmp_path_factory.mktemp("bench"))
+    return (*run, out.getvalue())
 
 
 # --- flops --------------------------------------------------------------------------

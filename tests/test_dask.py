@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import SAMPLE_PAIRINGS
 from pipeline.config import Config
 from pipeline.design_catalog import DesignCatalog
 from pipeline.devices import DeviceError
@@ -21,7 +22,6 @@ pytest.importorskip("prefect_dask")
 from flows.task_runners import dask_device, make_task_runner, shard_devices  # noqa: E402
 
 TINY = dict(weights="random", size=32, steps=2, loss_every=1, batch_size=2, shard_size=4, devices="cpu")
-SAMPLE_PAIRINGS = 11
 
 
 class ResourceLog(distributed.diagnostics.plugin.SchedulerPlugin):

@@ -16,12 +16,12 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from helpers import SAMPLE_PAIRINGS
 from flows.deploy import DEFAULT_NAME, flow_parameters, free_port, healthy, make_schedule, start_server, stop_server
 from pipeline.config import Config
 from pipeline.design_catalog import DesignCatalog
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_PAIRINGS = 11
 TINY_FLAGS = ["--weights", "random", "--size", "32", "--steps", "2", "--loss-every", "1", "--shard-size", "4"]
 # The scheduler looks at new deployments every second, the serve process polls every second.
 FAST = {

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from helpers import SAMPLE_PAIRINGS
 from pipeline.config import Config
 from pipeline.contact_sheet import write_contact_sheet
 from pipeline.design_catalog import DesignCatalog
@@ -42,7 +43,7 @@ def test_grid_multiplies_every_pairing_with_its_own_design_ids(sample_catalog: P
     inputs = load_input_catalog(sample_catalog)
     specs = job_specs(inputs, TINY, None, grid)
     plan = plan_designs(inputs, TINY, WEIGHTS.identity, set(), specs)
-    assert len(plan.todo) == 11 * 4 and len({j.design_id for j in plan.todo}) == 44
+    assert len(plan.todo) == SAMPLE_PAIRINGS * 4 and len({j.design_id for j in plan.todo}) == SAMPLE_PAIRINGS * 4
     assert {(j.config or TINY).style_weight for j in plan.todo} == {0.01, 0.1}
 
 
@@ -52,10 +53,10 @@ def test_specs_are_produced_on_demand_and_share_configs(sample_catalog: Path):
     specs = job_specs(inputs, TINY, None, grid)
     assert not isinstance(specs, list)
     first, second = list(specs), list(specs)
-    assert len(specs) == len(first) == 11 * 4 and first == second  # re-iterable, same order
+    assert len(specs) == len(first) == SAMPLE_PAIRINGS * 4 and first == second  # re-iterable, same order
     assert len({id(s.config) for s in first}) == 4  # one Config per distinct variant, shared
     plain = list(job_specs(inputs, TINY))
-    assert len(plain) == 11 and all(s.config is TINY for s in plain)
+    assert len(plain) == SAMPLE_PAIRINGS and all(s.config is TINY for s in plain)
 
 
 def test_a_grid_value_the_config_refuses_is_refused_before_planning(sample_catalog: Path):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,18 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from helpers import SAMPLE, SAMPLE_PAIRINGS
 from pipeline.config import Config
 from pipeline.design_catalog import DesignCatalog
 from pipeline.inputs import CatalogError
+from pipeline.weights import sha256_file
 
 CONTRACT_COLUMNS = {
     "design_id", "run_id", "created_at", "status", "error", "content_id", "style_id", "content_sha256",
     "style_sha256", "output_uri", "width", "height", "params", "weights_source", "loss_total", "loss_content",
     "loss_style", "loss_tv", "loss_every", "final_loss", "timings", "device", "batch_size", "tags", "versions",
 }
-# The sample catalog: 3 garments x 4 textures, minus the pairs whose collections differ.
-SAMPLE_PAIRINGS = 11
-
 TINY = dict(weights="random", size=32, steps=3, loss_every=1, batch_size=3, shard_size=4)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -35,13 +34,23 @@ def run(catalog: Path, out: Path, **overrides):
     return generate(catalog=str(catalog), out=str(out), config=Config(**{**TINY, **overrides}))
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+@pytest.fixture(scope="module")
+def first_run(prefect_server, tmp_path_factory):
+    """One default run on a copy of the sample catalog, shared by the module: (catalog, out, summary).
+    Read it as it is; a test that changes the output works on copy_out's copy."""
+    folder = tmp_path_factory.mktemp("first_run")
+    shutil.copytree(SAMPLE, folder / "sample")
+    catalog, out = folder / "sample" / "catalog.parquet", folder / "out"
+    return catalog, out, run(catalog, out)
 
 
-def test_generate_writes_a_delta_version_with_the_contract_columns(sample_catalog: Path, tmp_path: Path):
-    out = tmp_path / "out"
-    summary = run(sample_catalog, out)
+def copy_out(out: Path, tmp_path: Path) -> Path:
+    """A private copy of a design catalog folder (the Delta table's files are relative to it)."""
+    return Path(shutil.copytree(out, tmp_path / "out"))
+
+
+def test_generate_writes_a_delta_version_with_the_contract_columns(first_run):
+    sample_catalog, out, summary = first_run
 
     assert (summary.ok, summary.failed, summary.pairings) == (SAMPLE_PAIRINGS, 0, SAMPLE_PAIRINGS)
     assert set(summary.device_busy_fraction) == {"cpu"} and 0 < summary.device_busy_fraction["cpu"] <= 1
@@ -56,7 +65,7 @@ def test_generate_writes_a_delta_version_with_the_contract_columns(sample_catalo
 
     for row in frame.itertuples():
         png = out / row.output_uri
-        assert png.is_file() and sha256(png) == row.output_sha256
+        assert png.is_file() and sha256_file(png) == row.output_sha256
         with Image.open(png) as image:
             assert image.size == (row.width, row.height)
             assert max(image.size) == 32
@@ -72,7 +81,7 @@ def test_generate_writes_a_delta_version_with_the_contract_columns(sample_catalo
         assert json.loads(row.content_extra) == {"designer": "Sample Studio"}
         assert "garment" in list(row.tags)
     original = pq.read_table(sample_catalog).to_pylist()
-    shas = {r["image_id"]: sha256(sample_catalog.parent / r["uri"]) for r in original}
+    shas = {r["image_id"]: sha256_file(sample_catalog.parent / r["uri"]) for r in original}
     assert all(frame.content_sha256 == frame.content_id.map(shas))
     assert all(frame.style_sha256 == frame.style_id.map(shas))
 
@@ -87,9 +96,9 @@ def test_generate_writes_a_delta_version_with_the_contract_columns(sample_catalo
     assert json.loads((run_dir / "summary.json").read_text())["ok"] == SAMPLE_PAIRINGS
 
 
-def test_rerun_does_no_work_and_adds_no_rows(sample_catalog: Path, tmp_path: Path):
-    out = tmp_path / "out"
-    run(sample_catalog, out)
+def test_rerun_does_no_work_and_adds_no_rows(first_run, tmp_path: Path):
+    sample_catalog, shared_out, _ = first_run
+    out = copy_out(shared_out, tmp_path)
     version = DesignCatalog(out).version()
 
     again = run(sample_catalog, out)
@@ -132,9 +141,8 @@ def test_image_faults_fail_only_their_pairings_and_are_retried(sample_catalog: P
     assert set(frame.status) == {"ok"} and len(frame) == SAMPLE_PAIRINGS
 
 
-def test_refused_catalog_leaves_the_design_catalog_untouched(sample_catalog: Path, tmp_path: Path):
-    out = tmp_path / "out"
-    run(sample_catalog, out)
+def test_refused_catalog_leaves_the_design_catalog_untouched(first_run, sample_catalog: Path, tmp_path: Path):
+    out = copy_out(first_run[1], tmp_path)
     version = DesignCatalog(out).version()
 
     table = pq.read_table(sample_catalog)

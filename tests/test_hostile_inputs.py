@@ -7,8 +7,6 @@ plan_designs -> run_shard, with random weights at size 32 and two steps."""
 from __future__ import annotations
 
 import hashlib
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +15,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image, ImageFile
 
 from helpers import (
     catalog_row,
     encode,
     exif_jpeg_bytes,
+    image_array,
     png16_bytes,
     png_bytes,
+    png_chunk,
     tiff16_rgb_bytes,
     with_ihdr_size,
     write_catalog,
@@ -45,16 +44,7 @@ WEIGHTS = resolve_weights("random", 0)
 RUN_ID = "t"
 LIMIT = CFG.max_image_pixels
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """32 px images gain nothing from threads, and on a busy 2-core machine OpenMP's
-    spinning threads multiply the CPU time several times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -118,9 +108,8 @@ def _png_exif_after_idat() -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6
     body = exif.tobytes()[6:]  # without the b"Exif\0\0" prefix
-    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body) & 0xFFFFFFFF)
     end = data.rindex(b"IEND") - 4
-    return data[:end] + chunk + data[end:]
+    return data[:end] + png_chunk(b"eXIf", body) + data[end:]
 
 
 @dataclass(frozen=True)
@@ -309,8 +298,7 @@ def _random_png(width=48, height=40, seed=7) -> bytes:
 
 
 def _random_jpeg(width=48, height=40, seed=7) -> bytes:
-    array = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return encode(Image.fromarray(array, "RGB"), "JPEG", quality=90)
+    return encode(Image.fromarray(image_array(width, height, seed), "RGB"), "JPEG", quality=90)
 
 
 def _plant(kind: str, folder: Path, outside: Path) -> Bad:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import png_bytes
+from helpers import encode, exif_jpeg_bytes, png_bytes, with_ihdr_size
 from pipeline.images import (
     ImageLoadError,
     decode_rgb,
@@ -27,25 +25,10 @@ from pipeline.images import (
 LIMIT = 10_000_000
 
 
-def _save(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
 def _rgb(data: bytes, name: str = "test.png", limit: int = LIMIT) -> np.ndarray:
     image = decode_rgb(data, name, limit)
     assert image.mode == "RGB"
     return np.asarray(image)
-
-
-def _with_ihdr_size(png: bytes, width: int, height: int) -> bytes:
-    """Rewrite a PNG's declared size (IHDR) and fix its CRC; the pixel data stays small."""
-    assert png[12:16] == b"IHDR"
-    ihdr = bytearray(png[16:29])
-    ihdr[0:8] = struct.pack(">II", width, height)
-    crc = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)) & 0xFFFFFFFF)
-    return png[:16] + bytes(ihdr) + crc + png[33:]
 
 
 # --- modes ------------------------------------------------------------------------------
@@ -55,9 +38,7 @@ def test_exif_rotated_jpeg_is_turned_upright():
     # 40 wide x 20 high: left half red, right half blue; orientation 6 = rotate 90 degrees clockwise to view
     image = Image.new("RGB", (40, 20), (255, 0, 0))
     image.paste((0, 0, 255), (20, 0, 40, 20))
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    data = _save(image, "JPEG", exif=exif.tobytes(), quality=95)
+    data = exif_jpeg_bytes(image, 6, quality=95)
     out = decode_rgb(data, "rotated.jpg", LIMIT)
     assert out.size == (20, 40)
     array = np.asarray(out).astype(int)
@@ -71,7 +52,7 @@ def test_rgba_is_composited_on_white():
     array[0, 0] = (10, 20, 30, 0)  # fully transparent
     array[0, 1] = (10, 20, 30, 255)  # opaque
     array[0, 2] = (0, 0, 0, 128)  # half-transparent black
-    data = _save(Image.fromarray(array, "RGBA"), "PNG")
+    data = encode(Image.fromarray(array, "RGBA"), "PNG")
     rgb = _rgb(data)
     assert tuple(rgb[0, 0]) == (255, 255, 255)
     assert tuple(rgb[0, 1]) == (10, 20, 30)
@@ -82,7 +63,7 @@ def test_palette_png_with_transparency():
     image = Image.new("P", (4, 4), 0)
     image.putpalette([255, 0, 0, 0, 0, 255] + [0] * (256 * 3 - 6))
     image.putpixel((1, 1), 1)
-    data = _save(image, "PNG", transparency=0)
+    data = encode(image, "PNG", transparency=0)
     assert Image.open(io.BytesIO(data)).mode == "P"
     rgb = _rgb(data)
     assert tuple(rgb[0, 0]) == (255, 255, 255)  # index 0: transparent red -> white
@@ -92,14 +73,14 @@ def test_palette_png_with_transparency():
 def test_palette_png_without_transparency():
     image = Image.new("P", (4, 4), 0)
     image.putpalette([255, 0, 0] + [0] * (256 * 3 - 3))
-    assert tuple(_rgb(_save(image, "PNG"))[2, 2]) == (255, 0, 0)
+    assert tuple(_rgb(encode(image, "PNG"))[2, 2]) == (255, 0, 0)
 
 
 def test_la_is_composited_on_white():
     grey = Image.new("L", (4, 4), 100)
     alpha = Image.new("L", (4, 4), 255)
     alpha.putpixel((3, 0), 0)
-    data = _save(Image.merge("LA", (grey, alpha)), "PNG")
+    data = encode(Image.merge("LA", (grey, alpha)), "PNG")
     rgb = _rgb(data)
     assert tuple(rgb[0, 0]) == (100, 100, 100)
     assert tuple(rgb[0, 3]) == (255, 255, 255)
@@ -107,7 +88,7 @@ def test_la_is_composited_on_white():
 
 def test_16_bit_grayscale_is_scaled_not_clipped():
     array = np.array([[0, 65535], [32768, 200]], dtype=np.uint16)
-    data = _save(Image.fromarray(array), "PNG")
+    data = encode(Image.fromarray(array), "PNG")
     assert Image.open(io.BytesIO(data)).mode == "I;16"
     rgb = _rgb(data)
     assert tuple(rgb[0, 0]) == (0, 0, 0)
@@ -117,14 +98,14 @@ def test_16_bit_grayscale_is_scaled_not_clipped():
 
 
 def test_16_bit_grayscale_with_only_low_values_is_still_16_bit():
-    data = _save(Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)), "PNG")
+    data = encode(Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)), "PNG")
     assert _rgb(data).max() <= 1
 
 
 def test_cmyk_jpeg_becomes_rgb():
     image = Image.new("CMYK", (16, 16), (255, 0, 0, 0))  # pure cyan
     image.paste((0, 0, 0, 0), (0, 0, 8, 16))  # left half: no ink = white
-    data = _save(image, "JPEG", quality=95)
+    data = encode(image, "JPEG", quality=95)
     assert Image.open(io.BytesIO(data)).mode == "CMYK"
     rgb = _rgb(data, "cmyk.jpg").astype(int)
     assert rgb.shape == (16, 16, 3)
@@ -135,7 +116,7 @@ def test_cmyk_jpeg_becomes_rgb():
 
 def test_grayscale_becomes_equal_channels():
     array = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
-    rgb = _rgb(_save(Image.fromarray(array, "L"), "PNG"))
+    rgb = _rgb(encode(Image.fromarray(array, "L"), "PNG"))
     for c in range(3):
         np.testing.assert_array_equal(rgb[..., c], array)
 
@@ -143,7 +124,7 @@ def test_grayscale_becomes_equal_channels():
 def test_bilevel_becomes_black_and_white():
     image = Image.new("1", (4, 4), 0)
     image.putpixel((0, 0), 1)
-    rgb = _rgb(_save(image, "PNG"))
+    rgb = _rgb(encode(image, "PNG"))
     assert tuple(rgb[0, 0]) == (255, 255, 255) and tuple(rgb[1, 1]) == (0, 0, 0)
 
 
@@ -155,7 +136,7 @@ def test_rgb_png_is_unchanged():
 
 @pytest.mark.parametrize("mode, color, key", [("L", 100, 100), ("RGB", (10, 20, 30), (10, 20, 30))])
 def test_transparency_key_on_l_and_rgb_is_composited_on_white(mode, color, key):
-    data = _save(Image.new(mode, (4, 4), color), "PNG", transparency=key)
+    data = encode(Image.new(mode, (4, 4), color), "PNG", transparency=key)
     assert "transparency" in Image.open(io.BytesIO(data)).info
     assert tuple(_rgb(data)[0, 0]) == (255, 255, 255)
 
@@ -165,7 +146,7 @@ def test_transparency_key_on_l_and_rgb_is_composited_on_white(mode, color, key):
 
 def test_too_many_pixels_is_refused_before_decoding():
     # declares 100000 x 100000 but carries 4x4 of data: decoding would fail differently (or take forever)
-    data = _with_ihdr_size(png_bytes(4, 4), 100_000, 100_000)
+    data = with_ihdr_size(png_bytes(4, 4), 100_000, 100_000)
     with pytest.raises(ImageLoadError) as info:
         decode_rgb(data, "bomb.png", 64_000_000)
     message = str(info.value)

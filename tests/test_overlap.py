@@ -13,11 +13,10 @@ import torch
 from PIL import Image
 
 import pipeline.runner
+from helpers import SAMPLE_PAIRINGS, square_jobs
 from pipeline.config import Config
 from pipeline.design_catalog import DesignCatalog
 from pipeline.engine import StyleTransfer
-from pipeline.inputs import load_input_catalog
-from pipeline.plan import plan_designs
 from pipeline.runner import run_shard
 from pipeline.weights import resolve_weights
 
@@ -25,16 +24,9 @@ WEIGHTS = resolve_weights("random", 0)
 WAIT_SECONDS = 60.0  # only reached when the stages do not overlap
 
 
-def square_jobs(sample_catalog: Path, config: Config, n: int):
-    plan = plan_designs(load_input_catalog(sample_catalog), config, WEIGHTS.identity, set())
-    jobs = [j for j in plan.todo if (j.width, j.height) == (config.size, config.size)][:n]
-    assert len(jobs) == n
-    return jobs
-
-
 def test_next_batch_is_decoded_while_the_device_optimizes(sample_catalog: Path, tmp_path: Path, monkeypatch):
     config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=2, overlap="on")
-    jobs = square_jobs(sample_catalog, config, 6)
+    jobs = square_jobs(sample_catalog, config, 6, WEIGHTS.identity)
     second_batch = {j.design_id for j in jobs[2:4]}
     second_batch_loading = threading.Event()
     load_threads: set[str] = set()
@@ -63,7 +55,7 @@ def test_next_batch_is_decoded_while_the_device_optimizes(sample_catalog: Path, 
 
 def test_pngs_are_written_while_the_device_optimizes_the_next_batch(sample_catalog: Path, tmp_path: Path, monkeypatch):
     config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=2, overlap="on")
-    jobs = square_jobs(sample_catalog, config, 4)
+    jobs = square_jobs(sample_catalog, config, 4, WEIGHTS.identity)
     runs_started = threading.Semaphore(0)
     real_run, real_write = StyleTransfer.run, pipeline.runner.write_atomic
     waited: list[bool] = []
@@ -86,7 +78,7 @@ def test_pngs_are_written_while_the_device_optimizes_the_next_batch(sample_catal
 
 def test_overlap_on_and_off_make_the_same_designs(sample_catalog: Path, tmp_path: Path):
     base = Config(weights="random", size=32, steps=3, loss_every=1, batch_size=2, overlap="on")
-    jobs = square_jobs(sample_catalog, base, 5)
+    jobs = square_jobs(sample_catalog, base, 5, WEIGHTS.identity)
     made = {}
     for overlap in ("on", "off"):
         rows = run_shard(jobs, base.replace(overlap=overlap), WEIGHTS, "cpu", DesignCatalog(tmp_path / str(overlap)), "r")
@@ -100,7 +92,7 @@ def test_overlap_on_and_off_make_the_same_designs(sample_catalog: Path, tmp_path
 
 def test_an_engine_failure_still_finishes_the_pngs_already_handed_to_the_writer(sample_catalog: Path, tmp_path: Path, monkeypatch):
     config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=2, overlap="on")
-    jobs = square_jobs(sample_catalog, config, 4)
+    jobs = square_jobs(sample_catalog, config, 4, WEIGHTS.identity)
     real_run = StyleTransfer.run
     calls = []
 
@@ -151,7 +143,7 @@ def test_a_device_starts_its_next_shard_before_the_last_one_is_committed(sample_
     monkeypatch.setattr(flows.generate, "commit", commit_logged)
     summary = generate(catalog=str(sample_catalog), out=str(tmp_path / "out"),
                        config=Config(weights="random", size=32, steps=2, devices="cpu", batch_size=2, shard_size=4))
-    assert summary.ok == 11
+    assert summary.ok == SAMPLE_PAIRINGS
     assert events[:2] == ["shard", "shard"] and events.count("shard") == 3
     assert [e for e in events if e != "shard"] == ["shard-0", "shard-1", "shard-2"]
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from helpers import catalog_row, make_image_catalog, write_catalog, write_png
+from helpers import catalog_row, exif_jpeg_bytes, make_image_catalog, write_catalog, write_png
 from pipeline.config import Config
 from pipeline.inputs import load_input_catalog
 from pipeline.plan import Job, cut_shards, design_id, pairing_key, plan_designs
+from pipeline.weights import sha256_file
 
 CFG = Config(size=32, steps=1, weights="random")
 WEIGHTS = "random:0"
@@ -36,10 +36,6 @@ def _ids(plan) -> dict[tuple[str, str], str]:
     return {(j.content.image_id, j.style.image_id): j.design_id for j in plan.todo + plan.failed}
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_plan_lists_every_pairing(folder):
     plan = _plan(folder)
     assert plan.pairings == 4 and plan.already_done == 0 and plan.failed == ()
@@ -47,8 +43,8 @@ def test_plan_lists_every_pairing(folder):
     for job in plan.todo:
         assert job.error is None
         assert len(job.design_id) == 32 and job.design_id.isalnum()
-        assert job.content_sha256 == _sha(folder / f"{job.content.image_id}.png")
-        assert job.style_sha256 == _sha(folder / f"{job.style.image_id}.png")
+        assert job.content_sha256 == sha256_file(folder / f"{job.content.image_id}.png")
+        assert job.style_sha256 == sha256_file(folder / f"{job.style.image_id}.png")
         assert job.mask_sha256 is None
         assert (job.width, job.height) == {"c1": (32, 24), "c2": (24, 32)}[job.content.image_id]
     assert len({j.design_id for j in plan.todo}) == 4
@@ -71,7 +67,7 @@ def test_ids_are_stable_across_calls_and_locations(folder, tmp_path):
 
 def test_ids_match_design_id_of_the_hashes(folder):
     job = next(j for j in _plan(folder).todo if (j.content.image_id, j.style.image_id) == ("c1", "s2"))
-    assert job.design_id == design_id(_sha(folder / "c1.png"), _sha(folder / "s2.png"), None, CFG, WEIGHTS)
+    assert job.design_id == design_id(sha256_file(folder / "c1.png"), sha256_file(folder / "s2.png"), None, CFG, WEIGHTS)
 
 
 def test_ids_change_with_content_bytes(folder):
@@ -100,7 +96,7 @@ def test_ids_change_with_mask_bytes(folder):
     write_catalog(folder / "masked.parquet", rows)
     with_mask = _plan(folder, name="masked.parquet")
     job = next(j for j in with_mask.todo if j.content.image_id == "c1")
-    assert job.mask_sha256 == _sha(folder / "m1.png")
+    assert job.mask_sha256 == sha256_file(folder / "m1.png")
     masked = _ids(with_mask)
     assert masked[("c1", "s1")] != no_mask[("c1", "s1")]
     assert masked[("c2", "s1")] == no_mask[("c2", "s1")]
@@ -242,11 +238,7 @@ def test_image_level_catalog_error_fails_its_pairings(tmp_path):
 def test_exif_rotation_swaps_planned_size(tmp_path):
     folder = tmp_path / "cat"
     make_image_catalog(folder, {}, {"s1": (16, 16)})
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 20), (200, 10, 10)).save(buffer, "JPEG", exif=exif.tobytes())
-    (folder / "rot.jpg").write_bytes(buffer.getvalue())
+    (folder / "rot.jpg").write_bytes(exif_jpeg_bytes(Image.new("RGB", (40, 20), (200, 10, 10)), 6))
     write_catalog(folder / "catalog.parquet", [catalog_row("rot", "content", uri="rot.jpg"), catalog_row("s1", "style")])
     (job,) = _plan(folder).todo
     assert (job.width, job.height) == (16, 32)

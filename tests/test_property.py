@@ -15,16 +15,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import encode, with_ihdr_size
+from helpers import encode, image_array, with_ihdr_size
 from pipeline.config import Config
 from pipeline.design_catalog import DesignCatalog
 from pipeline.images import output_size
@@ -40,13 +38,7 @@ STRING_COLUMNS = ("image_id", "role", "uri", "collection", "mask_uri")
 REQUIRED = ("image_id", "role", "uri")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """32 px images gain nothing from threads; on a busy 2-core machine OpenMP's spinning costs a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- files --------------------------------------------------------------------------------------
@@ -79,8 +71,7 @@ def valid_image(draw, fmt: str | None = None) -> FileSpec:
     fmt = fmt or draw(st.sampled_from(list(MODES)))
     mode = draw(st.sampled_from(MODES[fmt]))
     seed = draw(st.integers(0, 2**16))
-    array = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    image = Image.fromarray(array, "RGB").convert(mode)
+    image = Image.fromarray(image_array(width, height, seed), "RGB").convert(mode)
     return FileSpec(f"{fmt.lower()}-{mode}", encode(image, fmt), (width, height))
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import SAMPLE_PAIRINGS, square_jobs
 from pipeline.config import Config
 from pipeline.design_catalog import DesignCatalog
 from pipeline.engine import DesignResult, StyleTransfer
@@ -21,7 +22,6 @@ from pipeline.runner import _retry_diverged, run_shard
 from pipeline.verify import verify_catalog
 from pipeline.weights import resolve_weights
 
-SAMPLE_PAIRINGS = 11
 CLI_FLAGS = ["--weights", "random", "--size", "32", "--steps", "12", "--batch-size", "2", "--shard-size", "2"]
 
 
@@ -186,8 +186,7 @@ def test_out_of_memory_halves_the_batch_without_losing_a_design(sample_catalog: 
     monkeypatch.setattr(StyleTransfer, "run", run_that_fits_two)
     config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=8, overlap=overlap)
     weights = resolve_weights("random", 0)
-    plan = plan_designs(load_input_catalog(sample_catalog), config, weights.identity, set())
-    jobs = [j for j in plan.todo if (j.width, j.height) == (32, 32)][:8]
+    jobs = square_jobs(sample_catalog, config, 8, weights.identity)
     rows = run_shard(jobs, config, weights, "cpu", DesignCatalog(tmp_path / "out"), "r")
     assert len(rows) == len(jobs) and all(r["status"] == "ok" for r in rows)
     assert batch_sizes == [8, 4, 2, 2, 4, 2, 2]

@@ -37,16 +37,12 @@ class NotATensor:
         return (_record_unpickling, ("ran",))
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_named(obj, folder: Path, stem: str = "vgg19") -> Path:
     """torch.save `obj`, then rename it to torch.hub's `<stem>-<sha256[:8]>.pth` convention."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "unnamed.pth"
     torch.save(obj, tmp)
-    final = folder / f"{stem}-{_sha(tmp)[:8]}.pth"
+    final = folder / f"{stem}-{sha256_file(tmp)[:8]}.pth"
     tmp.rename(final)
     return final
 
@@ -105,7 +101,7 @@ def test_random_spec(clean_env):
 
 def test_explicit_path_gives_file_identity(small_checkpoint, clean_env):
     source = resolve_weights(str(small_checkpoint), 0)
-    digest = _sha(small_checkpoint)
+    digest = hashlib.sha256(small_checkpoint.read_bytes()).hexdigest()
     assert source.kind == "file"
     assert source.path == str(small_checkpoint)
     assert source.identity == f"sha256:{digest}"
@@ -117,13 +113,13 @@ def test_explicit_path_gives_file_identity(small_checkpoint, clean_env):
 def test_file_without_hash_in_name_is_accepted(tmp_path, clean_env):
     path = tmp_path / "my_vgg.pth"
     torch.save({"x": torch.ones(2)}, path)
-    assert resolve_weights(str(path), 0).identity == f"sha256:{_sha(path)}"
+    assert resolve_weights(str(path), 0).identity == f"sha256:{sha256_file(path)}"
 
 
 def test_name_hash_mismatch_is_refused(tmp_path, clean_env):
     path = tmp_path / "vgg19-dcbb9e9d.pth"
     torch.save({"features.0.weight": torch.zeros(1)}, path)
-    digest = _sha(path)
+    digest = sha256_file(path)
     assert not digest.startswith("dcbb9e9d")
     with pytest.raises(WeightsError) as info:
         resolve_weights(str(path), 0)
@@ -146,7 +142,7 @@ def test_env_var_used_for_auto(spec, small_checkpoint, clean_env, monkeypatch):
     source = resolve_weights(spec, 0)
     assert source.kind == "file"
     assert source.path == str(small_checkpoint)
-    assert source.identity == f"sha256:{_sha(small_checkpoint)}"
+    assert source.identity == f"sha256:{sha256_file(small_checkpoint)}"
 
 
 def test_env_var_to_missing_file_names_the_variable(tmp_path, clean_env, monkeypatch):
@@ -178,7 +174,7 @@ def test_hub_cache_is_used(small_checkpoint, clean_env, monkeypatch):
     source = resolve_weights("auto", 0, allow_download=False)
     assert source.kind == "file"
     assert Path(source.path) == cached
-    assert source.identity == f"sha256:{_sha(small_checkpoint)}"
+    assert source.identity == f"sha256:{sha256_file(small_checkpoint)}"
 
 
 def test_env_var_wins_over_hub_cache(small_checkpoint, tmp_path, clean_env, monkeypatch):
