@@ -15,12 +15,13 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install generate demo test test-slow query gallery verify runs logs ui sample-data clean help
+.PHONY: install generate demo test test-slow lint query gallery verify runs logs ui sample-data clean help
 
 help:
 	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [PAIRS=pairs.parquet] [ARGS='--flags']"
 	@echo "make demo        # the sample catalog on CPU with random weights"
 	@echo "make test        # the test suite"
+	@echo "make lint        # ruff: lint and format check"
 	@echo "make query SQL='select ...' [OUT=dir] [ARGS='--version N | --as-of TIME | --format csv -o FILE']"
 	@echo "make gallery [OUT=dir] [ARGS='--version N | -o FILE']   # OUT/gallery.html"
 	@echo "make verify [OUT=dir] [ARGS=--fix]   # PNGs match the catalog; orphans listed"
@@ -55,6 +56,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q --run-slow $(ARGS)
+
+# ruff's settings are in pyproject.toml; `ruff format` owns the line length.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Tables: designs, runs, commits (docs/ANALYSTS.md).
 query: $(STAMP)
@@ -91,26 +97,27 @@ sample-data: $(STAMP)
 	$(BIN)/python data/make_sample.py
 
 # Throughput of the engine against the naive loop, side by side (docs/BENCHMARKS.md):
-# short sizes on a CPU, full on a GPU; ARGS: python -m pipeline.bench --help.
+# short sizes on a CPU, full on a GPU; ARGS: python -m benchmarks --help. The benchmarks
+# live in benchmarks/, outside the installed package: they run from the repo's root.
 # bench-plan: planning 1,000 x 1,000 pairings (seconds, peak memory, profile).
 # bench-scales: coarse-to-fine timed to the single-scale loss; bench-max-size: peak
 # memory by size and the largest size that fits; bench-pipeline: device busy with
 # decoding and writing overlapped, and without.
 .PHONY: bench bench-plan bench-scales bench-max-size bench-pipeline
 bench: $(STAMP)
-	$(BIN)/python -m pipeline.bench $(ARGS)
+	$(BIN)/python -m benchmarks $(ARGS)
 
 bench-scales: $(STAMP)
-	$(BIN)/python -m pipeline.bench --scales $(ARGS)
+	$(BIN)/python -m benchmarks --scales $(ARGS)
 
 bench-max-size: $(STAMP)
-	$(BIN)/python -m pipeline.bench --max-size $(ARGS)
+	$(BIN)/python -m benchmarks --max-size $(ARGS)
 
 bench-pipeline: $(STAMP)
-	$(BIN)/python -m pipeline.bench --pipeline $(ARGS)
+	$(BIN)/python -m benchmarks --pipeline $(ARGS)
 
 bench-plan: $(STAMP)
-	$(BIN)/python -m pipeline.bench --plan $(ARGS)
+	$(BIN)/python -m benchmarks --plan $(ARGS)
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache

@@ -22,32 +22,121 @@ from PIL import Image, ImageDraw, ImageFilter
 # Garments: size (w, h), fill colour, filled shapes ("poly" points or "ellipse"
 # box) and detail strokes (seams, collars, pockets) drawn in a darker tone.
 GARMENTS = {
-    "tshirt": dict(size=(256, 256), colour=(212, 212, 218), shapes=[
-        ("poly", [(100, 40), (60, 52), (16, 100), (42, 130), (72, 108), (74, 228), (182, 228), (184, 108),
-                  (214, 130), (240, 100), (196, 52), (156, 40), (142, 56), (128, 60), (114, 56)])],
-        details=[("line", [(60, 52), (72, 108)]), ("line", [(196, 52), (184, 108)]),
-                 ("line", [(22, 106), (46, 125)]), ("line", [(234, 106), (210, 125)]),
-                 ("line", [(75, 218), (181, 218)]), ("line", [(106, 46), (118, 62), (128, 65), (138, 62), (150, 46)]),
-                 ("poly", [(146, 92), (170, 92), (170, 118), (146, 118)])]),
-    "dress": dict(size=(256, 320), colour=(226, 188, 204), shapes=[
-        ("poly", [(92, 26), (106, 26), (128, 78), (150, 26), (164, 26), (172, 62), (168, 132), (224, 290),
-                  (180, 300), (128, 304), (76, 300), (32, 290), (88, 132), (84, 62)])],
-        details=[("line", [(88, 124), (168, 124)]), ("line", [(88, 134), (168, 134)]),
-                 ("line", [(110, 134), (88, 298)]), ("line", [(128, 134), (128, 300)]), ("line", [(146, 134), (168, 298)]),
-                 ("line", [(36, 282), (76, 291), (128, 295), (180, 291), (220, 282)]),
-                 ("dot", [(128, 92)]), ("dot", [(128, 106)])]),
-    "hoodie": dict(size=(256, 256), colour=(182, 198, 216), shapes=[
-        ("ellipse", [(84, 8), (172, 92)]),
-        ("poly", [(84, 50), (50, 60), (18, 200), (46, 212), (70, 112), (68, 234), (188, 234), (186, 112),
-                  (210, 212), (238, 200), (206, 60), (172, 50)])],
-        details=[("ellipse", [(104, 26), (152, 80)]), ("line", [(118, 78), (114, 122)]), ("line", [(138, 78), (142, 122)]),
-                 ("poly", [(90, 162), (166, 162), (180, 214), (76, 214)]), ("line", [(69, 220), (187, 220)]),
-                 ("line", [(21, 190), (48, 200)]), ("line", [(235, 190), (208, 200)]),
-                 ("line", [(50, 60), (70, 112)]), ("line", [(206, 60), (186, 112)])]),
+    "tshirt": dict(
+        size=(256, 256),
+        colour=(212, 212, 218),
+        shapes=[
+            (
+                "poly",
+                [
+                    (100, 40),
+                    (60, 52),
+                    (16, 100),
+                    (42, 130),
+                    (72, 108),
+                    (74, 228),
+                    (182, 228),
+                    (184, 108),
+                    (214, 130),
+                    (240, 100),
+                    (196, 52),
+                    (156, 40),
+                    (142, 56),
+                    (128, 60),
+                    (114, 56),
+                ],
+            )
+        ],
+        details=[
+            ("line", [(60, 52), (72, 108)]),
+            ("line", [(196, 52), (184, 108)]),
+            ("line", [(22, 106), (46, 125)]),
+            ("line", [(234, 106), (210, 125)]),
+            ("line", [(75, 218), (181, 218)]),
+            ("line", [(106, 46), (118, 62), (128, 65), (138, 62), (150, 46)]),
+            ("poly", [(146, 92), (170, 92), (170, 118), (146, 118)]),
+        ],
+    ),
+    "dress": dict(
+        size=(256, 320),
+        colour=(226, 188, 204),
+        shapes=[
+            (
+                "poly",
+                [
+                    (92, 26),
+                    (106, 26),
+                    (128, 78),
+                    (150, 26),
+                    (164, 26),
+                    (172, 62),
+                    (168, 132),
+                    (224, 290),
+                    (180, 300),
+                    (128, 304),
+                    (76, 300),
+                    (32, 290),
+                    (88, 132),
+                    (84, 62),
+                ],
+            )
+        ],
+        details=[
+            ("line", [(88, 124), (168, 124)]),
+            ("line", [(88, 134), (168, 134)]),
+            ("line", [(110, 134), (88, 298)]),
+            ("line", [(128, 134), (128, 300)]),
+            ("line", [(146, 134), (168, 298)]),
+            ("line", [(36, 282), (76, 291), (128, 295), (180, 291), (220, 282)]),
+            ("dot", [(128, 92)]),
+            ("dot", [(128, 106)]),
+        ],
+    ),
+    "hoodie": dict(
+        size=(256, 256),
+        colour=(182, 198, 216),
+        shapes=[
+            ("ellipse", [(84, 8), (172, 92)]),
+            (
+                "poly",
+                [
+                    (84, 50),
+                    (50, 60),
+                    (18, 200),
+                    (46, 212),
+                    (70, 112),
+                    (68, 234),
+                    (188, 234),
+                    (186, 112),
+                    (210, 212),
+                    (238, 200),
+                    (206, 60),
+                    (172, 50),
+                ],
+            ),
+        ],
+        details=[
+            ("ellipse", [(104, 26), (152, 80)]),
+            ("line", [(118, 78), (114, 122)]),
+            ("line", [(138, 78), (142, 122)]),
+            ("poly", [(90, 162), (166, 162), (180, 214), (76, 214)]),
+            ("line", [(69, 220), (187, 220)]),
+            ("line", [(21, 190), (48, 200)]),
+            ("line", [(235, 190), (208, 200)]),
+            ("line", [(50, 60), (70, 112)]),
+            ("line", [(206, 60), (186, 112)]),
+        ],
+    ),
 }
-TAGS = {"tshirt": ["garment", "top"], "dress": ["garment", "dress"], "hoodie": ["garment", "top", "outerwear"],
-        "stripes": ["texture", "geometric"], "gingham": ["texture", "geometric", "check"],
-        "waves": ["texture", "organic"], "speckle": ["texture", "noise"]}
+TAGS = {
+    "tshirt": ["garment", "top"],
+    "dress": ["garment", "dress"],
+    "hoodie": ["garment", "top", "outerwear"],
+    "stripes": ["texture", "geometric"],
+    "gingham": ["texture", "geometric", "check"],
+    "waves": ["texture", "organic"],
+    "speckle": ["texture", "noise"],
+}
 COLLECTIONS = {"dress": "summer", "waves": "summer", "gingham": "winter"}
 
 
@@ -60,7 +149,7 @@ def draw_shapes(draw: ImageDraw.ImageDraw, shapes, fill=None, outline=None, widt
         elif kind == "line":
             draw.line(pts, fill=outline, width=width, joint="curve")
         elif kind == "dot":
-            (x, y), = pts
+            ((x, y),) = pts
             draw.ellipse([(x - 3, y - 3), (x + 3, y + 3)], fill=outline)
 
 
@@ -119,8 +208,15 @@ PAIRS = [
 
 
 def write_pairs(path: Path) -> None:
-    schema = pa.schema([("content_id", pa.string()), ("style_ids", pa.list_(pa.string())),
-                        ("style_mix", pa.list_(pa.float64())), ("color", pa.string()), ("tile", pa.bool_())])
+    schema = pa.schema(
+        [
+            ("content_id", pa.string()),
+            ("style_ids", pa.list_(pa.string())),
+            ("style_mix", pa.list_(pa.float64())),
+            ("color", pa.string()),
+            ("tile", pa.bool_()),
+        ]
+    )
     rows = [{"style_mix": None, "color": None, "tile": None, **row} for row in PAIRS]
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
@@ -137,20 +233,48 @@ def main() -> None:
         image, mask = garment(spec)
         image.save(out / "content" / f"{name}.png", format="PNG")
         mask.save(out / "masks" / f"{name}_mask.png", format="PNG")
-        rows.append(dict(image_id=name, role="content", uri=f"content/{name}.png", collection=COLLECTIONS.get(name),
-                         mask_uri=f"masks/{name}_mask.png", tags=TAGS[name], designer="Sample Studio"))
+        rows.append(
+            dict(
+                image_id=name,
+                role="content",
+                uri=f"content/{name}.png",
+                collection=COLLECTIONS.get(name),
+                mask_uri=f"masks/{name}_mask.png",
+                tags=TAGS[name],
+                designer="Sample Studio",
+            )
+        )
     for name, array in styles().items():
         Image.fromarray(array, "RGB").save(out / "styles" / f"{name}.png", format="PNG")
-        rows.append(dict(image_id=name, role="style", uri=f"styles/{name}.png", collection=COLLECTIONS.get(name),
-                         mask_uri=None, tags=TAGS[name], designer="Pattern Lab"))
+        rows.append(
+            dict(
+                image_id=name,
+                role="style",
+                uri=f"styles/{name}.png",
+                collection=COLLECTIONS.get(name),
+                mask_uri=None,
+                tags=TAGS[name],
+                designer="Pattern Lab",
+            )
+        )
 
-    schema = pa.schema([("image_id", pa.string()), ("role", pa.string()), ("uri", pa.string()),
-                        ("collection", pa.string()), ("mask_uri", pa.string()),
-                        ("tags", pa.list_(pa.string())), ("designer", pa.string())])
+    schema = pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("role", pa.string()),
+            ("uri", pa.string()),
+            ("collection", pa.string()),
+            ("mask_uri", pa.string()),
+            ("tags", pa.list_(pa.string())),
+            ("designer", pa.string()),
+        ]
+    )
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / "catalog.parquet")
     write_pairs(out / "pairs.parquet")
     n_content = sum(r["role"] == "content" for r in rows)
-    print(f"wrote {n_content} content + {len(rows) - n_content} style images and catalog.parquet ({len(rows)} rows) to {out}")
+    print(
+        f"wrote {n_content} content + {len(rows) - n_content} style images and catalog.parquet ({len(rows)} rows) to {out}"
+    )
 
 
 if __name__ == "__main__":

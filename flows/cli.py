@@ -40,12 +40,28 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if field_type(f) is tuple:
             shown = ",".join(map(str, default)) or "none"
             if f.name == "allow_roots":
-                group.add_argument(flag, dest=f.name, action="append", metavar="DIR", help=f"{help_text}; repeatable (default: {shown})")
+                group.add_argument(
+                    flag,
+                    dest=f.name,
+                    action="append",
+                    metavar="DIR",
+                    help=f"{help_text}; repeatable (default: {shown})",
+                )
             else:
-                group.add_argument(flag, dest=f.name, metavar=f"{element_type(f).__name__.upper()},...", help=f"{help_text}, comma-separated (default: {shown})")
+                group.add_argument(
+                    flag,
+                    dest=f.name,
+                    metavar=f"{element_type(f).__name__.upper()},...",
+                    help=f"{help_text}, comma-separated (default: {shown})",
+                )
         else:
-            group.add_argument(flag, dest=f.name, choices=f.metadata["choices"], metavar=None if f.metadata["choices"] else field_type(f).__name__.upper(),
-                               help=f"{help_text} (default: {default})")
+            group.add_argument(
+                flag,
+                dest=f.name,
+                choices=f.metadata["choices"],
+                metavar=None if f.metadata["choices"] else field_type(f).__name__.upper(),
+                help=f"{help_text} (default: {default})",
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -58,46 +74,103 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="designs", description="Mass style-transfer design generation into a versioned design catalog.")
+    parser = argparse.ArgumentParser(
+        prog="designs", description="Mass style-transfer design generation into a versioned design catalog."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    gen = sub.add_parser("generate", help="make every content x style design of a catalog", description=(
-        "Make every content x style design of CATALOG not yet in the design catalog at --out. "
-        "Exit 0: all ok; 1: some designs failed (the rest are committed); 2: refused before any work."))
-    gen.add_argument("catalog", metavar="CATALOG", help="input catalog parquet (image_id, role, uri; optional collection, mask_uri, tags)")
-    gen.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})")
-    gen.add_argument("--pairs", default=None, metavar="PARQUET",
-                     help="explicit pairings instead of the cross product: content_id (null: pattern mode), style_ids (list), "
-                          "optional style_mix (list of weights) and per-row overrides of any config field (default: none)")
-    gen.add_argument("--grid", action="append", default=None, metavar="FIELD=V1,V2",
-                     help="make every pairing once per value; repeat to multiply grids, e.g. --grid style_weight=1e-2,1e-1 "
-                          "--grid seed=0,1 (list fields separate values with ';') (default: none)")
+    gen = sub.add_parser(
+        "generate",
+        help="make every content x style design of a catalog",
+        description=(
+            "Make every content x style design of CATALOG not yet in the design catalog at --out. "
+            "Exit 0: all ok; 1: some designs failed (the rest are committed); 2: refused before any work."
+        ),
+    )
+    gen.add_argument(
+        "catalog",
+        metavar="CATALOG",
+        help="input catalog parquet (image_id, role, uri; optional collection, mask_uri, tags)",
+    )
+    gen.add_argument(
+        "--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})"
+    )
+    gen.add_argument(
+        "--pairs",
+        default=None,
+        metavar="PARQUET",
+        help="explicit pairings instead of the cross product: content_id (null: pattern mode), style_ids (list), "
+        "optional style_mix (list of weights) and per-row overrides of any config field (default: none)",
+    )
+    gen.add_argument(
+        "--grid",
+        action="append",
+        default=None,
+        metavar="FIELD=V1,V2",
+        help="make every pairing once per value; repeat to multiply grids, e.g. --grid style_weight=1e-2,1e-1 "
+        "--grid seed=0,1 (list fields separate values with ';') (default: none)",
+    )
     add_config_flags(gen)
 
-    query = sub.add_parser("query", help="SQL over the design catalog (DuckDB: tables designs, runs, commits)", description=(
-        "Run SQL (DuckDB) over the design catalog. Tables: `designs` (one row per design, at the chosen version), "
-        "`runs` (one row per run: counts, timings, throughput, devices) and `commits` (the table's versions). "
-        "Exit 0: done; 2: refused (bad SQL, no catalog, no such version, bad output)."))
+    query = sub.add_parser(
+        "query",
+        help="SQL over the design catalog (DuckDB: tables designs, runs, commits)",
+        description=(
+            "Run SQL (DuckDB) over the design catalog. Tables: `designs` (one row per design, at the chosen version), "
+            "`runs` (one row per run: counts, timings, throughput, devices) and `commits` (the table's versions). "
+            "Exit 0: done; 2: refused (bad SQL, no catalog, no such version, bad output)."
+        ),
+    )
     query.add_argument("sql", metavar="SQL")
-    query.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})")
+    query.add_argument(
+        "--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})"
+    )
     when = query.add_mutually_exclusive_group()
-    when.add_argument("--version", type=int, default=None, metavar="N", help="read table version N instead of the latest")
-    when.add_argument("--as-of", default=None, metavar="TIMESTAMP",
-                      help="read the latest version committed at or before this ISO 8601 time (no zone: UTC), e.g. 2026-11-24T06:00:00Z")
-    query.add_argument("--format", choices=("table", "csv", "json", "parquet"), default=None,
-                       help="output format (default: a table on the terminal, or from the --output suffix)")
-    query.add_argument("-o", "--output", default=None, metavar="FILE", help="write the result to FILE instead of the terminal")
+    when.add_argument(
+        "--version", type=int, default=None, metavar="N", help="read table version N instead of the latest"
+    )
+    when.add_argument(
+        "--as-of",
+        default=None,
+        metavar="TIMESTAMP",
+        help="read the latest version committed at or before this ISO 8601 time (no zone: UTC), e.g. 2026-11-24T06:00:00Z",
+    )
+    query.add_argument(
+        "--format",
+        choices=("table", "csv", "json", "parquet"),
+        default=None,
+        help="output format (default: a table on the terminal, or from the --output suffix)",
+    )
+    query.add_argument(
+        "-o", "--output", default=None, metavar="FILE", help="write the result to FILE instead of the terminal"
+    )
 
-    gallery = sub.add_parser("gallery", help="a static HTML gallery of the design catalog (one file, no server)", description=(
-        "Write one self-contained HTML page of every design (thumbnail, parameters, loss curve; filters by content, "
-        "style and tag) and the failed designs with their errors. Images are linked by relative path into OUT/images."))
-    gallery.add_argument("out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})")
-    gallery.add_argument("--version", type=int, default=None, metavar="N", help="show table version N instead of the latest")
-    gallery.add_argument("-o", "--output", default=None, metavar="FILE", help="the HTML file to write (default: OUT/gallery.html)")
+    gallery = sub.add_parser(
+        "gallery",
+        help="a static HTML gallery of the design catalog (one file, no server)",
+        description=(
+            "Write one self-contained HTML page of every design (thumbnail, parameters, loss curve; filters by content, "
+            "style and tag) and the failed designs with their errors. Images are linked by relative path into OUT/images."
+        ),
+    )
+    gallery.add_argument(
+        "out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})"
+    )
+    gallery.add_argument(
+        "--version", type=int, default=None, metavar="N", help="show table version N instead of the latest"
+    )
+    gallery.add_argument(
+        "-o", "--output", default=None, metavar="FILE", help="the HTML file to write (default: OUT/gallery.html)"
+    )
 
-    verify = sub.add_parser("verify", help="check that every ok row's PNG exists and matches its hash; list orphan PNGs",
-                            description="Exit 0 when the catalog is consistent, 1 when any problem remains.")
-    verify.add_argument("out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})")
+    verify = sub.add_parser(
+        "verify",
+        help="check that every ok row's PNG exists and matches its hash; list orphan PNGs",
+        description="Exit 0 when the catalog is consistent, 1 when any problem remains.",
+    )
+    verify.add_argument(
+        "out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})"
+    )
     verify.add_argument("--fix", action="store_true", help="remove orphan PNGs (not while a run is writing to OUT)")
     return parser
 
@@ -110,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from_args(args)
         except ValueError as err:
             parser.error(str(err))
-        from pipeline.variants import parse_grid  # local: pyarrow and numpy are not needed for --help
+        from pipeline.planning.variants import parse_grid  # local: pyarrow and numpy are not needed for --help
 
         try:
             grid = parse_grid(args.grid)
@@ -118,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
         return run_generate(args.catalog, args.out, config, pairs=args.pairs, grid=grid)
     if args.command == "query":
-        from pipeline.query import run_query
+        from pipeline.views.query import run_query
 
         try:
             run_query(args.out, args.sql, args.version, args.as_of, args.format, args.output)
@@ -127,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_REFUSED
         return EXIT_OK
     if args.command == "gallery":
-        from pipeline.gallery import build_gallery
+        from pipeline.views.gallery import build_gallery
 
         try:
             report = build_gallery(args.out, version=args.version, output=args.output)
@@ -137,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.line())
         return EXIT_OK
     if args.command == "verify":
-        from pipeline.verify import verify_catalog
+        from pipeline.views.verify import verify_catalog
 
         try:
             report = verify_catalog(args.out, fix=args.fix)
@@ -152,11 +225,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_generate(catalog: str, out: str, config: Config, pairs: str | None = None, grid: dict | None = None) -> int:
     configure_prefect_env()
-    from pipeline.devices import DeviceError
-    from pipeline.inputs import CatalogError
-    from pipeline.weights import WeightsError
-
-    from flows.task_runners import generate_flow, workers_prefect_api
+    from flows.generate import generate_flow
+    from flows.task_runners import workers_prefect_api
+    from pipeline.catalog.inputs import CatalogError
+    from pipeline.engine.weights import WeightsError
+    from pipeline.execution.devices import DeviceError
 
     # --runner thread (default) or --runner dask --dask-address tcp://HOST:PORT (docs/SCALING.md).
     try:

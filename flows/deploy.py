@@ -24,21 +24,17 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 from flows.cli import EXIT_REFUSED, add_config_flags, config_from_args, configure_prefect_env, project_root
+from flows.server import public_api_url, start_server, stop_server
 from pipeline.config import DEFAULT_OUT, Config
 
 DEFAULT_NAME = "nightly"
 DEFAULT_CRON = "0 2 * * *"  # 02:00 every night
-SERVER_START_SECONDS = 120.0
 
 
 def local_timezone() -> str:
@@ -52,44 +48,104 @@ def local_timezone() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ
-    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=(
-        "Serve a scheduled Prefect deployment of the generate flow (default: every night at 02:00). "
-        "Exit 0 on Ctrl-C or SIGTERM; 2 when refused (bad flags, no server)."))
-    parser.add_argument("catalog", metavar="CATALOG", nargs="?", default=env.get("DESIGNS_CATALOG"),
-                        help="input catalog parquet (default: $DESIGNS_CATALOG)")
-    parser.add_argument("--out", default=env.get("DESIGNS_OUT", DEFAULT_OUT), metavar="DIR",
-                        help=f"design catalog folder (default: $DESIGNS_OUT or {DEFAULT_OUT})")
-    parser.add_argument("--name", default=env.get("DESIGNS_DEPLOYMENT", DEFAULT_NAME), help=f"deployment name (default: {DEFAULT_NAME})")
-    parser.add_argument("--pairs", default=None, metavar="PARQUET", help="explicit pairings instead of the cross product (as designs generate)")
-    parser.add_argument("--grid", action="append", default=None, metavar="FIELD=V1,V2",
-                        help="make every pairing once per value; repeatable (as designs generate)")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.deploy",
+        description=(
+            "Serve a scheduled Prefect deployment of the generate flow (default: every night at 02:00). "
+            "Exit 0 on Ctrl-C or SIGTERM; 2 when refused (bad flags, no server)."
+        ),
+    )
+    parser.add_argument(
+        "catalog",
+        metavar="CATALOG",
+        nargs="?",
+        default=env.get("DESIGNS_CATALOG"),
+        help="input catalog parquet (default: $DESIGNS_CATALOG)",
+    )
+    parser.add_argument(
+        "--out",
+        default=env.get("DESIGNS_OUT", DEFAULT_OUT),
+        metavar="DIR",
+        help=f"design catalog folder (default: $DESIGNS_OUT or {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--name", default=env.get("DESIGNS_DEPLOYMENT", DEFAULT_NAME), help=f"deployment name (default: {DEFAULT_NAME})"
+    )
+    parser.add_argument(
+        "--pairs",
+        default=None,
+        metavar="PARQUET",
+        help="explicit pairings instead of the cross product (as designs generate)",
+    )
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=None,
+        metavar="FIELD=V1,V2",
+        help="make every pairing once per value; repeatable (as designs generate)",
+    )
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--cron", default=None, help=f"cron schedule (default: $DESIGNS_CRON or {DEFAULT_CRON!r})")
-    when.add_argument("--interval", type=float, default=None, metavar="SECONDS", help="run every SECONDS instead of on a cron schedule")
-    when.add_argument("--rrule", default=None, help="an iCalendar RRULE instead of a cron schedule, e.g. 'FREQ=DAILY;BYHOUR=2'")
-    parser.add_argument("--anchor", default=None, metavar="ISO_TIME", help="with --interval: the first run's time (default: now)")
-    parser.add_argument("--timezone", default=env.get("DESIGNS_TIMEZONE") or None, metavar="TZ",
-                        help="time zone of the cron schedule, e.g. Europe/Paris (default: $DESIGNS_TIMEZONE or this machine's)")
-    parser.add_argument("--limit", type=int, default=1, metavar="N", help="runs of this deployment at once (default: 1)")
-    parser.add_argument("--server", action="store_true",
-                        help="start a persistent local Prefect server (state in $PREFECT_HOME) and stop it on exit")
-    parser.add_argument("--host", default="127.0.0.1", help="with --server: address to listen on (0.0.0.0 for Dask workers elsewhere)")
+    when.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="run every SECONDS instead of on a cron schedule",
+    )
+    when.add_argument(
+        "--rrule", default=None, help="an iCalendar RRULE instead of a cron schedule, e.g. 'FREQ=DAILY;BYHOUR=2'"
+    )
+    parser.add_argument(
+        "--anchor", default=None, metavar="ISO_TIME", help="with --interval: the first run's time (default: now)"
+    )
+    parser.add_argument(
+        "--timezone",
+        default=env.get("DESIGNS_TIMEZONE") or None,
+        metavar="TZ",
+        help="time zone of the cron schedule, e.g. Europe/Paris (default: $DESIGNS_TIMEZONE or this machine's)",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=1, metavar="N", help="runs of this deployment at once (default: 1)"
+    )
+    parser.add_argument(
+        "--server",
+        action="store_true",
+        help="start a persistent local Prefect server (state in $PREFECT_HOME) and stop it on exit",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="with --server: address to listen on (0.0.0.0 for Dask workers elsewhere)"
+    )
     parser.add_argument("--port", type=int, default=4200, help="with --server: port (default: 4200)")
-    parser.add_argument("--api-url", default=None, metavar="URL",
-                        help="with --server: the URL flows and their Dask workers reach it at (default: http://HOST:PORT/api; "
-                             "with --host 0.0.0.0, this machine's host name)")
-    parser.add_argument("--work-pool", default=None, metavar="NAME",
-                        help="register the deployment with this work pool (run by `prefect worker start --pool NAME`) instead of serving it")
+    parser.add_argument(
+        "--api-url",
+        default=None,
+        metavar="URL",
+        help="with --server: the URL flows and their Dask workers reach it at (default: http://HOST:PORT/api; "
+        "with --host 0.0.0.0, this machine's host name)",
+    )
+    parser.add_argument(
+        "--work-pool",
+        default=None,
+        metavar="NAME",
+        help="register the deployment with this work pool (run by `prefect worker start --pool NAME`) instead of serving it",
+    )
     add_config_flags(parser)
     return parser
 
 
-def flow_parameters(catalog: str, out: str, config: Config, pairs: str | None = None, grid: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+def flow_parameters(
+    catalog: str, out: str, config: Config, pairs: str | None = None, grid: dict[str, list[Any]] | None = None
+) -> dict[str, Any]:
     """The deployment's parameters: absolute paths, and only the config fields that differ from the defaults
     (so the Prefect UI shows what is particular to this deployment, and a custom run can change one field)."""
     defaults = Config().to_dict()
     overrides = {k: v for k, v in config.to_dict().items() if v != defaults[k]}
-    parameters: dict[str, Any] = {"catalog": str(Path(catalog).resolve()), "out": str(Path(out).resolve()), "config": overrides}
+    parameters: dict[str, Any] = {
+        "catalog": str(Path(catalog).resolve()),
+        "out": str(Path(out).resolve()),
+        "config": overrides,
+    }
     if pairs:
         parameters["pairs"] = str(Path(pairs).resolve())
     if grid:
@@ -97,18 +153,23 @@ def flow_parameters(catalog: str, out: str, config: Config, pairs: str | None = 
     return parameters
 
 
-def make_schedule(cron: str | None = None, interval: float | timedelta | None = None, rrule: str | None = None,
-                  timezone: str | None = None, anchor: str | None = None):
+def make_schedule(
+    cron: str | None = None,
+    interval: float | timedelta | None = None,
+    rrule: str | None = None,
+    timezone: str | None = None,
+    anchor: str | None = None,
+):
     """One Prefect schedule: every `interval` seconds from `anchor` (default now), an RRULE, or cron (default 02:00)."""
     from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule, RRuleSchedule
 
     timezone = timezone or local_timezone()
     if interval is not None:
-        from datetime import datetime, timezone as tz
+        from datetime import datetime
 
-        start = datetime.fromisoformat(anchor) if anchor else datetime.now(tz.utc)
+        start = datetime.fromisoformat(anchor) if anchor else datetime.now(UTC)
         if start.tzinfo is None:
-            start = start.replace(tzinfo=tz.utc)
+            start = start.replace(tzinfo=UTC)
         seconds = interval if isinstance(interval, timedelta) else timedelta(seconds=float(interval))
         return IntervalSchedule(interval=seconds, anchor_date=start, timezone=timezone)
     if rrule is not None:
@@ -116,106 +177,54 @@ def make_schedule(cron: str | None = None, interval: float | timedelta | None = 
     return CronSchedule(cron=cron or DEFAULT_CRON, timezone=timezone)
 
 
-def build_deployment(catalog: str, out: str, config: Config, name: str = DEFAULT_NAME, schedule: Any = None,
-                     pairs: str | None = None, grid: dict[str, list[Any]] | None = None):
+def build_deployment(
+    catalog: str,
+    out: str,
+    config: Config,
+    name: str = DEFAULT_NAME,
+    schedule: Any = None,
+    pairs: str | None = None,
+    grid: dict[str, list[Any]] | None = None,
+):
     """A RunnerDeployment of generate (with config.runner's task runner) with its parameters and schedule (default: cron 02:00)."""
-    from flows.task_runners import generate_flow
+    from flows.generate import generate_flow  # local: imports prefect and the engine
 
     flow = generate_flow(config)
     return flow.to_deployment(
-        name=name, schedule=schedule if schedule is not None else make_schedule(),
+        name=name,
+        schedule=schedule if schedule is not None else make_schedule(),
         parameters=flow_parameters(catalog, out, config, pairs, grid),
-        description=f"generate every design of {Path(catalog).name} not yet in {out}", tags=["designs", name])
+        description=f"generate every design of {Path(catalog).name} not yet in {out}",
+        tags=["designs", name],
+    )
 
 
-def register_with_work_pool(catalog: str, out: str, config: Config, name: str, schedule: Any, work_pool: str,
-                            pairs: str | None = None, grid: dict[str, list[Any]] | None = None) -> str:
+def register_with_work_pool(
+    catalog: str,
+    out: str,
+    config: Config,
+    name: str,
+    schedule: Any,
+    work_pool: str,
+    pairs: str | None = None,
+    grid: dict[str, list[Any]] | None = None,
+) -> str:
     """`flow.from_source(project).deploy(...)`: the deployment runs where a worker of the pool runs,
     from this project's folder (which the worker's machine must have at the same path)."""
     from prefect import flow as prefect_flow
 
     source = prefect_flow.from_source(source=str(project_root()), entrypoint="flows/generate.py:generate")
     deployment_id = source.deploy(
-        name=name, work_pool_name=work_pool, schedule=schedule, parameters=flow_parameters(catalog, out, config, pairs, grid),
-        tags=["designs", name], build=False, push=False, print_next_steps=False)
+        name=name,
+        work_pool_name=work_pool,
+        schedule=schedule,
+        parameters=flow_parameters(catalog, out, config, pairs, grid),
+        tags=["designs", name],
+        build=False,
+        push=False,
+        print_next_steps=False,
+    )
     return str(deployment_id)
-
-
-# --- the persistent local server ---
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def api_url(host: str, port: int) -> str:
-    reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return f"http://{reach}:{port}/api"
-
-
-def healthy(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def start_server(host: str = "127.0.0.1", port: int = 4200, home: str | Path | None = None, log: str | Path | None = None,
-                 env: dict[str, str] | None = None, timeout: float = SERVER_START_SECONDS) -> tuple[subprocess.Popen, str]:
-    """`prefect server start` in the background (scheduler on), once /api/health answers: (process, API URL)."""
-    url = api_url(host, port)
-    if healthy(url):
-        raise RuntimeError(f"a server already answers on {url}: use it with PREFECT_API_URL={url} and no --server")
-    child_env = {**os.environ, **(env or {})}
-    if home is not None:
-        child_env["PREFECT_HOME"] = str(home)
-    child_env.pop("PREFECT_API_URL", None)  # the server itself is no client of another one
-    child_env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    prefect_home = Path(child_env.get("PREFECT_HOME") or Path.home() / ".prefect")
-    prefect_home.mkdir(parents=True, exist_ok=True)
-    log_path = Path(log) if log else prefect_home / "server.log"
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--scheduler"],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
-            start_new_session=True,  # Ctrl-C reaches it through stop_server, after the deployment is paused
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with status {process.returncode}; see {log_path}")
-        if healthy(url):
-            return process, url
-        time.sleep(0.25)
-    stop_server(process)
-    raise RuntimeError(f"prefect server did not answer on {url} within {timeout:.0f} s; see {log_path}")
-
-
-def stop_server(process: subprocess.Popen, timeout: float = 20.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def public_api_url(local: str, host: str, port: int, given: str | None = None) -> str:
-    """The API URL to hand to flows (and through them to Dask workers on other machines)."""
-    if given:
-        return given.rstrip("/")
-    if host not in ("0.0.0.0", "::", ""):
-        return local
-    public = f"http://{socket.gethostname()}:{port}/api"
-    if healthy(public):
-        return public
-    print(f"designs serve: {public} does not answer here; flows use {local} (pass --api-url for workers elsewhere)", file=sys.stderr)
-    return local
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
@@ -233,14 +242,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--anchor goes with --interval")
     try:
         config = config_from_args(args)
-        from pipeline.variants import parse_grid
+        from pipeline.planning.variants import parse_grid
 
         grid = parse_grid(args.grid)
     except ValueError as err:
         parser.error(str(err))
     if args.pairs and not Path(args.pairs).is_file():
         parser.error(f"pairs {args.pairs!r} is not a file")
-    cron = args.cron or (None if args.interval is not None or args.rrule else os.environ.get("DESIGNS_CRON") or DEFAULT_CRON)
+    cron = args.cron or (
+        None if args.interval is not None or args.rrule else os.environ.get("DESIGNS_CRON") or DEFAULT_CRON
+    )
     configure_prefect_env()
 
     server = None
@@ -258,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_REFUSED
             url = public_api_url(url, args.host, args.port, args.api_url)
             os.environ["PREFECT_API_URL"] = url
-            print(f"Prefect server on {url[:-4]} (pid {server.pid}, PREFECT_HOME={os.environ.get('PREFECT_HOME')}); its log: "
-                  f"{Path(os.environ.get('PREFECT_HOME', '.')) / 'server.log'}", flush=True)
+            print(
+                f"Prefect server on {url[:-4]} (pid {server.pid}, PREFECT_HOME={os.environ.get('PREFECT_HOME')}); its log: "
+                f"{Path(os.environ.get('PREFECT_HOME', '.')) / 'server.log'}",
+                flush=True,
+            )
         return _deploy(args, config, cron, grid)
     except KeyboardInterrupt:
         return 0
@@ -275,15 +289,24 @@ def _deploy(args: argparse.Namespace, config: Config, cron: str | None, grid: di
 
     url = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if not url:
-        print("designs serve: a schedule needs a Prefect server that runs the scheduler (the temporary one does not): "
-              "pass --server (make serve), or set PREFECT_API_URL to a running server or `prefect cloud login`", file=sys.stderr)
+        print(
+            "designs serve: a schedule needs a Prefect server that runs the scheduler (the temporary one does not): "
+            "pass --server (make serve), or set PREFECT_API_URL to a running server or `prefect cloud login`",
+            file=sys.stderr,
+        )
         return EXIT_REFUSED
     schedule = make_schedule(cron, args.interval, args.rrule, args.timezone, args.anchor)
-    with temporary_settings(updates={PREFECT_API_URL: url}):  # also where prefect was imported before the server started
+    with temporary_settings(
+        updates={PREFECT_API_URL: url}
+    ):  # also where prefect was imported before the server started
         if args.work_pool:
-            deployment_id = register_with_work_pool(args.catalog, args.out, config, args.name, schedule, args.work_pool, args.pairs, grid)
-            print(f"deployment generate/{args.name} ({deployment_id}) registered with work pool {args.work_pool!r}; "
-                  f"run it with: prefect worker start --pool {args.work_pool}")
+            deployment_id = register_with_work_pool(
+                args.catalog, args.out, config, args.name, schedule, args.work_pool, args.pairs, grid
+            )
+            print(
+                f"deployment generate/{args.name} ({deployment_id}) registered with work pool {args.work_pool!r}; "
+                f"run it with: prefect worker start --pool {args.work_pool}"
+            )
             return 0
         serve(build_deployment(args.catalog, args.out, config, args.name, schedule, args.pairs, grid), limit=args.limit)
     return 0

@@ -1,6 +1,8 @@
 """The `generate` flow: validate the catalog, plan the designs not yet done,
 run the shards on the available devices, commit each shard as it finishes,
-and report a summary. The work itself lives in `pipeline/`."""
+and report a summary. The steps are those of `pipeline.execution.run.Run`;
+this module only wraps them in Prefect tasks and runs the shards on the
+flow's task runner."""
 
 from __future__ import annotations
 
@@ -13,21 +15,20 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run, task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.reporting import CONTACT_SHEET, RunProgress, publish_run_artifacts
-from flows.task_runners import THREAD_POOL_WORKERS, shard_devices
-
+from flows.artifacts import publish_run_artifacts
+from flows.progress import RunProgress
+from flows.task_runners import THREAD_POOL_WORKERS, make_task_runner, shard_devices
+from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.inputs import InputCatalog, load_input_catalog
 from pipeline.config import DEFAULT_OUT, Config
-from pipeline.design_catalog import DesignCatalog
-from pipeline.devices import CPU_BATCH_SIZE, MAX_AUTO_BATCH, device_name
-from pipeline.engine import Progress
-from pipeline.inputs import InputCatalog, load_input_catalog
-from pipeline.plan import Job, Plan, cut_shards, plan_designs
-from pipeline.runner import failed_row, now_utc, run_shard
-from pipeline.runs import run_config
-from pipeline.contact_sheet import write_contact_sheet
-from pipeline.summary import RunSummary, summarize
-from pipeline.variants import JobSpecs, job_specs
-from pipeline.weights import WeightsSource, resolve_weights
+from pipeline.engine.transfer import Progress
+from pipeline.engine.weights import WeightsSource, resolve_weights
+from pipeline.execution.devices import device_name
+from pipeline.execution.run import Run
+from pipeline.execution.shard import run_shard
+from pipeline.execution.summary import RunSummary
+from pipeline.planning.plan import Job, Plan
+from pipeline.planning.variants import JobSpecs, job_specs
 
 PROGRESS_LOG_SECONDS = 15.0
 
@@ -43,24 +44,27 @@ def find_weights(spec: str, seed: int) -> WeightsSource:
 
 
 @task(cache_policy=NO_CACHE)
-def enumerate_designs(catalog: InputCatalog, config: Config, pairs: str | None, grid: dict[str, list[Any]] | None) -> JobSpecs:
+def enumerate_designs(
+    catalog: InputCatalog, config: Config, pairs: str | None, grid: dict[str, list[Any]] | None
+) -> JobSpecs:
     return job_specs(catalog, config, pairs, grid)
 
 
 @task(cache_policy=NO_CACHE)
-def plan(catalog: InputCatalog, config: Config, weights: WeightsSource, out: str, specs: JobSpecs) -> Plan:
-    return plan_designs(catalog, config, weights.identity, DesignCatalog(out).ok_design_ids(), specs)
+def plan(run: Run, inputs: InputCatalog, weights: WeightsSource, devices: list[str], specs: JobSpecs) -> Plan:
+    return run.plan(inputs, weights, devices, specs)
 
 
 @task(cache_policy=NO_CACHE)
-def contact_sheet(rows: list[dict[str, Any]], out: str, run_id: str) -> str | None:
-    path = write_contact_sheet(rows, out, DesignCatalog(out).run_dir(run_id) / CONTACT_SHEET,
-                               title=f"run {run_id}: {sum(r['status'] == 'ok' for r in rows)} designs", defaults=Config().to_dict())
+def contact_sheet(run: Run) -> str | None:
+    path = run.contact_sheet()
     return str(path) if path else None
 
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="shard-{index}")
-def run_shard_task(index: int, jobs: list[Job], config: Config, weights: WeightsSource, devices: list[str], out: str, run_id: str) -> list[dict[str, Any]]:
+def run_shard_task(
+    index: int, jobs: list[Job], config: Config, weights: WeightsSource, devices: list[str], out: str, run_id: str
+) -> list[dict[str, Any]]:
     """Runs on devices[0]; a retry moves to the next device where there is one."""
     logger = get_run_logger()
     attempt = max(1, task_run.run_count or 1)
@@ -74,7 +78,14 @@ def run_shard_task(index: int, jobs: list[Job], config: Config, weights: Weights
         if time.monotonic() - last_log[0] >= PROGRESS_LOG_SECONDS or progress.step == 0:
             last_log[0] = time.monotonic()
             mean_loss = sum(progress.loss_total) / len(progress.loss_total)
-            logger.info("shard %d: step %d/%d, %d design(s) in batch, mean loss %.4g", index, progress.step, progress.steps, progress.designs, mean_loss)
+            logger.info(
+                "shard %d: step %d/%d, %d design(s) in batch, mean loss %.4g",
+                index,
+                progress.step,
+                progress.steps,
+                progress.designs,
+                mean_loss,
+            )
 
     rows = run_shard(jobs, config, weights, device, DesignCatalog(out), run_id, on_progress)
     failed = [r for r in rows if r["status"] != "ok"]
@@ -83,52 +94,59 @@ def run_shard_task(index: int, jobs: list[Job], config: Config, weights: Weights
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
-def commit(out: str, rows: list[dict[str, Any]], run_id: str, note: str) -> int | None:
-    return DesignCatalog(out).commit(rows, run_id, note)
+def commit(run: Run, rows: list[dict[str, Any]], note: str) -> int | None:
+    return run.designs.commit(rows, run.run_id, note)
+
+
+def commit_rows(run: Run, rows: list[dict[str, Any]], note: str) -> None:
+    """The commit task, then the rows count for the run's summary."""
+    commit(run, rows, note)
+    run.record(rows)
 
 
 # The device loop below bounds concurrency to one shard per device.
 @flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=THREAD_POOL_WORKERS), log_prints=True)
-def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config(), pairs: str | None = None,
-             grid: dict[str, list[Any]] | None = None) -> RunSummary:
+def generate(
+    catalog: str,
+    out: str = DEFAULT_OUT,
+    config: Config = Config(),  # noqa: B008 (frozen: one shared default is safe)
+    pairs: str | None = None,
+    grid: dict[str, list[Any]] | None = None,
+) -> RunSummary:
     """Make every content x style design of CATALOG not yet in the design catalog at OUT.
 
     pairs: a parquet of explicit pairings (content_id, style_ids, style_mix, per-row
     config overrides) instead of the cross product; grid: field -> values, every
-    pairing made once per combination (see pipeline.variants)."""
+    pairing made once per combination (see pipeline.planning.variants)."""
     logger = get_run_logger()
-    started = now_utc()
-    start = time.perf_counter()
-    run_id = f"{started:%Y%m%dT%H%M%SZ}-{str(flow_run.id or 'local')[:8]}"
-    design_catalog = DesignCatalog(out)
+    run = Run(catalog, out, config, flow_run_id=str(flow_run.id or "local"))
 
     # Everything that can refuse the whole run happens before any work.
     devices = shard_devices(config)
     inputs = validate_catalog(catalog, config.allow_roots, config.max_catalog_images)
     weights = find_weights(config.weights, config.seed)
     specs = enumerate_designs(inputs, config, pairs, grid)
-    planned = plan(inputs, config, weights, out, specs)
+    planned = plan(run, inputs, weights, devices, specs)
     logger.info(
         "run %s: %d pairing(s), %d already in the catalog, %d to make, %d failing on their inputs; devices %s; weights %s",
-        run_id, planned.pairings, planned.already_done, len(planned.todo), len(planned.failed), devices, weights.label,
+        run.run_id,
+        planned.pairings,
+        planned.already_done,
+        len(planned.todo),
+        len(planned.failed),
+        devices,
+        weights.label,
     )
-    design_catalog.write_run_file(run_id, "config.json", run_config(
-        run_id, str(flow_run.id), catalog, out, config, weights.identity, weights.path, devices, started))
 
     progress = RunProgress().start(len(planned.todo) + len(planned.failed))
-    rows: list[dict[str, Any]] = []
     if planned.failed:
-        fault_rows = [failed_row(job, job.error or "input fault", config, weights, run_id) for job in planned.failed]
-        commit(out, fault_rows, run_id, "input-faults")
-        rows += fault_rows
+        fault_rows = run.input_fault_rows()
+        commit_rows(run, fault_rows, "input-faults")
         progress.advance_rows(fault_rows)
 
     # Each shard holds one device while it runs; a device takes the next shard
     # as soon as it is free, so faster devices take more shards.
-    # Four batches a shard; on GPUs room for the largest batch the memory probe may choose.
-    auto_batch = MAX_AUTO_BATCH if any(d.startswith("cuda") for d in devices) else CPU_BATCH_SIZE
-    shard_size = config.shard_size or 4 * (config.batch_size or auto_batch)
-    shards = list(enumerate(cut_shards(planned.todo, shard_size)))
+    shards = run.shards()
     free = list(devices)
     running: dict[Any, tuple[int, list[Job], str]] = {}
 
@@ -137,7 +155,7 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config(), pa
             index, jobs = shards.pop(0)
             device = free.pop(0)
             fallback = [d for d in devices if d != device]  # where a retry goes
-            future = run_shard_task.submit(index, jobs, config, weights, [device, *fallback], out, run_id)
+            future = run_shard_task.submit(index, jobs, config, weights, [device, *fallback], out, run.run_id)
             running[future] = (index, jobs, device)
 
     start_shards()
@@ -154,18 +172,27 @@ def generate(catalog: str, out: str = DEFAULT_OUT, config: Config = Config(), pa
             # The task failed after its retries: its designs are recorded as failed.
             message = state.message or "shard task failed"
             logger.error("shard %d on %s failed: %s", index, device, message)
-            shard_rows = [failed_row(job, f"shard task failed on {device}: {message}", config, weights, run_id, device) for job in jobs]
-        commit(out, shard_rows, run_id, f"shard-{index}")
-        rows += shard_rows
+            shard_rows = run.failed_shard_rows(jobs, device, message)
+        commit_rows(run, shard_rows, f"shard-{index}")
         progress.advance_rows(shard_rows)
     progress.close()
 
-    sheet = contact_sheet(rows, out, run_id) if rows else None
+    sheet = contact_sheet(run) if run.rows else None
     if sheet:
         logger.info("contact sheet: %s", sheet)
-    summary = summarize(run_id, str(flow_run.id), catalog, out, started, time.perf_counter() - start, planned, rows, devices, design_catalog.version())
-    design_catalog.write_run_file(run_id, "summary.json", summary.to_dict())
-    publish_run_artifacts(summary, rows, out, run_id)
+    summary = run.finish()
+    publish_run_artifacts(summary, run.rows, out, run.run_id)
     for line in summary.report_lines():
         logger.info(line)
     return summary
+
+
+def generate_flow(config: Config):
+    """The `generate` flow with the task runner of config.runner / config.dask_address: the flow
+    itself for 'thread' (its own thread pool), else a copy with a Dask task runner.
+    Raises ValueError (DeviceError included) for bad runner settings, before any work."""
+    if config.runner == "thread":
+        return generate
+    return generate.with_options(
+        task_runner=make_task_runner(config.runner, config.dask_address or None, config.devices)
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -29,88 +30,18 @@ from urllib.parse import urlparse
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from pipeline.config import Config
-from pipeline.devices import DeviceError, resolve_devices
+from pipeline.execution.devices import DeviceError, resolve_devices
 
 RUNNERS = ("thread", "dask")
-GPU_RESOURCE = "GPU"
-DEFAULT_RESOURCES = {GPU_RESOURCE: 1}
 THREAD_POOL_WORKERS = 64  # the flow's device loop bounds how many shards run at once
-WORKER_WAIT_SECONDS = 60.0
 
 logger = logging.getLogger("designs.task_runners")
 
 
-def _dask_runner_class():
-    """Imported on demand: prefect-dask (and distributed) are only needed for --runner dask."""
-    import dask
-    from prefect_dask import DaskTaskRunner
-
-    class ShardDaskTaskRunner(DaskTaskRunner):
-        """A DaskTaskRunner whose every task asks its worker for `resources`
-        (default one GPU), through dask.annotate around the submission."""
-
-        def __init__(self, *args: Any, resources: dict[str, float] | None = None, **kwargs: Any):
-            super().__init__(*args, **kwargs)
-            self.resources: dict[str, float] = dict(DEFAULT_RESOURCES if resources is None else resources)
-
-        def duplicate(self):
-            return type(self)(
-                address=self.address,
-                cluster_class=self.cluster_class,
-                cluster_kwargs=self.cluster_kwargs,
-                adapt_kwargs=self.adapt_kwargs,
-                client_kwargs=self.client_kwargs,
-                performance_report_path=self.performance_report_path,
-                resources=self.resources,
-            )
-
-        def __eq__(self, other: object) -> bool:
-            return super().__eq__(other) and getattr(other, "resources", None) == self.resources
-
-        __hash__ = object.__hash__
-
-        def submit(self, task, parameters, wait_for=None, dependencies=None):
-            # distributed merges dask.get_annotations() into every submission.
-            with dask.annotate(resources=self.resources):
-                return super().submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
-
-        def worker_slots(self, timeout: float = WORKER_WAIT_SECONDS) -> dict[str, int]:
-            """Worker address -> how many shard tasks it can run at once (its resources / the task's)."""
-            try:
-                client = self.client
-            except OSError as err:
-                raise DeviceError(f"cannot reach the Dask scheduler at {self.address}: {err}") from None
-            try:
-                client.wait_for_workers(1, timeout=timeout)
-            except Exception as err:  # distributed raises its own TimeoutError
-                raise DeviceError(f"the Dask cluster at {self.address or client.scheduler.address} has no worker after {timeout:.0f} s: {err}") from None
-            workers = client.scheduler_info(n_workers=-1)["workers"]
-            slots = {}
-            for address, info in workers.items():
-                offered = info.get("resources") or {}
-                fits = min((int(offered.get(name, 0) // need) for name, need in self.resources.items() if need > 0), default=int(info.get("nthreads", 1)))
-                if fits > 0:
-                    slots[address] = fits
-            return slots
-
-        def worker_cuda_counts(self, addresses: Sequence[str]) -> dict[str, int]:
-            """How many CUDA GPUs each worker's process sees."""
-            return self.client.run(_cuda_device_count, workers=list(addresses))
-
-    return ShardDaskTaskRunner
-
-
-def _cuda_device_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:
-        return 0
-
-
 def is_dask_runner(task_runner: Any) -> bool:
-    return hasattr(task_runner, "worker_slots") and hasattr(task_runner, "resources")
+    # Not imported, no Dask runner exists: --runner thread never imports dask.
+    module = sys.modules.get("flows.dask_runner")
+    return module is not None and isinstance(task_runner, module.ShardDaskTaskRunner)
 
 
 def make_task_runner(
@@ -136,7 +67,9 @@ def make_task_runner(
     if not dask_address:
         raise ValueError("runner='dask' needs a scheduler address: --dask-address tcp://HOST:8786")
     dask_device(devices)  # refuse a bad --devices before any work
-    return _dask_runner_class()(address=dask_address, resources=resources)
+    from flows.dask_runner import ShardDaskTaskRunner
+
+    return ShardDaskTaskRunner(address=dask_address, resources=resources)
 
 
 def dask_device(devices: Sequence[str] | str | None) -> str:
@@ -144,10 +77,13 @@ def dask_device(devices: Sequence[str] | str | None) -> str:
     if devices is None:
         return "auto"
     items = [d.strip() for d in (devices.split(",") if isinstance(devices, str) else devices) if d.strip()]
-    if len(items) != 1 or not (items[0] in ("auto", "cpu") or (items[0].startswith("cuda:") and items[0][5:].isdigit())):
+    if len(items) != 1 or not (
+        items[0] in ("auto", "cpu") or (items[0].startswith("cuda:") and items[0][5:].isdigit())
+    ):
         raise DeviceError(
             f"devices={','.join(items)!r} on a Dask cluster: accepted 'auto', 'cpu' or one 'cuda:N', the device of every "
-            "worker's tasks (with dask-cuda, one worker per GPU, each worker's GPU is cuda:0)")
+            "worker's tasks (with dask-cuda, one worker per GPU, each worker's GPU is cuda:0)"
+        )
     return items[0]
 
 
@@ -172,16 +108,22 @@ def shard_devices(config: Config, task_runner: Any = None) -> list[str]:
     if not slots:
         raise DeviceError(
             f"no worker of the Dask cluster offers the resources the shard tasks ask for ({task_runner.resources}): "
-            f"start the workers with --resources {','.join(f'{k}={v:g}' for k, v in task_runner.resources.items())}")
+            f"start the workers with --resources {','.join(f'{k}={v:g}' for k, v in task_runner.resources.items())}"
+        )
     if device == "auto":
         counts = task_runner.worker_cuda_counts(list(slots))
         with_gpu = {address for address, count in counts.items() if count > 0}
         if with_gpu and with_gpu != set(slots):
-            raise DeviceError(f"--devices auto: Dask workers {sorted(set(slots) - with_gpu)} see no GPU while others do; "
-                              "pass --devices cpu or --devices cuda:0, or start them apart")
+            raise DeviceError(
+                f"--devices auto: Dask workers {sorted(set(slots) - with_gpu)} see no GPU while others do; "
+                "pass --devices cpu or --devices cuda:0, or start them apart"
+            )
         device = "cuda:0" if with_gpu else "cpu"
     if any(count > 1 for count in slots.values()) and device != "cpu":
-        logger.warning("a Dask worker offers more than one GPU slot; all its tasks use %s: run one worker per GPU (dask-cuda)", device)
+        logger.warning(
+            "a Dask worker offers more than one GPU slot; all its tasks use %s: run one worker per GPU (dask-cuda)",
+            device,
+        )
     return [device] * sum(slots.values())
 
 
@@ -211,8 +153,11 @@ def workers_prefect_api(runner: str = "thread", dask_address: str | None = None)
     url = PREFECT_API_URL.value()
     if url:
         if _is_loopback(url) and dask_address and not _is_loopback(dask_address):
-            logger.warning("PREFECT_API_URL=%s is a loopback address: Dask workers on other machines cannot report to it; "
-                           "start the server with --host 0.0.0.0 and use this machine's address", url)
+            logger.warning(
+                "PREFECT_API_URL=%s is a loopback address: Dask workers on other machines cannot report to it; "
+                "start the server with --host 0.0.0.0 and use this machine's address",
+                url,
+            )
         yield url
         return
     from prefect.server.api.server import SubprocessASGIServer
@@ -221,8 +166,11 @@ def workers_prefect_api(runner: str = "thread", dask_address: str | None = None)
     server.start()
     url = server.api_url
     if dask_address and not _is_loopback(dask_address):
-        logger.warning("no PREFECT_API_URL: the temporary Prefect server %s is only reachable on this machine; "
-                       "Dask workers elsewhere need PREFECT_API_URL of a server they can reach (docs/SCALING.md)", url)
+        logger.warning(
+            "no PREFECT_API_URL: the temporary Prefect server %s is only reachable on this machine; "
+            "Dask workers elsewhere need PREFECT_API_URL of a server they can reach (docs/SCALING.md)",
+            url,
+        )
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url
     try:
@@ -233,14 +181,3 @@ def workers_prefect_api(runner: str = "thread", dask_address: str | None = None)
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = previous
-
-
-def generate_flow(config: Config):
-    """The `generate` flow with the task runner of config.runner / config.dask_address: the flow
-    itself for 'thread' (its own thread pool), else a copy with a Dask task runner.
-    Raises ValueError (DeviceError included) for bad runner settings, before any work."""
-    from flows.generate import generate  # local: flows.generate imports this module
-
-    if config.runner == "thread":
-        return generate
-    return generate.with_options(task_runner=make_task_runner(config.runner, config.dask_address or None, config.devices))

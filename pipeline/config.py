@@ -20,7 +20,7 @@ DEFAULT_OUT = "data/catalog"
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise")
 COLORS = ("style", "keep", "match")
-# Layer names follow the paper's convention convN_M; see pipeline/vgg.py.
+# Layer names follow the paper's convention convN_M; see pipeline/engine/vgg.py.
 DEFAULT_CONTENT_LAYERS = ("conv5_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
@@ -48,11 +48,19 @@ class Config:
     content_layer_weights: tuple[float, ...] = _field((), "per-layer content weights (empty: all 1)")
     style_layers: tuple[str, ...] = _field(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss")
     style_layer_weights: tuple[float, ...] = _field((), "per-layer style weights (empty: all 1)")
-    init: str = _field("content", "starting image of the optimization (pattern mode always starts from noise)", choices=INITS)
+    init: str = _field(
+        "content", "starting image of the optimization (pattern mode always starts from noise)", choices=INITS
+    )
     tile: bool = _field(False, "seamless repeat: circular padding in every convolution and a wrap-around TV term")
-    color: str = _field("style", "colour: 'style' plain transfer, 'keep' the content's colours (YIQ luminance transfer), "
-                        "'match' the style's colours to the content's first", choices=COLORS)
-    scales: tuple[int, ...] = _field((), "coarse-to-fine longest sides ending at --size, e.g. 512,1024,2048 (empty: one scale)")
+    color: str = _field(
+        "style",
+        "colour: 'style' plain transfer, 'keep' the content's colours (YIQ luminance transfer), "
+        "'match' the style's colours to the content's first",
+        choices=COLORS,
+    )
+    scales: tuple[int, ...] = _field(
+        (), "coarse-to-fine longest sides ending at --size, e.g. 512,1024,2048 (empty: one scale)"
+    )
     scale_steps: tuple[int, ...] = _field((), "steps per scale (empty: --steps at the first, halved at each next)")
     mask_feather: int = _field(3, "soft edge of a garment mask, in pixels inside the mask")
     seed: int = _field(0, "seed for noise init and for --weights random")
@@ -65,17 +73,35 @@ class Config:
         "($NST_VGG19_WEIGHTS, the torch hub cache, then a download)",
         identity=False,
     )
-    runner: str = _field("thread", "where shard tasks run: 'thread' (this process) or 'dask' (--dask-address)", identity=False,
-                         choices=("thread", "dask"))
-    dask_address: str = _field("", "a Dask scheduler, tcp://HOST:PORT, for --runner dask (docs/SCALING.md)", identity=False)
-    precision: str = _field("auto", "VGG19 arithmetic: 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'; "
-                            "Gram matrices and losses are always fp32", identity=False, choices=("auto", "fp32", "bf16"))
-    devices: str = _field("auto", "'auto' (every visible CUDA GPU, else cpu), 'cpu', or 'cuda:0,cuda:1'", identity=False)
+    runner: str = _field(
+        "thread",
+        "where shard tasks run: 'thread' (this process) or 'dask' (--dask-address)",
+        identity=False,
+        choices=("thread", "dask"),
+    )
+    dask_address: str = _field(
+        "", "a Dask scheduler, tcp://HOST:PORT, for --runner dask (docs/SCALING.md)", identity=False
+    )
+    precision: str = _field(
+        "auto",
+        "VGG19 arithmetic: 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'; "
+        "Gram matrices and losses are always fp32",
+        identity=False,
+        choices=("auto", "fp32", "bf16"),
+    )
+    devices: str = _field(
+        "auto", "'auto' (every visible CUDA GPU, else cpu), 'cpu', or 'cuda:0,cuda:1'", identity=False
+    )
     batch_size: int = _field(0, "pairings optimized together on one device (0: chosen per device)", identity=False)
     shard_size: int = _field(0, "pairings per shard task (0: 4 batches)", identity=False)
-    overlap: str = _field("auto", "decode the next batch and write finished PNGs on threads while the device optimizes: "
-                          "'on', 'off' (one stage after another), or 'auto' (on for GPUs; off on a CPU, whose cores "
-                          "the optimization already uses)", identity=False, choices=("auto", "on", "off"))
+    overlap: str = _field(
+        "auto",
+        "decode the next batch and write finished PNGs on threads while the device optimizes: "
+        "'on', 'off' (one stage after another), or 'auto' (on for GPUs; off on a CPU, whose cores "
+        "the optimization already uses)",
+        identity=False,
+        choices=("auto", "on", "off"),
+    )
     allow_roots: tuple[str, ...] = _field((), "extra folders that absolute image paths may point into", identity=False)
     dpi: int = _field(0, "DPI written into the PNGs (0: none)", identity=False)
     max_image_pixels: int = _field(64_000_000, "refuse images declaring more pixels than this", identity=False)
@@ -88,7 +114,7 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        from pipeline.vgg import LAYER_INDEX  # local: vgg imports torch
+        from pipeline.engine.vgg import LAYER_INDEX  # local: vgg imports torch
 
         def bad(name: str, value: Any, accepted: str) -> ValueError:
             return ValueError(f"config {name}={value!r} is invalid; accepted: {accepted}")
@@ -109,9 +135,17 @@ class Config:
             if any(s < 16 for s in self.scales) or list(self.scales) != sorted(set(self.scales)):
                 raise bad("scales", self.scales, "increasing sizes of at least 16 px, e.g. 512,1024,2048")
             if self.scales[-1] != self.size:
-                raise bad("scales", self.scales, f"sizes ending at --size ({self.size}), e.g. --size {self.scales[-1]} --scales {','.join(map(str, self.scales))}")
+                raise bad(
+                    "scales",
+                    self.scales,
+                    f"sizes ending at --size ({self.size}), e.g. --size {self.scales[-1]} --scales {','.join(map(str, self.scales))}",
+                )
         if self.scale_steps and (len(self.scale_steps) != len(self.scales) or min(self.scale_steps) < 1):
-            raise bad("scale_steps", self.scale_steps, f"empty, or {len(self.scales)} positive integers, one per entry of scales")
+            raise bad(
+                "scale_steps",
+                self.scale_steps,
+                f"empty, or {len(self.scales)} positive integers, one per entry of scales",
+            )
         if self.mask_feather < 0:
             raise bad("mask_feather", self.mask_feather, "an integer >= 0")
         if self.dpi < 0:
@@ -157,7 +191,9 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
@@ -223,7 +259,9 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
         try:
             return tuple(elem(v) for v in value)
         except (TypeError, ValueError):
-            raise ValueError(f"config {f.name}={value!r} is invalid; accepted: comma-separated {elem.__name__} values") from None
+            raise ValueError(
+                f"config {f.name}={value!r} is invalid; accepted: comma-separated {elem.__name__} values"
+            ) from None
     if kind is bool and isinstance(value, str):
         if value.lower() in ("1", "true", "yes", "on"):
             return True

@@ -17,7 +17,6 @@ tshirt a `note` column, holding `<script>alert(1)</script>` and quotes.
 from __future__ import annotations
 
 import shutil
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.inputs import load_input_catalog
 from pipeline.config import Config
-from pipeline.design_catalog import DesignCatalog
-from pipeline.inputs import load_input_catalog
-from pipeline.plan import cut_shards, plan_designs
-from pipeline.runner import failed_row, now_utc, run_shard
-from pipeline.runs import run_config
-from pipeline.summary import summarize
-from pipeline.weights import resolve_weights
+from pipeline.engine.weights import resolve_weights
+from pipeline.execution.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -59,33 +55,15 @@ def write_hostile_sample(folder: Path) -> Path:
     return path
 
 
-def run_without_prefect(catalog: Path, out: Path, config: Config, run_id: str, crash_after_shards: int | None = None) -> Any:
-    """What flows/generate.py does, in one process on cpu: config.json, input faults,
-    one commit per shard, summary.json (unless it 'crashes' after `crash_after_shards` shards)."""
-    started = now_utc()
-    start = time.perf_counter()
-    designs = DesignCatalog(out)
+def run_without_prefect(
+    catalog: Path, out: Path, config: Config, run_id: str, crash_after_shards: int | None = None
+) -> Any:
+    """The flow's steps in one process on cpu (pipeline.execution.run.Run): config.json, input
+    faults, one commit per shard, summary.json (unless it 'crashes' after `crash_after_shards` shards)."""
     inputs = load_input_catalog(catalog, config.allow_roots)
     weights = resolve_weights(config.weights, config.seed)
-    planned = plan_designs(inputs, config, weights.identity, designs.ok_design_ids())
-    devices = ["cpu"]
-    designs.write_run_file(run_id, "config.json",
-                           run_config(run_id, "no-prefect", catalog, out, config, weights.identity, weights.path, devices, started))
-    rows: list[dict[str, Any]] = []
-    if planned.failed:
-        fault_rows = [failed_row(job, job.error or "input fault", config, weights, run_id) for job in planned.failed]
-        designs.commit(fault_rows, run_id, "input-faults")
-        rows += fault_rows
-    for index, jobs in enumerate(cut_shards(planned.todo, config.shard_size)):
-        if crash_after_shards is not None and index >= crash_after_shards:
-            return None
-        shard_rows = run_shard(jobs, config, weights, "cpu", designs, run_id)
-        designs.commit(shard_rows, run_id, f"shard-{index}")
-        rows += shard_rows
-    summary = summarize(run_id, "no-prefect", str(catalog), str(out), started, time.perf_counter() - start, planned, rows,
-                        devices, designs.version())
-    designs.write_run_file(run_id, "summary.json", summary.to_dict())
-    return summary
+    run = Run(catalog, out, config, run_id=run_id, flow_run_id="no-prefect")
+    return run.run_local(inputs, weights, "cpu", stop_after_shards=crash_after_shards)
 
 
 RUN_IDS = ("20260101T000000Z-run1", "20260101T000100Z-run2", "20260101T000200Z-run3")
@@ -103,14 +81,16 @@ def build_analyst_catalog(work: Path) -> Path:
     try:
         run_without_prefect(catalog, out, Config(**BASE, steps=1), RUN_IDS[0])
         run_without_prefect(catalog, out, Config(**BASE, steps=2), RUN_IDS[1])
-        run_without_prefect(catalog, out, Config(**{**BASE, "shard_size": 2}, steps=3), RUN_IDS[2], crash_after_shards=1)
+        run_without_prefect(
+            catalog, out, Config(**{**BASE, "shard_size": 2}, steps=3), RUN_IDS[2], crash_after_shards=1
+        )
     finally:
         torch.set_num_threads(threads)
     return out
 
 
 def commit_times(out: Path) -> dict[int, datetime]:
-    from pipeline.runs import commit_history
+    from pipeline.catalog.history import commit_history
 
     return {c["version"]: c["committed_at"] for c in commit_history(DesignCatalog(out))}
 

@@ -70,8 +70,8 @@ def write_catalog(path: Path, rows: list[dict[str, Any]], schema: pa.Schema | No
 
 def square_jobs(catalog: Path, config: Any, n: int, weights_identity: str) -> list:
     """The first `n` planned jobs of `catalog` whose output is config.size square (asserts there are `n`)."""
-    from pipeline.inputs import load_input_catalog
-    from pipeline.plan import plan_designs
+    from pipeline.catalog.inputs import load_input_catalog
+    from pipeline.planning.plan import plan_designs
 
     plan = plan_designs(load_input_catalog(catalog), config, weights_identity, set())
     jobs = [j for j in plan.todo if (j.width, j.height) == (config.size, config.size)][:n]
@@ -98,7 +98,7 @@ def make_image_catalog(
     return write_catalog(folder / "catalog.parquet", rows)
 
 
-# --- hostile and unusual image files (tests/test_hostile_inputs.py, tests/test_property.py) ---
+# --- hostile and unusual image files (tests/catalog/test_hostile_inputs.py, tests/execution/test_property.py) ---
 
 
 def encode(image: Image.Image, fmt: str, **save_args: Any) -> bytes:
@@ -138,7 +138,12 @@ def png16_bytes(array: np.ndarray) -> bytes:
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
     raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(height))
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(raw))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def tiff16_rgb_bytes(array: np.ndarray) -> bytes:
@@ -153,9 +158,16 @@ def tiff16_rgb_bytes(array: np.ndarray) -> bytes:
     ifd_offset = bits_offset + len(bits)
     short, long = 3, 4
     entries = [  # tag, type, count, value (or offset)
-        (256, long, 1, width), (257, long, 1, height), (258, short, 3, bits_offset), (259, short, 1, 1),
-        (262, short, 1, 2), (273, long, 1, 8), (277, short, 1, 3), (278, long, 1, height),
-        (279, long, 1, len(pixels)), (284, short, 1, 1),
+        (256, long, 1, width),
+        (257, long, 1, height),
+        (258, short, 3, bits_offset),
+        (259, short, 1, 1),
+        (262, short, 1, 2),
+        (273, long, 1, 8),
+        (277, short, 1, 3),
+        (278, long, 1, height),
+        (279, long, 1, len(pixels)),
+        (284, short, 1, 1),
     ]
     out = bytearray(b"II*\x00" + struct.pack("<I", ifd_offset)) + pixels + bits + struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
@@ -194,20 +206,22 @@ def exif_jpeg_bytes(image: Image.Image, orientation: int, **save_args: Any) -> b
 
 
 def run_bench_main(args: list[str], tmp_path: Path) -> tuple[dict, dict, str, str]:
-    """pipeline.bench.main with its JSON and a copy of docs/BENCHMARKS.md under tmp_path:
+    """benchmarks.cli.main with its JSON and a copy of docs/BENCHMARKS.md under tmp_path:
     (returned result, written JSON, the page before, the page after)."""
     import json
 
     import torch
 
-    from pipeline import bench
+    from benchmarks import cli as bench_cli
 
     markdown = tmp_path / "BENCHMARKS.md"
     original = (Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md").read_text()
     markdown.write_text(original)
     threads = torch.get_num_threads()
     try:
-        result = bench.main([*args, "--threads", "1", "--json", str(tmp_path / "r.json"), "--markdown", str(markdown)])
+        result = bench_cli.main(
+            [*args, "--threads", "1", "--json", str(tmp_path / "r.json"), "--markdown", str(markdown)]
+        )
     finally:
         torch.set_num_threads(threads)
     return result, json.loads((tmp_path / "r.json").read_text()), original, markdown.read_text()

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipeline.config import Config, coerce, config_field
-from pipeline.vgg import LAYER_INDEX
+from pipeline.engine.vgg import LAYER_INDEX
 
 
 def test_defaults_are_the_papers_run():
@@ -68,7 +68,9 @@ def test_unknown_layer_message_lists_valid_layers():
 
 
 def test_layer_weights_of_matching_length_are_accepted():
-    cfg = Config(style_layer_weights=(1, 2, 3, 4, 5), content_layers=("conv4_2", "conv5_2"), content_layer_weights=(0.5, 0.5))
+    cfg = Config(
+        style_layer_weights=(1, 2, 3, 4, 5), content_layers=("conv4_2", "conv5_2"), content_layer_weights=(0.5, 0.5)
+    )
     assert cfg.style_layer_weights == (1, 2, 3, 4, 5)
     assert cfg.content_layer_weights == (0.5, 0.5)
 
@@ -137,7 +139,9 @@ def test_coerce_non_integral_float_for_int_field_is_refused():
 
 
 def test_to_dict_round_trips_through_from_dict():
-    cfg = Config(size=48, steps=7, style_layers=("conv1_1", "conv3_1"), style_layer_weights=(0.25, 4.0), allow_roots=("/x",))
+    cfg = Config(
+        size=48, steps=7, style_layers=("conv1_1", "conv3_1"), style_layer_weights=(0.25, 4.0), allow_roots=("/x",)
+    )
     data = cfg.to_dict()
     assert data["style_layers"] == ["conv1_1", "conv3_1"]
     json.dumps(data)  # JSON-able
@@ -147,12 +151,37 @@ def test_to_dict_round_trips_through_from_dict():
 def test_identity_dict_excludes_run_only_fields():
     cfg = Config()
     identity = cfg.identity_dict()
-    run_only = {"weights", "devices", "batch_size", "loss_every", "shard_size", "allow_roots", "max_image_pixels",
-                "max_catalog_images", "nonfinite_retry_factor", "dpi", "runner", "dask_address", "precision", "overlap"}
+    run_only = {
+        "weights",
+        "devices",
+        "batch_size",
+        "loss_every",
+        "shard_size",
+        "allow_roots",
+        "max_image_pixels",
+        "max_catalog_images",
+        "nonfinite_retry_factor",
+        "dpi",
+        "runner",
+        "dask_address",
+        "precision",
+        "overlap",
+    }
     for name in run_only:
         assert name not in identity
-    for name in ("size", "steps", "optimizer", "learning_rate", "style_weight", "content_weight", "tv_weight",
-                 "content_layers", "style_layers", "init", "seed"):
+    for name in (
+        "size",
+        "steps",
+        "optimizer",
+        "learning_rate",
+        "style_weight",
+        "content_weight",
+        "tv_weight",
+        "content_layers",
+        "style_layers",
+        "init",
+        "seed",
+    ):
         assert name in identity
     all_fields = {f.name for f in dataclasses.fields(Config)}
     assert set(identity) == all_fields - run_only
@@ -161,6 +190,9 @@ def test_identity_dict_excludes_run_only_fields():
 def test_identity_json_changes_only_with_identity_fields():
     base = Config()
     assert base.identity_json() == Config().identity_json()
-    assert base.replace(devices="cpu", batch_size=4, loss_every=3, weights="random").identity_json() == base.identity_json()
+    assert (
+        base.replace(devices="cpu", batch_size=4, loss_every=3, weights="random").identity_json()
+        == base.identity_json()
+    )
     assert base.replace(style_weight=2e-2).identity_json() != base.identity_json()
     assert json.loads(base.identity_json())["style_layers"] == list(base.style_layers)

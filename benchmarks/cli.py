@@ -1,0 +1,168 @@
+"""`python -m benchmarks`: the engine against the naive loop (default), or
+--plan, --scales, --max-size, --pipeline; rows go to docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import DEFAULT_FLAGS, DEFAULT_JSON, DEFAULT_MARKDOWN, append_table_rows, set_flags
+from benchmarks.engine import FULL, RATIO_LINE, SHORT, append_markdown, print_table, run_bench
+from benchmarks.planning import run_plan_bench
+from pipeline.engine.weights import resolve_weights
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--plan", action="store_true", help="the planning bench (1,000 x 1,000 pairings) instead")
+    which.add_argument(
+        "--scales", action="store_true", help="coarse-to-fine: time to reach the single-scale run's final loss"
+    )
+    which.add_argument(
+        "--max-size", action="store_true", help="peak memory of one design by size, and the largest size that fits"
+    )
+    which.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="how busy run_shard keeps the device, overlap on against off (needs pyarrow and deltalake)",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--short", action="store_true", help=f"short sizes ({SHORT.size} px, {SHORT.steps} steps); the default on a CPU"
+    )
+    mode.add_argument(
+        "--full", action="store_true", help=f"full sizes ({FULL.size} px, {FULL.steps} steps) even on a CPU"
+    )
+    parser.add_argument("--size", type=int, help="image side in pixels")
+    parser.add_argument("--steps", type=int, help="optimization steps per design")
+    parser.add_argument("--batch-sizes", help="engine batch sizes, comma-separated")
+    parser.add_argument(
+        "--designs", type=int, help="pairings per engine configuration (default: the largest batch size or more)"
+    )
+    parser.add_argument("--naive-designs", type=int, help="pairings per naive configuration")
+    parser.add_argument("--repeats", type=int, help="timed repeats per configuration (the best is kept)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads for every configuration (default: torch's)")
+    parser.add_argument("--weights", default="random", help="random (default), auto, or a path to vgg19-dcbb9e9d.pth")
+    parser.add_argument(
+        "--compile", action="store_true", help="add engine-compile-bN (torch.compile of the feature extractor)"
+    )
+    parser.add_argument(
+        "--json", default=None, help=f"where to write the results (default {DEFAULT_JSON}; with --plan: none)"
+    )
+    parser.add_argument("--markdown", default=str(DEFAULT_MARKDOWN), help="the benchmarks page rows are appended to")
+    parser.add_argument("--no-markdown", action="store_true", help="append no rows")
+    parser.add_argument("--scales-size", type=int, help="--scales: output size (default: 64 on a CPU, 1024 on a GPU)")
+    parser.add_argument(
+        "--scales-steps", type=int, help="--scales: single-scale steps (default: 40 on a CPU, 300 on a GPU)"
+    )
+    parser.add_argument(
+        "--scales-designs", type=int, help="--scales: pairings in the batch (default: 2 on a CPU, 4 on a GPU)"
+    )
+    parser.add_argument(
+        "--sizes",
+        help="--max-size: sizes to try, comma-separated "
+        "(default: 128,256,384,512 on a CPU; 1024,2048,...,8192 on a GPU)",
+    )
+    parser.add_argument("--size-steps", type=int, default=3, help="--max-size: steps per size")
+    parser.add_argument(
+        "--memory-gib",
+        type=float,
+        help="--max-size: the memory budget the largest size is fitted to "
+        "(default: the GPU's; on a CPU: none, or give one)",
+    )
+    parser.add_argument(
+        "--pipeline-contents", type=int, help="--pipeline: content photos (default: 8 on a CPU, 16 on a GPU)"
+    )
+    parser.add_argument("--pipeline-styles", type=int, default=8, help="--pipeline: style images")
+    parser.add_argument("--plan-contents", type=int, default=1000)
+    parser.add_argument("--plan-styles", type=int, default=1000)
+    parser.add_argument(
+        "--plan-done", type=float, default=0.9, help="fraction of the pairings already in the design catalog"
+    )
+    parser.add_argument("--plan-profile-side", type=int, default=100, help="contents = styles of the profiled catalog")
+    parser.add_argument("--plan-shard-size", type=int, default=16)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.plan:
+        result = run_plan_bench(
+            args.plan_contents, args.plan_styles, args.plan_done, args.plan_profile_side, args.plan_shard_size
+        )
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return result
+    if args.scales or args.max_size or args.pipeline:
+        return _run_large_output_bench(args)
+    result = run_bench(args)
+    json_path = Path(args.json or DEFAULT_JSON)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_markdown:
+        append_markdown(Path(args.markdown), result)
+    print_table(result)
+    print(f"results in {json_path}" + ("" if args.no_markdown else f"; rows appended to {args.markdown}"))
+    ratio = result["engine_vs_naive_default"]
+    print(RATIO_LINE.format(ratio if ratio is not None else float("nan")))
+    return result
+
+
+def _run_large_output_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import scales as bench_scales
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weights = resolve_weights(args.weights, 0, allow_download=args.weights != "random")
+    if gpu:
+        set_flags(DEFAULT_FLAGS[0], DEFAULT_FLAGS[1], True)  # the engine's own settings (cudnn.benchmark)
+    if args.scales:
+        result = bench_scales.run_scales_bench(
+            device,
+            weights,
+            args.scales_size or (1024 if gpu else 64),
+            args.scales_steps or (300 if gpu else 40),
+            args.scales_designs or (4 if gpu else 2),
+        )
+        title, header, rows = "Coarse-to-fine results", bench_scales.SCALES_TABLE, bench_scales.scales_rows(result)
+    elif args.pipeline:
+        from benchmarks import overlap as bench_pipeline
+
+        batch = int(args.batch_sizes.split(",")[0]) if args.batch_sizes else (16 if gpu else 4)
+        result = bench_pipeline.run_pipeline_bench(
+            device,
+            weights,
+            contents=args.pipeline_contents or (16 if gpu else 8),
+            styles=args.pipeline_styles,
+            content_size=(4000, 3000) if gpu else (2400, 1600),
+            style_side=2000 if gpu else 1200,
+            size=args.size or (512 if gpu else 96),
+            steps=args.steps or (200 if gpu else 10),
+            batch_size=batch,
+            repeats=args.repeats or 2,
+        )
+        title, header, rows = "Pipeline results", bench_pipeline.PIPELINE_TABLE, bench_pipeline.pipeline_rows(result)
+    else:
+        sizes = (
+            [int(v) for v in args.sizes.split(",")]
+            if args.sizes
+            else ([1024, 2048, 3072, 4096, 5120, 6144, 7168, 8192] if gpu else [128, 256, 384, 512])
+        )
+        result = bench_scales.run_max_size_bench(device, weights, sizes, args.size_steps, args.memory_gib)
+        title, header, rows = "Largest size results", bench_scales.MAX_SIZE_TABLE, bench_scales.max_size_rows(result)
+    json_path = Path(
+        args.json or f"bench-{'scales' if args.scales else 'pipeline' if args.pipeline else 'max-size'}.json"
+    )
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_markdown:
+        append_table_rows(Path(args.markdown), title, header, rows)
+    print(f"results in {json_path}" + ("" if args.no_markdown else f"; rows appended to {args.markdown}"))
+    return result

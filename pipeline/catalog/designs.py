@@ -1,0 +1,242 @@
+"""The versioned design catalog: a Delta Lake table at OUT/designs, PNGs at OUT/images.
+
+One row per design, keyed by `design_id`. Shards are merged as they finish:
+a design already `ok` is never replaced, a `failed` one is replaced by its
+retry, so reruns add no duplicates. Every commit's metadata carries its run id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+
+from pipeline.config import Config, element_type, field_type
+
+TABLE_DIR = "designs"
+IMAGES_DIR = "images"
+RUNS_DIR = "runs"
+COMMIT_ATTEMPTS = 12
+SUPERSEDED = "superseded"  # only in a merge's source: marks a stale failed row for deletion
+
+_ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+
+
+def params_type() -> pa.StructType:
+    """Every Config field, as resolved (weights: the identity of the file used)."""
+    fields = []
+    for f in dataclasses.fields(Config):
+        kind = field_type(f)
+        arrow = pa.list_(_ARROW_TYPES[element_type(f)]) if kind is tuple else _ARROW_TYPES[kind]
+        fields.append(pa.field(f.name, arrow))
+    return pa.struct(fields)
+
+
+LOSS_FIELDS = ("total", "content", "style", "tv")
+TIMING_FIELDS = ("load_s", "targets_s", "optimize_s", "write_s", "total_s", "steps_per_second")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("design_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
+        pa.field("error", pa.string()),
+        pa.field("notes", pa.string()),  # e.g. a retry at a lower learning rate
+        pa.field("content_id", pa.string()),  # null: a pattern made from the style(s) alone
+        pa.field("style_id", pa.string(), nullable=False),  # a blend's ids joined by "+"
+        pa.field("style_ids", pa.list_(pa.string())),
+        pa.field("style_mix", pa.list_(pa.float64())),  # a blend's normalised weights
+        pa.field("content_uri", pa.string()),
+        pa.field("style_uri", pa.string()),
+        pa.field("content_sha256", pa.string()),
+        pa.field("style_sha256", pa.string()),
+        pa.field("mask_sha256", pa.string()),
+        pa.field("collection", pa.string()),
+        # The same pairing, config and weights whatever the input bytes: a later ok
+        # design of the same pairing_key supersedes the failed rows under it.
+        pa.field("pairing_key", pa.string()),
+        pa.field("output_uri", pa.string()),  # relative to OUT
+        pa.field("output_sha256", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("params", params_type()),
+        pa.field("weights_source", pa.string()),
+        pa.field("loss_every", pa.int32()),
+        pa.field("loss_total", pa.list_(pa.float32())),
+        pa.field("loss_content", pa.list_(pa.float32())),
+        pa.field("loss_style", pa.list_(pa.float32())),
+        pa.field("loss_tv", pa.list_(pa.float32())),
+        pa.field("final_loss", pa.struct([pa.field(n, pa.float64()) for n in LOSS_FIELDS])),
+        pa.field("timings", pa.struct([pa.field(n, pa.float64()) for n in TIMING_FIELDS])),
+        pa.field("seam_score", pa.float64()),  # wrap-edge / interior neighbour difference: ~1.0 tiles
+        pa.field("mask_leakage", pa.float64()),  # mean |output - content| outside the garment mask
+        pa.field("device", pa.string()),
+        pa.field("device_name", pa.string()),
+        pa.field("batch_size", pa.int32()),
+        pa.field("tags", pa.list_(pa.string())),
+        pa.field("content_extra", pa.string()),  # JSON of the input catalog's extra columns
+        pa.field("style_extra", pa.string()),
+        pa.field("versions", pa.struct([pa.field(n, pa.string()) for n in ("package", "torch", "python")])),
+    ]
+)
+
+
+def params_value(config: Config, weights_identity: str) -> dict[str, Any]:
+    values = config.to_dict()
+    values["weights"] = weights_identity
+    return values
+
+
+def _text_field(name: str) -> pc.Expression:
+    """A string column in a scan filter. delta-rs writes string_view columns while the
+    table schema says string, and pyarrow, pruning files by their statistics, has no
+    string/string_view comparison ("no kernel matching"): the cast keeps both sides string."""
+    return pc.field(name).cast(pa.string())
+
+
+class DesignCatalog:
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.table_path = self.out / TABLE_DIR
+
+    # --- paths ---
+
+    def image_relpath(self, design_id: str, png_sha256: str) -> str:
+        """images/ab/<design_id>-<first 12 hex of the PNG's SHA-256>.png: addressed by
+        design, and never overwritten by another rendering of the same design
+        (a concurrent run's, or a crashed run's that never committed)."""
+        if not (design_id.isalnum() and design_id.isascii()):
+            raise ValueError(f"design_id {design_id!r} must be ASCII letters and digits (it becomes a file name)")
+        if not (len(png_sha256) == 64 and all(c in "0123456789abcdef" for c in png_sha256)):
+            raise ValueError(f"png_sha256 {png_sha256!r} must be 64 lowercase hex digits")
+        return f"{IMAGES_DIR}/{design_id[:2]}/{design_id}-{png_sha256[:12]}.png"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.out / IMAGES_DIR
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.out / RUNS_DIR / run_id
+
+    # --- table ---
+
+    def exists(self) -> bool:
+        return (self.table_path / "_delta_log").is_dir()
+
+    def table(self, version: int | None = None) -> DeltaTable:
+        try:
+            return DeltaTable(str(self.table_path), version=version)
+        except TableNotFoundError:
+            raise FileNotFoundError(f"no design catalog at {self.table_path}; run `designs generate` first") from None
+
+    def ensure_table(self) -> DeltaTable:
+        if not self.exists():
+            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                DeltaTable.create(
+                    str(self.table_path),
+                    schema=SCHEMA,
+                    mode="ignore",
+                    name="designs",
+                    description="Style-transfer designs, one row per design_id",
+                    commit_properties=CommitProperties(custom_metadata={"designs.note": "create"}),
+                )
+            except DeltaError:
+                if not self.exists():  # losing a creation race to another run is fine
+                    raise
+        return self.table()
+
+    def ok_design_ids(self) -> set[str]:
+        if not self.exists():
+            return set()
+        dataset = self.table().to_pyarrow_dataset()
+        ids = dataset.to_table(columns=["design_id"], filter=_text_field("status") == "ok").column("design_id")
+        return set(ids.to_pylist())
+
+    def commit(self, rows: list[dict[str, Any]], run_id: str, note: str = "shard") -> int | None:
+        """Merge rows on design_id in one commit; returns the new table version.
+
+        Concurrent runs on the same table conflict at commit time (delta-rs
+        refuses a merge whose read data changed); the merge is then rerun
+        against the new version, so each design stays ok exactly once.
+        """
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                return self._merge(rows, run_id, note)
+            except CommitFailedError:
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2) * 2 ** min(attempt, 5))
+
+    def _merge(self, rows: list[dict[str, Any]], run_id: str, note: str) -> int | None:
+        """One merge attempt.
+
+        An ok design is final. A failed one is replaced by its retry, and an ok
+        design removes the failed rows of its pairing_key left by earlier inputs
+        (a missing file since restored, an unreadable one since replaced).
+        """
+        if not rows:
+            return None
+        table = self.ensure_table()
+        new_ids = {r["design_id"] for r in rows}
+        ok_keys = sorted({r["pairing_key"] for r in rows if r["status"] == "ok" and r.get("pairing_key")})
+        stale: list[str] = []
+        if ok_keys:
+            failed = (_text_field("status") == "failed") & _text_field("pairing_key").isin(
+                pa.array(ok_keys, pa.string())
+            )
+            found = table.to_pyarrow_dataset().to_table(columns=["design_id"], filter=failed)
+            stale = sorted(set(found.column("design_id").to_pylist()) - new_ids)
+        tombstones = [
+            {
+                "design_id": d,
+                "run_id": run_id,
+                "created_at": rows[0]["created_at"],
+                "status": SUPERSEDED,
+                "content_id": "",
+                "style_id": "",
+            }
+            for d in stale
+        ]
+        source = pa.Table.from_pylist(rows + tombstones, schema=SCHEMA)
+        metadata = {"run_id": run_id, "designs.note": note, "designs.rows": str(len(rows))}
+        (
+            table.merge(
+                source,
+                predicate="target.design_id = source.design_id",
+                source_alias="source",
+                target_alias="target",
+                # Config fields added by later versions widen `params`; old tables take them.
+                merge_schema=True,
+                commit_properties=CommitProperties(custom_metadata=metadata),
+            )
+            .when_matched_delete(predicate=f"source.status = '{SUPERSEDED}'")
+            .when_matched_update_all(predicate="target.status <> 'ok'")
+            .when_not_matched_insert_all(predicate=f"source.status <> '{SUPERSEDED}'")
+            .execute()
+        )
+        return self.table().version()
+
+    def version(self) -> int | None:
+        return self.table().version() if self.exists() else None
+
+    def history(self) -> list[dict[str, Any]]:
+        return self.table().history()
+
+    def to_pandas(self, version: int | None = None):
+        return self.table(version).to_pandas()
+
+    def write_run_file(self, run_id: str, name: str, payload: dict[str, Any]) -> Path:
+        path = self.run_dir(run_id) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        return path

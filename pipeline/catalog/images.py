@@ -1,0 +1,186 @@
+"""Strict, safe image loading and PNG writing.
+
+Every Pillow mode becomes RGB (alpha composited on white), EXIF orientation is
+applied, and a declared pixel count over the limit is refused before decoding.
+Anything unreadable raises ImageLoadError naming the file.
+
+Planning (`header_size`) and decoding (`decode_rgb`) read the size and the EXIF
+orientation the same way, from the header only, so the size a design is
+planned at is the size its content decodes to.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+# Pillow's own bomb check is off: our limit (max_image_pixels) is checked on the
+# declared size right after the header is read, before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
+
+# EXIF orientation -> the transpose that turns the stored pixels upright.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = {5, 6, 7, 8}  # orientations that turn the image by 90 degrees
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be used; the message names the file and the reason."""
+
+
+def read_image_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageLoadError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageLoadError(f"{path}: is a directory, not an image file") from None
+    except OSError as err:
+        raise ImageLoadError(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Open image bytes and read the header only; refuse a declared size over
+    `max_pixels` before anything is decoded. Raises ImageLoadError naming `name`."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: not an image file Pillow can identify") from None
+    except Exception as err:  # a corrupt header can raise almost anything inside a Pillow plugin
+        raise ImageLoadError(f"{name}: unreadable image header ({type(err).__name__}: {err})") from None
+    if width < 1 or height < 1:
+        image.close()
+        raise ImageLoadError(f"{name}: declares an empty size {width}x{height}; an image needs at least 1x1 pixels")
+    if width * height > max_pixels:
+        image.close()
+        raise ImageLoadError(
+            f"{name}: declares {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} (max_image_pixels); refused before decoding"
+        )
+    return image
+
+
+def exif_orientation(image: Image.Image, data: bytes | None = None) -> int:
+    """The EXIF (or XMP) orientation, 1 to 8, read without decoding any pixels.
+
+    PngImageFile.getexif decodes the whole image first when the header has no
+    eXIf chunk (it may follow the pixel data), so the base implementation reads
+    what the header gave, and a PNG's chunk list is walked for an eXIf chunk
+    after the data. A missing, unknown or unparsable orientation counts as 1."""
+    try:
+        orientation = Image.Image.getexif(image).get(ExifTags.Base.Orientation)
+        if orientation is None and image.format == "PNG" and data is not None:
+            chunk = _png_chunk(data, b"eXIf")
+            if chunk:
+                exif = Image.Exif()
+                exif.load(chunk)
+                orientation = exif.get(ExifTags.Base.Orientation)
+    except Exception:
+        return 1
+    return orientation if orientation in _UPRIGHT else 1
+
+
+def _png_chunk(data: bytes, kind: bytes) -> bytes | None:
+    """The body of the first chunk of type `kind` in PNG bytes, found by skipping from chunk to chunk."""
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        name = data[position + 4 : position + 8]
+        if name == kind:
+            return data[position + 8 : position + 8 + length]
+        if name == b"IEND":
+            return None
+        position += 12 + length
+    return None
+
+
+def upright_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied."""
+    return (height, width) if orientation in _SWAPS_AXES else (width, height)
+
+
+def header_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
+    """The upright (width, height) of image bytes, from the header alone: nothing is decoded."""
+    with open_image(data, name, max_pixels) as image:
+        return upright_size(image.width, image.height, exif_orientation(image, data))
+
+
+def decode_rgb(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Decode image bytes to an upright RGB image; `name` is used in error messages."""
+    image = open_image(data, name, max_pixels)
+    try:
+        with image:
+            orientation = exif_orientation(image, data)  # before load(), as header_size reads it
+            image.load()
+            if orientation in _UPRIGHT:
+                image = image.transpose(_UPRIGHT[orientation])
+            return to_rgb(image)
+    except Exception as err:  # truncated data, a corrupt stream, a mode Pillow cannot convert
+        raise ImageLoadError(f"{name}: unreadable image ({type(err).__name__}: {err})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit and float grey: scale to 8 bits instead of letting convert() clip.
+        array = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            top = 1.0 if np.nanmax(array, initial=0.0) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.nan_to_num(array) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        key = image.info.get("transparency")
+        if isinstance(key, (int, float)):  # a tRNS grey level: those pixels are transparent
+            alpha = np.where(array == key, 0, 255).astype(np.uint8)
+            image = Image.merge("LA", (Image.fromarray(grey, "L"), Image.fromarray(alpha, "L")))
+        else:
+            image = Image.fromarray(grey, "L")
+    if image.mode in ("P", "L", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def output_size(width: int, height: int, longest_side: int) -> tuple[int, int]:
+    """(width, height) scaled so the longest side is `longest_side`."""
+    scale = longest_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resize_to_tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1] at `size` = (width, height)."""
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def tensor_to_png_bytes(image: torch.Tensor, text: dict[str, str] | None = None, dpi: int = 0) -> bytes:
+    """(3, H, W) in [0, 1] -> PNG bytes, marked sRGB, with text chunks and an optional DPI."""
+    from PIL.PngImagePlugin import PngInfo
+
+    array = image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    pnginfo = PngInfo()
+    pnginfo.add(b"sRGB", b"\x00")  # perceptual rendering intent: the pixels are sRGB
+    for key, value in (text or {}).items():
+        pnginfo.add_itxt(key, value)
+    options = {"dpi": (dpi, dpi)} if dpi else {}
+    Image.fromarray(array, "RGB").save(buffer, format="PNG", pnginfo=pnginfo, **options)
+    return buffer.getvalue()

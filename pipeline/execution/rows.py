@@ -1,0 +1,145 @@
+"""The design catalog's rows, built from one `RowContext` per shard (or per
+run, for input faults): the fields known before any work, a failed row, and an
+ok row whose PNG it writes."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import Any
+
+import torch
+
+from pipeline.catalog.designs import DesignCatalog, params_value
+from pipeline.catalog.images import tensor_to_png_bytes
+from pipeline.config import Config
+from pipeline.engine.transfer import DesignResult
+from pipeline.engine.weights import WeightsSource
+from pipeline.execution.devices import device_name
+from pipeline.files import write_atomic
+from pipeline.planning.plan import Job
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    """The package, torch and Python versions every row records (looked up once per process)."""
+    try:
+        package = metadata.version("designs")
+    except metadata.PackageNotFoundError:
+        package = "unknown"
+    return {"package": package, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What every row made in one place shares: the run's config (a job's own
+    config overrides it), the weights, the run id, the device (None for rows
+    made before any device work) and the catalog the PNGs are written into."""
+
+    config: Config
+    weights: WeightsSource
+    run_id: str
+    device: str | None = None
+    catalog: DesignCatalog | None = None
+
+    @functools.cached_property
+    def device_name(self) -> str | None:
+        return device_name(self.device) if self.device else None
+
+    def base(self, job: Job) -> dict[str, Any]:
+        """The row fields known before any work: inputs, params, provenance."""
+        cfg = job.config or self.config
+        content = job.content
+        refs = ([content] if content else []) + list(job.styles)
+        return {
+            "design_id": job.design_id,
+            "pairing_key": job.pairing_key,
+            "run_id": self.run_id,
+            "created_at": now_utc(),
+            "content_id": job.content_id,
+            "style_id": job.style_label,
+            "style_ids": [s.image_id for s in job.styles],
+            "style_mix": list(job.weights_normalized()) if len(job.styles) > 1 else None,
+            "content_uri": content.uri if content else None,
+            "style_uri": "+".join(s.uri for s in job.styles),
+            "content_sha256": job.content_sha256,
+            "style_sha256": "+".join(sha or "" for sha in job.style_sha256s),
+            "mask_sha256": job.mask_sha256,
+            "collection": next((r.collection for r in refs if r.collection), None),
+            "params": params_value(cfg, self.weights.identity),
+            "weights_source": self.weights.label,
+            "loss_every": cfg.loss_every,
+            "tags": list(dict.fromkeys(t for r in refs for t in r.tags)),
+            "content_extra": content.extra_json if content else None,
+            "style_extra": job.style.extra_json,
+            "versions": dict(versions()),  # a copy: the cached dict is shared
+        }
+
+    def failed(self, job: Job, error: str) -> dict[str, Any]:
+        row = self.base(job)
+        row.update(status="failed", error=error, device=self.device, device_name=self.device_name)
+        return row
+
+    def design(
+        self, job: Job, result: DesignResult, note: str | None, batch_size: int, load_seconds: float
+    ) -> dict[str, Any]:
+        """The row of an optimized design; writes its PNG into the catalog when it is ok."""
+        assert self.catalog is not None and self.device is not None, "design rows need the catalog and the device"
+        cfg = job.config or self.config
+        row = self.base(job)
+        row.update(
+            device=self.device,
+            device_name=self.device_name,
+            batch_size=batch_size,
+            notes=note,
+            seam_score=result.seam_score,
+            mask_leakage=result.mask_leakage,
+        )
+        if note:  # record the learning rate that made the design
+            row["params"]["learning_rate"] = cfg.learning_rate * cfg.nonfinite_retry_factor
+            row["params"]["lbfgs_learning_rate"] = cfg.lbfgs_learning_rate * cfg.nonfinite_retry_factor
+        row.update({f"loss_{k}": v for k, v in result.loss_curves.items()})
+        row["final_loss"] = result.final_loss
+        if result.error:
+            label = f"{job.content_id or '(pattern)'} x {job.style_label}"
+            row.update(status="failed", error=f"design {job.design_id} ({label}): {result.error}")
+            write_seconds = 0.0
+        else:
+            write_start = time.perf_counter()
+            text = {
+                "design_id": job.design_id,
+                "params": json.dumps(row["params"], sort_keys=True),
+                "weights": self.weights.identity,
+            }
+            png = tensor_to_png_bytes(result.image, text=text, dpi=cfg.dpi)
+            sha = hashlib.sha256(png).hexdigest()
+            relpath = self.catalog.image_relpath(job.design_id, sha)
+            write_atomic(self.catalog.out / relpath, png)
+            write_seconds = time.perf_counter() - write_start
+            row.update(
+                status="ok",
+                error=None,
+                output_uri=relpath,
+                output_sha256=sha,
+                width=int(result.image.shape[-1]),
+                height=int(result.image.shape[-2]),
+            )
+        row["timings"] = {
+            "load_s": load_seconds,
+            "targets_s": result.targets_seconds,
+            "optimize_s": result.optimize_seconds,
+            "write_s": write_seconds,
+            "total_s": load_seconds + result.targets_seconds + result.optimize_seconds + write_seconds,
+            "steps_per_second": result.steps_per_second,
+        }
+        return row

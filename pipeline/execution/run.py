@@ -1,0 +1,197 @@
+"""One `generate` run, without Prefect: its id, config.json, the input-fault
+rows, the shards, one commit per shard and the summary.
+
+The Prefect flow (flows/generate.py) wraps these steps in tasks and runs the
+shards on its task runner; tests and benchmarks call `Run.run_local` (or the
+steps one by one) instead of writing the flow's glue again.
+
+    run = Run(catalog, out, config)
+    planned = run.plan(inputs, weights, devices, specs)   # writes runs/<id>/config.json
+    run.commit(run.input_fault_rows(), "input-faults")
+    for index, jobs in run.shards():
+        run.commit(run_shard(jobs, ...), f"shard-{index}")
+    summary = run.finish()                                # writes runs/<id>/summary.json
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.inputs import InputCatalog
+from pipeline.config import Config
+from pipeline.engine.transfer import Progress
+from pipeline.engine.weights import WeightsSource
+from pipeline.execution.devices import CPU_BATCH_SIZE, MAX_AUTO_BATCH
+from pipeline.execution.rows import RowContext, now_utc
+from pipeline.execution.shard import run_shard
+from pipeline.execution.summary import RunSummary, summarize
+from pipeline.files import sha256_file
+from pipeline.planning.plan import Job, Plan, cut_shards, plan_designs
+from pipeline.planning.variants import JobSpecs
+from pipeline.views.contact_sheet import CONTACT_SHEET, write_contact_sheet
+
+
+def run_config(
+    run_id: str,
+    flow_run_id: str,
+    catalog: str | Path,
+    out: str | Path,
+    config: Config,
+    weights_identity: str,
+    weights_path: str | None,
+    devices: list[str],
+    started: datetime,
+) -> dict[str, Any]:
+    """The payload of OUT/runs/<run_id>/config.json, written before a run's first commit."""
+    return {
+        "run_id": run_id,
+        "flow_run_id": str(flow_run_id),
+        "catalog": str(Path(catalog).resolve()),
+        "catalog_sha256": sha256_file(catalog),
+        "out": str(Path(out).resolve()),
+        "config": config.to_dict(),
+        "weights": {"identity": weights_identity, "path": weights_path},
+        "devices": list(devices),
+        "started_at": started.isoformat(),
+    }
+
+
+def shard_size(config: Config, devices: list[str]) -> int:
+    """config.shard_size, or four batches a shard; on GPUs room for the largest batch the memory probe may choose."""
+    auto_batch = MAX_AUTO_BATCH if any(d.startswith("cuda") for d in devices) else CPU_BATCH_SIZE
+    return config.shard_size or 4 * (config.batch_size or auto_batch)
+
+
+class Run:
+    """The state of one run between its steps; `rows` holds every committed row."""
+
+    def __init__(
+        self,
+        catalog: str | Path,
+        out: str | Path,
+        config: Config,
+        run_id: str | None = None,
+        flow_run_id: str = "local",
+        started: datetime | None = None,
+    ):
+        self.catalog = str(catalog)
+        self.out = str(out)
+        self.config = config
+        self.flow_run_id = str(flow_run_id)
+        self.started = started or now_utc()
+        self.run_id = run_id or f"{self.started:%Y%m%dT%H%M%SZ}-{self.flow_run_id[:8]}"
+        self.designs = DesignCatalog(out)
+        self.rows: list[dict[str, Any]] = []
+        self.weights: WeightsSource | None = None
+        self.devices: list[str] = []
+        self.planned: Plan | None = None
+        self._clock = time.perf_counter()
+
+    # --- the steps, in order ---
+
+    def plan(
+        self, inputs: InputCatalog, weights: WeightsSource, devices: list[str], specs: JobSpecs | None = None
+    ) -> Plan:
+        """Plan the designs not yet ok in the catalog, then write runs/<run_id>/config.json."""
+        self.weights, self.devices = weights, list(devices)
+        self.planned = plan_designs(inputs, self.config, weights.identity, self.designs.ok_design_ids(), specs)
+        self.designs.write_run_file(
+            self.run_id,
+            "config.json",
+            run_config(
+                self.run_id,
+                self.flow_run_id,
+                self.catalog,
+                self.out,
+                self.config,
+                weights.identity,
+                weights.path,
+                self.devices,
+                self.started,
+            ),
+        )
+        return self.planned
+
+    def input_fault_rows(self) -> list[dict[str, Any]]:
+        """A failed row for every pairing whose inputs failed while planning."""
+        assert self.planned is not None and self.weights is not None, "plan() first"
+        context = RowContext(self.config, self.weights, self.run_id)
+        return [context.failed(job, job.error or "input fault") for job in self.planned.failed]
+
+    def shards(self) -> list[tuple[int, list[Job]]]:
+        assert self.planned is not None, "plan() first"
+        return list(enumerate(cut_shards(self.planned.todo, shard_size(self.config, self.devices))))
+
+    def failed_shard_rows(self, jobs: list[Job], device: str, message: str) -> list[dict[str, Any]]:
+        """The rows of a shard whose task failed after its retries: every design failed."""
+        assert self.weights is not None, "plan() first"
+        context = RowContext(self.config, self.weights, self.run_id, device)
+        return [context.failed(job, f"shard task failed on {device}: {message}") for job in jobs]
+
+    def commit(self, rows: list[dict[str, Any]], note: str) -> int | None:
+        """One commit of the design catalog (the run id in its metadata); the rows count for the summary."""
+        version = self.designs.commit(rows, self.run_id, note)
+        self.record(rows)
+        return version
+
+    def record(self, rows: list[dict[str, Any]]) -> None:
+        """Count rows committed elsewhere (the flow commits in a task of its own)."""
+        self.rows += rows
+
+    def contact_sheet(self) -> Path | None:
+        ok = sum(r["status"] == "ok" for r in self.rows)
+        return write_contact_sheet(
+            self.rows,
+            self.out,
+            self.designs.run_dir(self.run_id) / CONTACT_SHEET,
+            title=f"run {self.run_id}: {ok} designs",
+            defaults=Config().to_dict(),
+        )
+
+    def finish(self) -> RunSummary:
+        """The summary, written to runs/<run_id>/summary.json."""
+        assert self.planned is not None, "plan() first"
+        summary = summarize(
+            self.run_id,
+            self.flow_run_id,
+            self.catalog,
+            self.out,
+            self.started,
+            time.perf_counter() - self._clock,
+            self.planned,
+            self.rows,
+            self.devices,
+            self.designs.version(),
+        )
+        self.designs.write_run_file(self.run_id, "summary.json", summary.to_dict())
+        return summary
+
+    # --- all of it, in this process ---
+
+    def run_local(
+        self,
+        inputs: InputCatalog,
+        weights: WeightsSource,
+        device: str = "cpu",
+        specs: JobSpecs | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        stop_after_shards: int | None = None,
+    ) -> RunSummary | None:
+        """Every step in this process on one device, shards one after another.
+        `stop_after_shards`: return None after that many shard commits, before the
+        summary (what a crash leaves: config.json and some commits)."""
+        self.plan(inputs, weights, [device], specs)
+        if self.planned.failed:
+            self.commit(self.input_fault_rows(), "input-faults")
+        for index, jobs in self.shards():
+            if stop_after_shards is not None and index >= stop_after_shards:
+                return None
+            self.commit(
+                run_shard(jobs, self.config, weights, device, self.designs, self.run_id, on_progress), f"shard-{index}"
+            )
+        return self.finish()

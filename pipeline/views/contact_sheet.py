@@ -1,0 +1,78 @@
+"""A run's contact sheet: a labelled grid of thumbnails, OUT/runs/<run_id>/contact_sheet.png."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+CONTACT_SHEET = "contact_sheet.png"  # in OUT/runs/<run_id>/
+THUMB = 160
+LABEL_LINES = 3
+LINE_HEIGHT = 14
+LABEL_CHARS = 26  # what fits under a thumbnail at the default font
+PAD = 8
+MAX_DESIGNS = 400  # a sheet of a nightly run stays viewable; the gallery shows everything
+# Params worth naming under a thumbnail when they differ from the defaults.
+NOTABLE = ("tile", "color", "style_weight", "content_weight", "seed", "scales", "init")
+
+
+def _label(row: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    styles = "+".join(row.get("style_ids") or [row["style_id"]])
+    lines = [f"{row['content_id'] or '(pattern)'} x {styles}"]
+    params = row.get("params") or {}
+    varied = [
+        f"{k}={params[k]:g}" if isinstance(params.get(k), float) else f"{k}={params[k]}"
+        for k in NOTABLE
+        if k in params and params[k] != defaults.get(k) and params[k] not in ((), [], None)
+    ]
+    if row.get("seam_score") is not None and params.get("tile"):
+        varied.append(f"seam {row['seam_score']:.2f}")
+    text = " ".join(varied)
+    while text and len(lines) < LABEL_LINES - (row["status"] != "ok"):
+        lines.append(text[:LABEL_CHARS])
+        text = text[LABEL_CHARS:].lstrip()
+    if row["status"] != "ok":
+        lines.append("FAILED")
+    return [line[:LABEL_CHARS] for line in lines[:LABEL_LINES]]
+
+
+def write_contact_sheet(
+    rows: list[dict[str, Any]], out: str | Path, path: str | Path, title: str, defaults: dict[str, Any]
+) -> Path | None:
+    """Draw the run's designs (failed ones as grey tiles) into one PNG; None if there are none."""
+    rows = sorted(rows, key=lambda r: (r["status"] != "ok", r["content_id"] or "", r["style_id"], r["design_id"]))[
+        :MAX_DESIGNS
+    ]
+    if not rows:
+        return None
+    columns = min(len(rows), 6)
+    cell_w, cell_h = THUMB + PAD, THUMB + PAD + LABEL_LINES * LINE_HEIGHT
+    header = 28
+    sheet = Image.new("RGB", (columns * cell_w + PAD, header + math.ceil(len(rows) / columns) * cell_h + PAD), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=12)
+    draw.text((PAD, 8), title, fill="black", font=ImageFont.load_default(size=14))
+    for i, row in enumerate(rows):
+        x = PAD + (i % columns) * cell_w
+        y = header + (i // columns) * cell_h
+        if row["status"] == "ok" and row.get("output_uri"):
+            with Image.open(Path(out) / row["output_uri"]) as image:
+                thumb = image.convert("RGB")
+                thumb.thumbnail((THUMB, THUMB))
+            sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
+        else:
+            draw.rectangle([x, y, x + THUMB - 1, y + THUMB - 1], fill=(225, 225, 225), outline=(200, 60, 60))
+        for j, line in enumerate(_label(row, defaults)):
+            draw.text(
+                (x, y + THUMB + 2 + j * LINE_HEIGHT),
+                line,
+                fill=(150, 20, 20) if line == "FAILED" else "black",
+                font=font,
+            )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, format="PNG")
+    return path

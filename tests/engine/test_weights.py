@@ -1,0 +1,328 @@
+"""pipeline.engine.weights: finding, verifying and loading VGG19 checkpoints, with generated
+files in torchvision's key layout (no download, no real weights)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import pipeline.engine.weights as weights_mod
+from pipeline.engine.vgg import CONV_INDICES, LAYER_INDEX, FeatureExtractor, make_features
+from pipeline.engine.weights import WEIGHTS_ENV, WeightsError, hub_checkpoint_path, load_features, resolve_weights
+from pipeline.files import sha256_file
+
+UNPICKLED: list[str] = []
+
+
+def _record_unpickling(tag: str) -> str:
+    UNPICKLED.append(tag)
+    return tag
+
+
+class NotATensor:
+    """A custom object: unpickling it runs _record_unpickling, which weights_only=True must refuse."""
+
+    def __reduce__(self):
+        return (_record_unpickling, ("ran",))
+
+
+def save_named(obj, folder: Path, stem: str = "vgg19") -> Path:
+    """torch.save `obj`, then rename it to torch.hub's `<stem>-<sha256[:8]>.pth` convention."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "unnamed.pth"
+    torch.save(obj, tmp)
+    final = folder / f"{stem}-{sha256_file(tmp)[:8]}.pth"
+    tmp.rename(final)
+    return final
+
+
+def vgg19_state_dict(seed: int = 0, prefix: str = "features.", classifier: bool = True) -> dict[str, torch.Tensor]:
+    """A torchvision-layout VGG19 state dict with seeded, well-scaled random conv weights,
+    non-zero biases, and (tiny) classifier tensors that loading must drop."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in make_features().state_dict().items():
+        if name.endswith("weight"):
+            fan_in = tensor.shape[1] * tensor.shape[2] * tensor.shape[3]
+            value = torch.randn(tensor.shape, generator=gen) * (2.0 / fan_in) ** 0.5
+        else:
+            value = torch.randn(tensor.shape, generator=gen) * 0.1
+        state[prefix + name] = value
+    if classifier:
+        for i in (0, 3, 6):
+            state[f"classifier.{i}.weight"] = torch.randn(4, 5, generator=gen)
+            state[f"classifier.{i}.bias"] = torch.randn(4, generator=gen)
+    return state
+
+
+@pytest.fixture(scope="module")
+def full_checkpoint(tmp_path_factory):
+    state = vgg19_state_dict(seed=0)
+    path = save_named(state, tmp_path_factory.mktemp("ckpt"))
+    return path, state
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    """A correctly named small file, for resolution tests that never load it."""
+    return save_named({"features.0.bias": torch.arange(64.0)}, tmp_path / "small")
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No $NST_VGG19_WEIGHTS, an empty TORCH_HOME, and a download URL that cannot connect."""
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    home = tmp_path / "torch_home"
+    home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(weights_mod, "CHECKPOINT_URL", "http://127.0.0.1:9/vgg19-dcbb9e9d.pth")
+    return home
+
+
+# --- resolution ---------------------------------------------------------------------
+
+
+def test_random_spec(clean_env):
+    source = resolve_weights("random", 7)
+    assert (source.kind, source.path, source.identity) == ("random", None, "random:7")
+    assert source.label == "random:7"
+
+
+def test_explicit_path_gives_file_identity(small_checkpoint, clean_env):
+    source = resolve_weights(str(small_checkpoint), 0)
+    digest = hashlib.sha256(small_checkpoint.read_bytes()).hexdigest()
+    assert source.kind == "file"
+    assert source.path == str(small_checkpoint)
+    assert source.identity == f"sha256:{digest}"
+    assert len(digest) == 64 and small_checkpoint.name == f"vgg19-{digest[:8]}.pth"
+    assert sha256_file(small_checkpoint) == digest
+    assert str(small_checkpoint) in source.label and source.identity in source.label
+
+
+def test_file_without_hash_in_name_is_accepted(tmp_path, clean_env):
+    path = tmp_path / "my_vgg.pth"
+    torch.save({"x": torch.ones(2)}, path)
+    assert resolve_weights(str(path), 0).identity == f"sha256:{sha256_file(path)}"
+
+
+def test_name_hash_mismatch_is_refused(tmp_path, clean_env):
+    path = tmp_path / "vgg19-dcbb9e9d.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, path)
+    digest = sha256_file(path)
+    assert not digest.startswith("dcbb9e9d")
+    with pytest.raises(WeightsError) as info:
+        resolve_weights(str(path), 0)
+    message = str(info.value)
+    assert digest in message
+    assert "'dcbb9e9d'" in message
+    assert str(path) in message and "--weights" in message
+
+
+def test_missing_explicit_path_is_refused(tmp_path, clean_env):
+    missing = tmp_path / "nope" / "vgg19-dcbb9e9d.pth"
+    with pytest.raises(WeightsError, match="does not exist") as info:
+        resolve_weights(str(missing), 0)
+    assert str(missing) in str(info.value) and "--weights" in str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["auto", ""])
+def test_env_var_used_for_auto(spec, small_checkpoint, clean_env, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_ENV, str(small_checkpoint))
+    source = resolve_weights(spec, 0)
+    assert source.kind == "file"
+    assert source.path == str(small_checkpoint)
+    assert source.identity == f"sha256:{sha256_file(small_checkpoint)}"
+
+
+def test_env_var_to_missing_file_names_the_variable(tmp_path, clean_env, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "missing.pth"))
+    with pytest.raises(WeightsError) as info:
+        resolve_weights("auto", 0)
+    assert f"${WEIGHTS_ENV}" in str(info.value)
+    assert "missing.pth" in str(info.value)
+
+
+def test_explicit_path_wins_over_env(small_checkpoint, tmp_path, clean_env, monkeypatch):
+    other = save_named({"other": torch.zeros(3)}, tmp_path / "other")
+    monkeypatch.setenv(WEIGHTS_ENV, str(other))
+    assert resolve_weights(str(small_checkpoint), 0).path == str(small_checkpoint)
+    assert resolve_weights("auto", 0).path == str(other)
+
+
+def _put_in_hub_cache(home: Path, checkpoint: Path, monkeypatch) -> Path:
+    monkeypatch.setattr(weights_mod, "CHECKPOINT_NAME", checkpoint.name)
+    cached = home / "hub" / "checkpoints" / checkpoint.name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(checkpoint.read_bytes())
+    return cached
+
+
+def test_hub_cache_is_used(small_checkpoint, clean_env, monkeypatch):
+    cached = _put_in_hub_cache(clean_env, small_checkpoint, monkeypatch)
+    assert hub_checkpoint_path() == cached
+    source = resolve_weights("auto", 0, allow_download=False)
+    assert source.kind == "file"
+    assert Path(source.path) == cached
+    assert source.identity == f"sha256:{sha256_file(small_checkpoint)}"
+
+
+def test_env_var_wins_over_hub_cache(small_checkpoint, tmp_path, clean_env, monkeypatch):
+    _put_in_hub_cache(clean_env, small_checkpoint, monkeypatch)
+    other = save_named({"other": torch.zeros(3)}, tmp_path / "other")
+    monkeypatch.setenv(WEIGHTS_ENV, str(other))
+    assert resolve_weights("auto", 0).path == str(other)
+
+
+def test_corrupt_hub_cache_file_is_refused(tmp_path, clean_env, monkeypatch):
+    # the real name, dcbb9e9d, promises a hash that this file does not have
+    cached = clean_env / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not the checkpoint")
+    assert hub_checkpoint_path() == cached
+    with pytest.raises(WeightsError) as info:
+        resolve_weights("auto", 0)
+    assert "torch hub cache" in str(info.value)
+    assert hashlib.sha256(b"not the checkpoint").hexdigest() in str(info.value)
+
+
+def test_offline_without_weights_explains_every_way_to_provide_them(clean_env):
+    cached = clean_env / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    assert hub_checkpoint_path() == cached
+    with pytest.raises(WeightsError) as info:
+        resolve_weights("auto", 0)
+    message = str(info.value)
+    assert "--weights" in message
+    assert WEIGHTS_ENV in message
+    assert str(cached) in message
+    assert "download failed" in message
+    assert "--weights random" in message
+    assert not cached.exists()
+    assert list(cached.parent.iterdir()) == []  # no partial download left behind
+
+
+def test_downloads_disabled(clean_env):
+    with pytest.raises(WeightsError, match="downloads are disabled") as info:
+        resolve_weights("auto", 0, allow_download=False)
+    assert WEIGHTS_ENV in str(info.value) and "--weights" in str(info.value)
+
+
+# --- loading ------------------------------------------------------------------------
+
+
+def test_load_full_checkpoint_keeps_conv_weights_and_drops_classifier(full_checkpoint):
+    path, state = full_checkpoint
+    source = resolve_weights(str(path), 0)
+    features = load_features(source)
+    assert isinstance(features, nn.Sequential)
+    assert len(features) == len(make_features())
+    assert not any(isinstance(m, nn.Linear) for m in features.modules())
+    loaded = features.state_dict()
+    assert set(loaded) == {f"{i}.{p}" for i in CONV_INDICES for p in ("weight", "bias")}
+    for i in CONV_INDICES:
+        for p in ("weight", "bias"):
+            assert torch.equal(loaded[f"{i}.{p}"], state[f"features.{i}.{p}"])
+
+
+def test_load_until_index_keeps_only_the_needed_layers(full_checkpoint):
+    path, state = full_checkpoint
+    cut = LAYER_INDEX["conv2_1"]
+    features = load_features(resolve_weights(str(path), 0), until_index=cut)
+    assert len(features) == cut + 1
+    assert torch.equal(features.state_dict()["5.weight"], state["features.5.weight"])
+
+
+def test_feature_extractor_on_loaded_weights_gives_expected_shapes(full_checkpoint):
+    path, _ = full_checkpoint
+    features = load_features(resolve_weights(str(path), 0))
+    extractor = FeatureExtractor(features, ("conv1_1", "conv3_1", "conv5_2"))
+    image = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = extractor(image)
+    assert set(out) == {"conv1_1", "conv3_1", "conv5_2"}
+    assert out["conv1_1"].shape == (1, 64, 32, 48)
+    assert out["conv3_1"].shape == (1, 256, 8, 12)
+    assert out["conv5_2"].shape == (1, 512, 2, 3)
+    for value in out.values():
+        assert torch.isfinite(value).all()
+        assert (value >= 0).all()  # taken after the ReLU
+    # conv1_1 is relu(conv(normalized image)) with the saved weights
+    normalized = (image - extractor.mean) / extractor.std
+    expected = torch.relu(torch.nn.functional.conv2d(normalized, features[0].weight, features[0].bias, padding=1))
+    torch.testing.assert_close(out["conv1_1"], expected)
+
+
+def test_bare_features_dict_loads(tmp_path):
+    state = vgg19_state_dict(seed=1, prefix="", classifier=False)
+    path = save_named(state, tmp_path)
+    features = load_features(resolve_weights(str(path), 0))
+    for i in CONV_INDICES:
+        assert torch.equal(features.state_dict()[f"{i}.weight"], state[f"{i}.weight"])
+
+
+def test_missing_conv_layer_is_refused_naming_the_key(tmp_path):
+    state = vgg19_state_dict(seed=2)
+    del state["features.10.weight"], state["features.10.bias"]
+    path = save_named(state, tmp_path)
+    with pytest.raises(WeightsError) as info:
+        load_features(resolve_weights(str(path), 0))
+    message = str(info.value)
+    assert "2 tensor(s)" in message
+    assert "features.10.weight" in message or "features.10.bias" in message
+    assert str(path) in message
+
+
+def test_wrong_shape_is_refused(tmp_path):
+    state = {
+        "0.weight": torch.zeros(64, 3, 5, 5),
+        "0.bias": torch.zeros(64),
+        "2.weight": torch.zeros(64, 64, 3, 3),
+        "2.bias": torch.zeros(64),
+    }
+    path = save_named(state, tmp_path)
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_features(resolve_weights(str(path), 0), until_index=LAYER_INDEX["conv1_2"])
+
+
+def test_non_dict_checkpoint_is_refused(tmp_path):
+    path = save_named([torch.ones(2)], tmp_path)
+    with pytest.raises(WeightsError, match="hold a list, expected a state dict"):
+        load_features(resolve_weights(str(path), 0))
+
+
+def test_pickled_custom_object_is_refused(tmp_path):
+    path = save_named({"features.0.weight": NotATensor()}, tmp_path)
+    with pytest.raises(WeightsError, match="cannot load VGG19 weights"):
+        load_features(resolve_weights(str(path), 0))
+
+
+def test_pickled_custom_object_is_never_unpickled(tmp_path):
+    # Whatever the exception type, weights_only=True must not run the pickled callable.
+    path = save_named({"features.0.weight": NotATensor()}, tmp_path)
+    UNPICKLED.clear()
+    with pytest.raises(Exception):  # noqa: B017 (any type: what matters is that nothing ran)
+        load_features(resolve_weights(str(path), 0))
+    assert UNPICKLED == []
+    # sanity: a plain (unsafe) load would run it
+    torch.load(path, weights_only=False)
+    assert UNPICKLED == ["ran"]
+
+
+def test_garbage_file_is_refused(tmp_path):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"hello, this is not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot load VGG19 weights"):
+        load_features(resolve_weights(str(path), 0))
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save({"features.0.weight": torch.ones(64, 3, 3, 3)}, whole)
+    data = whole.read_bytes()
+    path = tmp_path / "truncated.pth"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="cannot load VGG19 weights"):
+        load_features(resolve_weights(str(path), 0))

@@ -1,0 +1,257 @@
+"""Crashes, concurrent runs, divergence, out-of-memory, and `designs verify`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import SAMPLE_PAIRINGS, square_jobs
+
+from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.inputs import load_input_catalog
+from pipeline.config import Config
+from pipeline.engine.transfer import DesignResult, StyleTransfer
+from pipeline.engine.weights import resolve_weights
+from pipeline.execution.shard import _retry_diverged, run_shard
+from pipeline.planning.plan import plan_designs
+from pipeline.views.verify import verify_catalog
+
+CLI_FLAGS = ["--weights", "random", "--size", "32", "--steps", "12", "--batch-size", "2", "--shard-size", "2"]
+
+
+def start_generate(catalog: Path, out: Path, *extra: str) -> subprocess.Popen:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "generate", str(catalog), "--out", str(out), *CLI_FLAGS, *extra],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def pngs(out: Path) -> set[Path]:
+    return set((out / "images").rglob("*.png")) if (out / "images").is_dir() else set()
+
+
+def table_version(out: Path) -> int:
+    log = out / "designs" / "_delta_log"
+    return max((int(p.stem) for p in log.glob("*.json")), default=-1) if log.is_dir() else -1
+
+
+def runs_started(out: Path) -> int:
+    return len(list((out / "runs").glob("*/config.json"))) if (out / "runs").is_dir() else 0
+
+
+def kill_when(process: subprocess.Popen, milestone, timeout: float = 240.0) -> bool:
+    """SIGKILL the process as soon as milestone() is true; False if it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if milestone():
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError("milestone not reached in time")
+
+
+def assert_consistent(out: Path) -> None:
+    """The table reads at its last version; no ok row lacks its PNG or has a different one."""
+    if not DesignCatalog(out).exists():
+        return
+    report = verify_catalog(out)
+    assert not (report.missing or report.mismatched or report.duplicate_ok_ids or report.unsafe_uris), report.lines()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_kill_9_at_any_point_then_rerun_makes_every_design_exactly_once(sample_catalog: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    milestones = [
+        ("after planning, while loading", lambda: runs_started(out) >= 1),
+        ("while writing PNGs", lambda: len(pngs(out)) >= 1),
+        ("right after a commit", lambda: table_version(out) >= 2),
+        ("mid-run, PNGs beyond the last commit", lambda: len(pngs(out)) >= 7),
+    ]
+    killed = 0
+    for _name, milestone in milestones:
+        process = start_generate(sample_catalog, out)
+        if kill_when(process, milestone):
+            killed += 1
+        assert_consistent(out)
+    assert killed >= 3, "the runs finished before most kills: the test did not exercise crashes"
+
+    final = start_generate(sample_catalog, out)
+    output, _ = final.communicate(timeout=600)
+    assert final.returncode == 0, output
+    frame = DesignCatalog(out).to_pandas()
+    ok = frame[frame.status == "ok"]
+    assert len(ok) == SAMPLE_PAIRINGS and ok.design_id.is_unique and len(frame) == SAMPLE_PAIRINGS
+
+    report = verify_catalog(out, fix=True)
+    assert report.problems == 0, report.lines()
+    assert verify_catalog(out).orphans == []
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_two_concurrent_runs_on_one_catalog_both_finish_and_each_design_is_ok_once(
+    sample_catalog: Path, tmp_path: Path
+):
+    out = tmp_path / "out"
+    first, second = start_generate(sample_catalog, out), start_generate(sample_catalog, out)
+    out_first, _ = first.communicate(timeout=600)
+    out_second, _ = second.communicate(timeout=600)
+    assert first.returncode == 0, out_first
+    assert second.returncode == 0, out_second
+    frame = DesignCatalog(out).to_pandas()
+    assert set(frame.status) == {"ok"}
+    assert len(frame) == SAMPLE_PAIRINGS and frame.design_id.is_unique
+    assert_consistent(out)
+
+
+def test_verify_finds_missing_changed_and_orphan_pngs(sample_catalog: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    config = Config(weights="random", size=32, steps=2, loss_every=1)
+    weights = resolve_weights("random", 0)
+    plan = plan_designs(load_input_catalog(sample_catalog), config, weights.identity, set())
+    catalog = DesignCatalog(out)
+    catalog.commit(run_shard(list(plan.todo[:4]), config, weights, "cpu", catalog, "r1"), "r1")
+    assert verify_catalog(out).problems == 0
+
+    frame = catalog.to_pandas()
+    (out / frame.output_uri[0]).unlink()
+    (out / frame.output_uri[1]).write_bytes(b"tampered")
+    orphan = out / "images" / "zz" / "zz-000000000000.png"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left by a crashed run")
+
+    report = verify_catalog(out)
+    assert report.problems == 3
+    assert report.missing == [f"{frame.design_id[0]}: {frame.output_uri[0]}"]
+    assert report.mismatched == [f"{frame.design_id[1]}: {frame.output_uri[1]}"]
+    assert report.orphans == ["images/zz/zz-000000000000.png"]
+
+    fixed = verify_catalog(out, fix=True)
+    assert fixed.removed == ["images/zz/zz-000000000000.png"] and not orphan.exists()
+    assert fixed.problems == 2  # --fix removes orphans only; missing and changed PNGs remain problems
+
+
+def test_diverged_designs_are_retried_once_at_a_lower_learning_rate():
+    """The retry policy, with an engine stand-in whose loss is finite only at the lower rate."""
+
+    class DivergesAtFullRate:
+        scales: list[float] = []
+
+        def run(self, pairings, on_progress=None, learning_rate_scale=1.0, config=None):
+            self.scales.append(learning_rate_scale)
+            error = "non-finite loss after optimization: {'total': nan}" if learning_rate_scale == 1.0 else None
+            return [DesignResult(p, torch.zeros(3, 1, 1), {}, {}, 0.0, 0.0, 0.0, error=error) for p in pairings]
+
+    engine = DivergesAtFullRate()
+    first = engine.run(["a", "b"])
+    first[1].error = None  # only "a" diverged
+    results = _retry_diverged(engine, ["a", "b"], first, Config(nonfinite_retry_factor=0.25), None)
+    assert engine.scales == [1.0, 0.25]
+    (a, note_a), (b, note_b) = results
+    assert a.error is None and "retried with the learning rate times 0.25" in note_a
+    assert b.error is None and note_b is None
+
+
+def test_diverging_design_fails_with_a_clear_error_after_its_retry(sample_catalog: Path, tmp_path: Path):
+    config = Config(weights="random", size=32, steps=2, loss_every=1, tv_weight=1e38)
+    weights = resolve_weights("random", 0)
+    plan = plan_designs(load_input_catalog(sample_catalog), config, weights.identity, set())
+    rows = run_shard(list(plan.todo[:2]), config, weights, "cpu", DesignCatalog(tmp_path / "out"), "r")
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    for row in rows:
+        assert (
+            "non-finite loss" in row["error"]
+            and "again after retrying with the learning rate times 0.1" in row["error"]
+        )
+        assert row["design_id"] in row["error"]
+    assert not pngs(tmp_path / "out")
+
+
+@pytest.mark.parametrize("overlap", ["on", "off"])  # the halves reuse the decoded batch, or load in line
+def test_out_of_memory_halves_the_batch_without_losing_a_design(
+    sample_catalog: Path, tmp_path: Path, monkeypatch, overlap: str
+):
+    real_run = StyleTransfer.run
+    batch_sizes: list[int] = []
+
+    def run_that_fits_two(self, pairings, *args, **kwargs):
+        batch_sizes.append(len(pairings))
+        if len(pairings) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated: this device fits 2 designs)")
+        return real_run(self, pairings, *args, **kwargs)
+
+    monkeypatch.setattr(StyleTransfer, "run", run_that_fits_two)
+    config = Config(weights="random", size=32, steps=2, loss_every=1, batch_size=8, overlap=overlap)
+    weights = resolve_weights("random", 0)
+    jobs = square_jobs(sample_catalog, config, 8, weights.identity)
+    rows = run_shard(jobs, config, weights, "cpu", DesignCatalog(tmp_path / "out"), "r")
+    assert len(rows) == len(jobs) and all(r["status"] == "ok" for r in rows)
+    assert batch_sizes == [8, 4, 2, 2, 4, 2, 2]
+    assert {r["batch_size"] for r in rows} == {2}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_shard_task_that_dies_is_retried(sample_catalog: Path, tmp_path: Path, monkeypatch):
+    import flows.generate
+    from flows.generate import generate
+
+    calls: list[str] = []
+    real = flows.generate.run_shard
+
+    def dies_once(jobs, config, weights, device, *args, **kwargs):
+        calls.append(device)
+        if len(calls) == 1:
+            raise RuntimeError("worker lost (simulated)")
+        return real(jobs, config, weights, device, *args, **kwargs)
+
+    monkeypatch.setattr(flows.generate, "run_shard", dies_once)
+    monkeypatch.setattr(flows.generate.run_shard_task, "retry_delay_seconds", 0)
+    summary = generate(
+        catalog=str(sample_catalog),
+        out=str(tmp_path / "out"),
+        config=Config(weights="random", size=32, steps=2, shard_size=SAMPLE_PAIRINGS),
+    )
+    assert (summary.ok, summary.failed) == (SAMPLE_PAIRINGS, 0)
+    assert calls == ["cpu", "cpu"]  # one device: the retry runs where it can
+
+
+def test_done_ids_and_supersedes_read_a_commit_that_mixes_ok_and_failed_rows(tmp_path: Path):
+    """delta-rs writes string_view columns; a scan filter on them once failed to compare
+    with a string literal when file statistics were used (a rerun's plan then crashed)."""
+    from datetime import datetime
+
+    catalog = DesignCatalog(tmp_path / "out")
+    now = datetime.now(UTC)
+
+    def row(design_id: str, key: str, status: str, run_id: str) -> dict:
+        return {
+            "design_id": design_id,
+            "pairing_key": key,
+            "run_id": run_id,
+            "created_at": now,
+            "status": status,
+            "content_id": "c",
+            "style_id": "s",
+        }
+
+    catalog.commit([row(f"d{i}", f"k{i}", "ok" if i % 2 else "failed", "r1") for i in range(4)], "r1")
+    assert catalog.ok_design_ids() == {"d1", "d3"}
+    catalog.commit([row("d9", "k0", "ok", "r2")], "r2")  # supersedes the failed d0 of the same pairing
+    assert catalog.ok_design_ids() == {"d1", "d3", "d9"}
+    assert sorted(catalog.to_pandas().design_id) == ["d1", "d2", "d3", "d9"]

@@ -1,0 +1,354 @@
+"""`designs query`: SQL over the designs table, the runs and commits views, time
+travel by version and timestamp, the output formats, the refusals, and every
+query of docs/ANALYSTS.md, against a small catalog made without Prefect."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from analyst_catalog import CONTENTS, MISSING, RUN_IDS, STYLES, analyst_catalog_out, commit_times
+
+from flows.cli import EXIT_OK, EXIT_REFUSED, main
+from pipeline.catalog.designs import DesignCatalog
+from pipeline.views.query import QueryError, query, resolve_version
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "ANALYSTS.md"
+PAIRINGS = len(CONTENTS) * len(STYLES)  # 6: every content x style
+OK_PER_RUN, FAILED_PER_RUN = len(CONTENTS) * (len(STYLES) - 1), len(CONTENTS)  # 4, 2 (the missing style)
+LAST_VERSION = 6  # create; run 1: faults, shard; run 2: faults, shard; run 3: faults, one shard, then the crash
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return analyst_catalog_out(tmp_path_factory)
+
+
+def rows(out: Path, sql: str, **kwargs) -> list[dict]:
+    return query(out, sql, **kwargs).to_pylist()
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["query", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- designs ---
+
+
+def test_designs_holds_every_run_with_its_params(out: Path):
+    counts = rows(out, "select status, count(*) as n from designs group by status order by status")
+    assert counts == [{"status": "failed", "n": 3 * FAILED_PER_RUN}, {"status": "ok", "n": 2 * OK_PER_RUN + 2}]
+    per_run = rows(
+        out,
+        "select run_id, params.steps as steps, count(*) as n from designs where status = 'ok' group by all order by run_id",
+    )
+    assert per_run == [
+        {"run_id": RUN_IDS[0], "steps": 1, "n": OK_PER_RUN},
+        {"run_id": RUN_IDS[1], "steps": 2, "n": OK_PER_RUN},
+        {"run_id": RUN_IDS[2], "steps": 3, "n": 2},
+    ]
+    failed = rows(out, "select distinct style_id, error from designs where status = 'failed'")
+    assert {r["style_id"] for r in failed} == {MISSING}
+    assert all("file not found" in r["error"] for r in failed)
+    curve = rows(
+        out,
+        "select len(loss_total) as n, final_loss.total as final, loss_total[-1] as last from designs "
+        "where status = 'ok' and params.steps = 2",
+    )
+    assert all(r["n"] == 3 and r["final"] == pytest.approx(r["last"], rel=1e-5) for r in curve)
+
+
+def test_terminal_table_is_the_default(out: Path, capsys):
+    code, text, err = cli(
+        capsys, "--out", str(out), "select status, count(*) as n from designs group by status order by status"
+    )
+    assert (code, err) == (EXIT_OK, "")
+    assert [line.split() for line in text.strip().splitlines()] == [["status", "n"], ["failed", "6"], ["ok", "10"]]
+    code, text, _ = cli(capsys, "--out", str(out), "select * from designs where false")
+    assert code == EXIT_OK and text.startswith("(no rows; columns: design_id, run_id,")
+
+
+# --- runs and commits ---
+
+
+def test_runs_lists_finished_and_crashed_runs(out: Path):
+    runs = {r["run_id"]: r for r in rows(out, "select * from runs order by started_at")}
+    assert list(runs) == list(RUN_IDS)
+    first, second, crashed = (runs[r] for r in RUN_IDS)
+    for run, version in ((first, 2), (second, 4)):
+        assert run["state"] == "finished"
+        assert (run["ok"], run["failed"], run["already_done"], run["pairings"]) == (
+            OK_PER_RUN,
+            FAILED_PER_RUN,
+            0,
+            PAIRINGS,
+        )
+        assert run["wall_seconds"] > 0 and run["devices"] == ["cpu"] and run["weights"] == "random:0"
+        assert run["designs_per_hour"] == pytest.approx(OK_PER_RUN / run["wall_seconds"] * 3600)
+        assert run["finished_at"] - run["started_at"] == pytest.approx(
+            timedelta(seconds=run["wall_seconds"]), abs=timedelta(microseconds=2)
+        )
+        assert run["table_version"] == run["last_version"] == version
+        assert run["commits"] == 2 and run["first_commit_at"] <= run["last_commit_at"] <= run["finished_at"]
+    assert first["finished_at"] <= second["started_at"]
+    # No summary.json: listed from config.json, with nulls where the summary would be.
+    assert crashed["state"] == "unfinished" and crashed["started_at"] is not None and crashed["devices"] == ["cpu"]
+    for column in (
+        "finished_at",
+        "ok",
+        "failed",
+        "already_done",
+        "pairings",
+        "wall_seconds",
+        "designs_per_hour",
+        "table_version",
+    ):
+        assert crashed[column] is None, column
+    assert (crashed["commits"], crashed["first_version"], crashed["last_version"]) == (2, 5, LAST_VERSION)
+
+
+def test_runs_without_their_folder_or_with_a_torn_summary(out: Path, tmp_path: Path):
+    copy = tmp_path / "catalog"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "runs" / RUN_IDS[2])
+    (copy / "runs" / RUN_IDS[1] / "summary.json").write_text('{"run_id": "20260101T0001')  # killed while writing
+    runs = {
+        r["run_id"]: r for r in rows(copy, "select run_id, state, started_at, ok, commits, first_commit_at from runs")
+    }
+    assert runs[RUN_IDS[0]]["state"] == "finished"
+    assert (
+        runs[RUN_IDS[1]]["state"] == "unfinished" and runs[RUN_IDS[1]]["ok"] is None and runs[RUN_IDS[1]]["started_at"]
+    )
+    history_only = runs[RUN_IDS[2]]
+    assert history_only["state"] == "history-only" and history_only["started_at"] is None
+    assert history_only["commits"] == 2 and history_only["first_commit_at"] is not None
+
+
+def test_commits_has_one_row_per_version_with_its_run(out: Path):
+    commits = rows(out, "select version, run_id, note, rows, inserted from commits order by version")
+    assert [c["version"] for c in commits] == list(range(LAST_VERSION + 1))
+    assert commits[0]["note"] == "create" and commits[0]["run_id"] is None
+    assert [(c["run_id"], c["note"], c["inserted"]) for c in commits[1:3]] == [
+        (RUN_IDS[0], "input-faults", FAILED_PER_RUN),
+        (RUN_IDS[0], "shard-0", OK_PER_RUN),
+    ]
+    joined = rows(
+        out,
+        "select r.run_id, sum(c.inserted) as inserted from runs r join commits c using (run_id) group by all order by 1",
+    )
+    assert [j["inserted"] for j in joined] == [
+        OK_PER_RUN + FAILED_PER_RUN,
+        OK_PER_RUN + FAILED_PER_RUN,
+        2 + FAILED_PER_RUN,
+    ]
+
+
+# --- time travel ---
+
+
+def test_version_reads_an_older_table(out: Path, capsys):
+    count = "select count(*) as n from designs"
+    assert rows(out, count, version=0) == [{"n": 0}]
+    assert rows(out, count, version=2) == [{"n": OK_PER_RUN + FAILED_PER_RUN}]
+    assert rows(out, count, version=LAST_VERSION) == rows(out, count) == [{"n": 16}]
+    assert rows(out, "select distinct run_id from designs", version=1) == [{"run_id": RUN_IDS[0]}]
+    code, text, _ = cli(capsys, "--out", str(out), "--version", "2", count)
+    assert code == EXIT_OK and text.split() == ["n", "6"]
+
+
+def test_as_of_picks_the_last_version_committed_by_then(out: Path, capsys):
+    times = commit_times(out)
+    count = "select count(*) as n from designs"
+    assert resolve_version(DesignCatalog(out), as_of=times[2].isoformat()) == 2  # exactly at a commit: that commit
+    halfway = times[2] + (times[3] - times[2]) / 2
+    assert resolve_version(DesignCatalog(out), as_of=halfway.isoformat()) == 2
+    assert resolve_version(DesignCatalog(out), as_of=times[3] - timedelta(microseconds=1)) == 2
+    naive = halfway.replace(tzinfo=None).isoformat()  # no zone: UTC
+    assert resolve_version(DesignCatalog(out), as_of=naive) == 2
+    assert rows(out, count, as_of=halfway.isoformat()) == rows(out, count, version=2)
+    zulu = (times[LAST_VERSION] + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    code, text, _ = cli(capsys, "--out", str(out), "--as-of", zulu, count)
+    assert code == EXIT_OK and text.split() == ["n", "16"]
+    code, text, _ = cli(capsys, "--out", str(out), "--as-of", halfway.isoformat(), count)
+    assert code == EXIT_OK and text.split() == ["n", "6"]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--version", "99"], ["version 99 does not exist", "0..6"]),
+        (["--version", "-1"], ["version -1 does not exist"]),
+        (["--as-of", "2001-02-03T04:05:06Z"], ["'2001-02-03T04:05:06Z'", "before the first commit", "version 0"]),
+        (["--as-of", "last tuesday"], ["'last tuesday'", "not an ISO 8601 timestamp"]),
+    ],
+)
+def test_versions_and_times_the_table_lacks_are_refused(out: Path, capsys, args: list[str], named: list[str]):
+    code, text, err = cli(capsys, "--out", str(out), *args, "select 1")
+    assert code == EXIT_REFUSED and text == ""
+    for part in named:
+        assert part in err, (part, err)
+
+
+def test_version_and_as_of_together_are_refused(out: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", "--out", str(out), "--version", "1", "--as-of", "2026-01-01", "select 1"])
+    assert exit_info.value.code == EXIT_REFUSED
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(QueryError, match="not both"):
+        resolve_version(DesignCatalog(out), version=1, as_of="2026-01-01")
+
+
+# --- output formats ---
+
+RESULT_SQL = (
+    "select design_id, run_id, created_at, status, error, params.steps as steps, params, loss_total, tags, "
+    "final_loss.total as final_total from designs order by design_id"
+)
+
+
+def test_parquet_output_keeps_types_and_nested_columns(out: Path, tmp_path: Path, capsys):
+    target = tmp_path / "result.parquet"
+    code, text, err = cli(capsys, "--out", str(out), "--format", "parquet", "-o", str(target), RESULT_SQL)
+    assert (code, text, err) == (EXIT_OK, "", "")
+    written = pq.read_table(target)
+    expected = query(out, RESULT_SQL)
+    assert written.schema.equals(expected.schema) and written.equals(expected)
+    assert pa.types.is_struct(written.schema.field("params").type) and pa.types.is_list(
+        written.schema.field("loss_total").type
+    )
+    assert not list(tmp_path.glob(".*.tmp")), "the temporary file is gone"
+
+
+def test_csv_output_writes_nested_columns_as_json(out: Path, tmp_path: Path, capsys):
+    target = tmp_path / "result.csv"
+    assert cli(capsys, "--out", str(out), "--output", str(target), RESULT_SQL)[0] == EXIT_OK  # format from the suffix
+    written = pacsv.read_csv(target).to_pylist()
+    expected = query(out, RESULT_SQL).to_pylist()
+    assert len(written) == len(expected) == 16
+    for got, want in zip(written, expected):
+        assert (
+            got["design_id"] == want["design_id"] and got["steps"] == want["steps"] and got["status"] == want["status"]
+        )
+        assert json.loads(got["params"])["steps"] == want["params"]["steps"]
+        assert json.loads(got["tags"]) == want["tags"]
+        if want["loss_total"] is None:
+            assert not got["loss_total"]  # an empty field
+        else:
+            assert json.loads(got["loss_total"]) == pytest.approx(want["loss_total"])
+        assert (got["error"] or None) == want["error"]
+
+
+def test_json_output_is_an_array_of_rows(out: Path, tmp_path: Path, capsys):
+    target = tmp_path / "result.out"
+    assert cli(capsys, "--out", str(out), "--format", "json", "-o", str(target), RESULT_SQL)[0] == EXIT_OK
+    written = json.loads(target.read_text())
+    expected = query(out, RESULT_SQL).to_pylist()
+    assert [r["design_id"] for r in written] == [r["design_id"] for r in expected]
+    first = written[0]
+    assert first["created_at"] == expected[0]["created_at"].isoformat()
+    assert first["params"]["style_layers"] == list(expected[0]["params"]["style_layers"])
+    # To the terminal when there is no --output
+    code, text, _ = cli(capsys, "--out", str(out), "--format", "json", "select run_id, ok from runs order by run_id")
+    assert code == EXIT_OK
+    assert json.loads(text) == [
+        {"run_id": RUN_IDS[0], "ok": OK_PER_RUN},
+        {"run_id": RUN_IDS[1], "ok": OK_PER_RUN},
+        {"run_id": RUN_IDS[2], "ok": None},
+    ]
+    code, text, _ = cli(capsys, "--out", str(out), "--format", "csv", "select run_id, state from runs order by run_id")
+    assert code == EXIT_OK and text.splitlines()[:2] == ['"run_id","state"', f'"{RUN_IDS[0]}","finished"']
+
+
+def test_table_output_to_a_file(out: Path, tmp_path: Path, capsys):
+    target = tmp_path / "result.txt"
+    assert (
+        cli(
+            capsys,
+            "--out",
+            str(out),
+            "-o",
+            str(target),
+            "select status, count(*) as n from designs group by 1 order by 1",
+        )[0]
+        == EXIT_OK
+    )
+    assert [line.split() for line in target.read_text().splitlines()] == [
+        ["status", "n"],
+        ["failed", "6"],
+        ["ok", "10"],
+    ]
+
+
+# --- refusals ---
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["selec status from designs"], ["query failed", "selec"]),
+        (["select nope from designs"], ["query failed", "nope"]),
+        (["select * from no_such_table"], ["query failed", "no_such_table"]),
+        (["--format", "parquet", "select 1"], ["--format parquet needs --output"]),
+        (["-o", "result.xlsx", "select 1"], ["'result.xlsx'", "suffix"]),
+        (["-o", "no/such/folder/result.csv", "select 1"], ["'no/such/folder'", "does not exist"]),
+    ],
+)
+def test_bad_queries_and_outputs_are_refused(
+    out: Path, capsys, args: list[str], named: list[str], tmp_path: Path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code, text, err = cli(capsys, "--out", str(out), *args)
+    assert code == EXIT_REFUSED and text == ""
+    assert err.startswith("designs query: ")
+    for part in named:
+        assert part in err, (part, err)
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_a_missing_catalog_is_refused(tmp_path: Path, capsys):
+    for extra in ([], ["--version", "1"], ["--as-of", "2026-01-01"]):
+        code, _, err = cli(capsys, "--out", str(tmp_path / "nothing"), *extra, "select 1")
+        assert code == EXIT_REFUSED and "no design catalog at" in err and "nothing" in err
+
+
+def test_bad_format_choice_is_refused(out: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", "--out", str(out), "--format", "xml", "select 1"])
+    assert exit_info.value.code == EXIT_REFUSED and "'xml'" in capsys.readouterr().err
+
+
+# --- docs/ANALYSTS.md: every query in it runs ---
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
+
+
+def test_the_doc_has_worked_queries():
+    assert len(doc_blocks("sql")) >= 5
+
+
+@pytest.mark.parametrize("sql", doc_blocks("sql"), ids=lambda s: re.sub(r"\W+", "-", s.split("\n")[0].strip("- "))[:40])
+def test_doc_sql_runs(out: Path, sql: str):
+    result = query(out, sql)
+    assert result.num_rows > 0, f"no rows from:\n{sql}"
+
+
+@pytest.mark.parametrize("code", doc_blocks("python"), ids=lambda s: re.sub(r"\W+", "-", s.split("\n")[0])[:40])
+def test_doc_python_runs(out: Path, code: str, monkeypatch, capsys):
+    if "import polars" in code:
+        pytest.importorskip("polars")
+    monkeypatch.chdir(out.parent.parent)  # the snippets read data/catalog
+    namespace: dict = {}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    assert capsys.readouterr().out.strip(), "the snippet prints something"
