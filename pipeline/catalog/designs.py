@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import random
+import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,11 @@ IMAGES_DIR = "images"
 RUNS_DIR = "runs"
 COMMIT_ATTEMPTS = 12
 SUPERSEDED = "superseded"  # only in a merge's source: marks a stale failed row for deletion
+LOG_DIR = "_delta_log"
+# A committed table version: a log entry or a checkpoint (classic, multi-part or v2) under _delta_log.
+_COMMITTED = re.compile(r"\d{20}\.(json|checkpoint(\.[^/]+)?\.(parquet|json))")
+
+logger = logging.getLogger(__name__)
 
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 
@@ -90,9 +99,12 @@ SCHEMA = pa.schema(
 )
 
 
-def params_value(config: Config, weights_identity: str) -> dict[str, Any]:
+def params_value(config: Config, weights_identity: str, preprocessing: str) -> dict[str, Any]:
+    """The config as it made the design: the weights file's identity and the preprocessing
+    that fed it (resolved from 'auto') in place of what was asked for."""
     values = config.to_dict()
     values["weights"] = weights_identity
+    values["preprocessing"] = preprocessing
     return values
 
 
@@ -129,19 +141,38 @@ class DesignCatalog:
 
     # --- table ---
 
+    @property
+    def log_dir(self) -> Path:
+        return self.table_path / LOG_DIR
+
     def exists(self) -> bool:
-        return (self.table_path / "_delta_log").is_dir()
+        """The table has a committed version. A log folder without one is what a creation
+        killed before its first entry was renamed into place leaves: no table yet."""
+        try:
+            with os.scandir(self.log_dir) as entries:
+                return any(_COMMITTED.fullmatch(entry.name) for entry in entries)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def table(self, version: int | None = None) -> DeltaTable:
         try:
             return DeltaTable(str(self.table_path), version=version)
         except TableNotFoundError:
+            if self.log_dir.is_dir() and not self.exists():
+                raise FileNotFoundError(
+                    f"the design catalog at {self.table_path} has no committed version (its creation was "
+                    "interrupted); the next `designs generate` creates it afresh"
+                ) from None
             raise FileNotFoundError(f"no design catalog at {self.table_path}; run `designs generate` first") from None
 
     def ensure_table(self) -> DeltaTable:
         if not self.exists():
+            interrupted = self.log_dir.is_dir()
+            # Listed before creating, so only files of an earlier attempt are set aside.
+            leftovers = sorted(os.listdir(self.log_dir)) if interrupted else []
             self.out.mkdir(parents=True, exist_ok=True)
             try:
+                # delta-rs stages version 0 under a fresh name, so leftovers do not block it.
                 DeltaTable.create(
                     str(self.table_path),
                     schema=SCHEMA,
@@ -153,7 +184,30 @@ class DesignCatalog:
             except DeltaError:
                 if not self.exists():  # losing a creation race to another run is fine
                     raise
+            if interrupted:
+                self._set_aside(leftovers)
         return self.table()
+
+    def _set_aside(self, leftovers: list[str]) -> None:
+        """Move the files of a creation that never committed out of the log, kept for inspection.
+        Nothing was committed, so no data file can be referenced and none is touched."""
+        aside = self.table_path / f"{LOG_DIR}.incomplete-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+        moved = []
+        for name in leftovers:
+            if _COMMITTED.fullmatch(name):
+                continue
+            aside.mkdir(exist_ok=True)
+            try:
+                os.replace(self.log_dir / name, aside / name)
+            except FileNotFoundError:  # a concurrent creator's staged entry, renamed into place since
+                continue
+            moved.append(name)
+        where = f"; its leftovers {', '.join(moved)} moved to {aside}" if moved else ""
+        logger.warning(
+            "design catalog %s had no committed version (a creation was interrupted): created it afresh%s",
+            self.table_path,
+            where,
+        )
 
     def ok_design_ids(self) -> set[str]:
         if not self.exists():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +23,7 @@ from pipeline.config import Config
 from pipeline.engine.transfer import DesignResult, StyleTransfer
 from pipeline.engine.weights import resolve_weights
 from pipeline.execution.shard import _retry_diverged, run_shard
+from pipeline.files import write_atomic
 from pipeline.planning.plan import plan_designs
 from pipeline.views.verify import verify_catalog
 
@@ -73,6 +77,96 @@ def assert_consistent(out: Path) -> None:
         return
     report = verify_catalog(out)
     assert not (report.missing or report.mismatched or report.duplicate_ok_ids or report.unsafe_uris), report.lines()
+
+
+# The table is created with delta-rs' own creation, paused just before it renames
+# version 0 into place, so the process can be killed in that window.
+CREATE_HELD_BEFORE_RENAME = """
+import os, sys, time
+from pathlib import Path
+from deltalake import DeltaTable
+from pipeline.catalog.designs import DesignCatalog
+
+out, leftover, pid_file = sys.argv[1:]
+Path(pid_file).write_text(str(os.getpid()))
+if leftover != "strace":
+    def create_held_before_rename(path, *args, **kwargs):
+        # delta-rs' steps: the log folder, version 0 staged under a temporary name, the rename
+        log = Path(path) / "_delta_log"
+        log.mkdir(parents=True)
+        if leftover == "temp file":
+            (log / "00000000000000000000.json#1").write_text('{"commitInfo":{"timestamp":1}}\\n')
+        (log.parent / "held").touch()
+        time.sleep(600)
+
+    DeltaTable.create = create_held_before_rename
+DesignCatalog(out).ensure_table()
+"""
+
+
+def ok_row_with_png(catalog: DesignCatalog, design_id: str) -> dict:
+    from datetime import datetime
+
+    png = b"\x89PNG stand-in for " + design_id.encode()
+    uri = catalog.image_relpath(design_id, hashlib.sha256(png).hexdigest())
+    return {
+        "design_id": design_id,
+        "pairing_key": f"key-{design_id}",
+        "run_id": "r",
+        "created_at": datetime.now(UTC),
+        "status": "ok",
+        "content_id": "c",
+        "style_id": "s",
+        "output_uri": uri,
+        "output_sha256": write_atomic(catalog.out / uri, png),
+    }
+
+
+@pytest.mark.parametrize("leftover", ["strace", "temp file", "empty log"])
+def test_kill_9_while_creating_the_design_catalog_then_the_next_run_creates_it_afresh(
+    tmp_path: Path, leftover: str, caplog
+):
+    """ "strace": real delta-rs, held by strace at the rename of its staged first version;
+    the others: a creation paused after its temporary file, or after the log folder only."""
+    out, pid_file = tmp_path / "out", tmp_path / "pid"
+    log = out / "designs" / "_delta_log"
+    command = [sys.executable, "-c", CREATE_HELD_BEFORE_RENAME, str(out), leftover, str(pid_file)]
+    if leftover == "strace":
+        if shutil.which("strace") is None:
+            pytest.skip("strace is not installed")
+        command = ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=linkat,renameat2,rename"]
+        command += ["-e", "inject=linkat,renameat2,rename:delay_enter=30s"]
+        command += [sys.executable, "-c", CREATE_HELD_BEFORE_RENAME, str(out), leftover, str(pid_file)]
+        in_window = lambda: log.is_dir() and any("#" in name for name in os.listdir(log))  # noqa: E731
+    else:
+        in_window = (out / "designs" / "held").exists
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not in_window():
+            if process.poll() is not None:
+                if leftover == "strace" and not pid_file.exists():
+                    pytest.skip(f"strace cannot trace here: {process.stderr.read()}")
+                raise AssertionError(f"the creation ended before the kill: {process.stderr.read()}")
+            assert time.monotonic() < deadline, "the creation window was never reached"
+            time.sleep(0.005)
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    finally:
+        process.kill()  # strace itself, once its tracee is dead
+        process.wait()
+    assert log.is_dir() and not any(name.endswith(".json") for name in os.listdir(log)), os.listdir(log)
+
+    catalog = DesignCatalog(out)
+    assert catalog.ok_design_ids() == set()  # nothing was committed
+    with caplog.at_level(logging.WARNING, logger="pipeline.catalog.designs"):
+        assert catalog.commit([ok_row_with_png(catalog, "d1")], "r") == 1
+    assert catalog.ok_design_ids() == {"d1"}
+    assert [r.getMessage() for r in caplog.records if "had no committed version" in r.getMessage()]
+    assert not [name for name in os.listdir(log) if "#" in name]  # the leftovers are out of the log
+    if leftover != "empty log":
+        (aside,) = (out / "designs").glob("_delta_log.incomplete-*")
+        assert [p.name for p in aside.iterdir()] == ["00000000000000000000.json#1"]
+    assert verify_catalog(out).problems == 0
 
 
 @pytest.mark.usefixtures("prefect_server")
