@@ -8,6 +8,12 @@ commit history, one row per version, with the run_id of each commit).
 Time travel: `version=N`, or `as_of=<ISO 8601 timestamp>` (the latest version
 committed at or before it). `runs` and `commits` always describe the whole
 history: filter them on `first_version`/`version` to match.
+
+The connection is read-only for the SQL it runs: once the three tables are
+registered (pyarrow reads them, outside DuckDB), DuckDB's file system access is
+switched off and its configuration locked, so a query reads no other file,
+writes none (`COPY ... TO`, the table's own `_delta_log`) and cannot switch them
+back on. `--output` files are written by Python, after the query.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ from pipeline.catalog.history import (  # noqa: F401
 )
 from pipeline.files import write_output
 
+READ_ONLY = (
+    "designs query reads only the tables designs, runs and commits "
+    "(no other files, no writes, no settings; -o FILE saves a result)"
+)
 FORMATS = ("table", "csv", "json", "parquet")
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet", ".txt": "table"}
 
@@ -88,6 +98,9 @@ def connect(
         commits = commit_history(catalog)
     con.register("runs", runs_table(out, commits))
     con.register("commits", pa.Table.from_pylist(commits, schema=COMMITS_SCHEMA))
+    # After registering: the registered datasets still scan (pyarrow reads them), nothing else does.
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
@@ -95,11 +108,13 @@ def query(out: str | Path, sql: str, version: int | None = None, as_of: str | da
     con = connect(out, version, as_of)
     try:
         relation = con.sql(sql)
-        if relation is None:  # a statement without a result (SET, CREATE VIEW, ...)
+        if relation is None:  # a statement without a result (CREATE VIEW, ...)
             return pa.table({})
         return relation.to_arrow_table()
     except duckdb.Error as err:
-        raise QueryError(f"query failed: {err}") from None
+        # A file access, or a setting changed after the lock (DuckDB says so only in its message).
+        refused = isinstance(err, duckdb.PermissionException) or "configuration has been locked" in str(err)
+        raise QueryError(f"query refused: {READ_ONLY}: {err}" if refused else f"query failed: {err}") from None
     finally:
         con.close()
 

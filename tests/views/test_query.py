@@ -315,6 +315,43 @@ def test_bad_queries_and_outputs_are_refused(
     assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
+ESCAPES = {
+    "read a file": "select * from read_csv('/etc/passwd')",
+    "read a file as text": "select content from read_text('{secret}')",
+    "read a parquet file": "select * from read_parquet('{out}/designs/*.parquet')",
+    "list a folder": "select * from glob('/root/*')",
+    "write a file": "copy (select * from designs) to '{here}/designs.csv'",
+    "write into the table's log": (
+        "copy (select 1 as commitInfo) to '{out}/designs/_delta_log/00000000000000000099.json' (format json)"
+    ),
+    "attach a database": "attach '{here}/other.duckdb'",
+    "load an extension": "load httpfs",
+    "switch file access back on": "set enable_external_access = true",
+    "unlock the configuration": "set lock_configuration = false",
+}
+
+
+@pytest.mark.parametrize("sql", ESCAPES.values(), ids=ESCAPES.keys())
+def test_the_query_door_is_read_only(out: Path, capsys, sql: str, tmp_path: Path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the analysts' door")
+    log_before = sorted(p.name for p in (out / "designs" / "_delta_log").iterdir())
+    code, text, err = cli(capsys, "--out", str(out), sql.format(out=out, here=here, secret=secret))
+    assert code == EXIT_REFUSED and text == "", (text, err)
+    assert err.startswith("designs query: query refused: ")
+    assert "reads only the tables designs, runs and commits" in err
+    assert "not for the analysts" not in err
+    assert list(here.iterdir()) == [], "nothing written"
+    assert sorted(p.name for p in (out / "designs" / "_delta_log").iterdir()) == log_before
+    # The door still answers, and still writes its -o files (Python writes them, not DuckDB).
+    code, _, err = cli(capsys, "--out", str(out), "-o", str(here / "n.csv"), "select count(*) as n from designs")
+    assert code == EXIT_OK, err
+    assert (here / "n.csv").read_text().split() == ['"n"', "16"]
+
+
 def test_a_missing_catalog_is_refused(tmp_path: Path, capsys):
     for extra in ([], ["--version", "1"], ["--as-of", "2026-01-01"]):
         code, _, err = cli(capsys, "--out", str(tmp_path / "nothing"), *extra, "select 1")
