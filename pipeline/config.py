@@ -105,6 +105,11 @@ class Config:
     allow_roots: tuple[str, ...] = _field((), "extra folders that absolute image paths may point into", identity=False)
     dpi: int = _field(0, "DPI written into the PNGs (0: none)", identity=False)
     max_image_pixels: int = _field(64_000_000, "refuse images declaring more pixels than this", identity=False)
+    max_image_bytes: int = _field(
+        512 * 1024 * 1024,
+        "refuse image files larger than this many bytes, checked before reading (only regular files are read)",
+        identity=False,
+    )
     max_catalog_images: int = _field(100_000, "refuse catalogs listing more images than this", identity=False)
     nonfinite_retry_factor: float = _field(
         0.1, "a design whose loss turns NaN/inf is retried once with its learning rate times this", identity=False
@@ -178,6 +183,8 @@ class Config:
             raise bad("shard_size", self.shard_size, "0 (auto) or a positive integer")
         if self.max_image_pixels < 1:
             raise bad("max_image_pixels", self.max_image_pixels, "a positive integer")
+        if self.max_image_bytes < 1:
+            raise bad("max_image_bytes", self.max_image_bytes, "a positive integer")
         if self.max_catalog_images < 1:
             raise bad("max_catalog_images", self.max_catalog_images, "a positive integer")
         if self.overlap not in ("auto", "on", "off"):

@@ -2,7 +2,9 @@
 
 Every Pillow mode becomes RGB (alpha composited on white), EXIF orientation is
 applied, and a declared pixel count over the limit is refused before decoding.
-Anything unreadable raises ImageLoadError naming the file.
+Only regular files are read, their size checked before reading (a FIFO would
+block, /dev/zero never ends). Anything unreadable raises ImageLoadError naming
+the file.
 
 Planning (`header_size`) and decoding (`decode_rgb`) read the size and the EXIF
 orientation the same way, from the header only, so the size a design is
@@ -12,11 +14,15 @@ planned at is the size its content decodes to.
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
+
+from pipeline.config import config_field
 
 # Pillow's own bomb check is off: our limit (max_image_pixels) is checked on the
 # declared size right after the header is read, before any pixel is decoded.
@@ -39,15 +45,53 @@ class ImageLoadError(ValueError):
     """An image that cannot be used; the message names the file and the reason."""
 
 
-def read_image_bytes(path: Path) -> bytes:
+DEFAULT_MAX_BYTES: int = config_field("max_image_bytes").default  # Config's default, not restated
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(path: Path, mode: int) -> ImageLoadError | None:
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return ImageLoadError(f"{path}: is a directory, not an image file")
+    kind = next((name for test, name in _KINDS if test(mode)), f"file type {stat.S_IFMT(mode):o}")
+    return ImageLoadError(f"{path}: not a regular file ({kind}); only regular image files are read")
+
+
+def read_image_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, both checked before reading."""
     try:
-        return path.read_bytes()
+        # stat before open: opening a FIFO waits for a writer, opening a device can act on it.
+        if error := _not_regular(path, os.stat(path).st_mode):
+            raise error
+        # O_NONBLOCK: should a FIFO replace the file after the stat, the open does not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ImageLoadError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ImageLoadError(f"{path}: is a directory, not an image file") from None
     except OSError as err:
         raise ImageLoadError(f"{path}: cannot read: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as handle:
+        found = os.fstat(handle.fileno())  # the file opened, in case it was swapped after the stat
+        if error := _not_regular(path, found.st_mode):
+            raise error
+        if found.st_size > max_bytes:
+            raise ImageLoadError(f"{path}: {found.st_size} bytes, over max_image_bytes={max_bytes}")
+        try:
+            data = handle.read(found.st_size + 1)
+            # More only if the file grew after the stat (or, like /proc files, says 0): still bounded.
+            while len(data) <= max_bytes and (more := handle.read(min(1 << 20, max_bytes + 1 - len(data)))):
+                data += more
+        except OSError as err:
+            raise ImageLoadError(f"{path}: cannot read: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise ImageLoadError(f"{path}: more than {max_bytes} bytes, over max_image_bytes={max_bytes}")
+    return data
 
 
 def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:

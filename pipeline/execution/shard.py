@@ -49,14 +49,15 @@ def engine_for(config: Config, weights: WeightsSource, device: str) -> StyleTran
 class _ImageCache:
     """Decoded, resized inputs of one shard, checked against their planned hashes."""
 
-    def __init__(self, max_pixels: int):
+    def __init__(self, max_pixels: int, max_bytes: int):
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
         self.decoded: dict[str, Any] = {}
         self.tensors: dict[tuple[str, int, int], torch.Tensor] = {}
 
     def get(self, image_id: str, path, sha256: str | None, size: tuple[int, int] | int) -> torch.Tensor:
         if image_id not in self.decoded:
-            data = read_image_bytes(path)
+            data = read_image_bytes(path, self.max_bytes)
             if hashlib.sha256(data).hexdigest() != sha256:
                 raise ImageLoadError(
                     f"{path}: changed since the run was planned (SHA-256 differs); rerun to plan it again"
@@ -140,7 +141,7 @@ def run_shard(
     encodes and writes the finished designs' PNGs. Targets are device work (and
     cached per input) and are computed in line."""
     engine = engine_for(config, weights, device)
-    images = _ImageCache(config.max_image_pixels)
+    images = _ImageCache(config.max_image_pixels, config.max_image_bytes)
     rows_for = RowContext(config, weights, run_id, device, catalog)
 
     # A batch shares one config (a sweep's variants differ) and one output size.

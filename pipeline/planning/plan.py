@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.catalog.images import ImageLoadError, header_size, output_size, read_image_bytes
+from pipeline.catalog.images import DEFAULT_MAX_BYTES, ImageLoadError, header_size, output_size, read_image_bytes
 from pipeline.catalog.inputs import ImageRef, InputCatalog
 from pipeline.config import Config
 from pipeline.engine.vgg import MIN_SIDE
@@ -83,13 +83,16 @@ class Plan:
     duplicates: int = 0  # pairings whose inputs' bytes repeat another pairing's: one design serves both
 
 
-def inspect_file(path: Path | None, name: str, max_pixels: int, header: bool = True) -> InputFile:
-    """Hash a file and read its header only: the declared size is checked
-    against `max_pixels` before anything else, and no pixel is decoded."""
+def inspect_file(
+    path: Path | None, name: str, max_pixels: int, header: bool = True, max_bytes: int = DEFAULT_MAX_BYTES
+) -> InputFile:
+    """Hash a file and read its header only: a regular file of at most `max_bytes`,
+    its declared size checked against `max_pixels` before anything else, and no
+    pixel decoded."""
     if path is None:
         return InputFile(None, error=f"{name}: no usable path")
     try:
-        data = read_image_bytes(path)
+        data = read_image_bytes(path, max_bytes)
     except ImageLoadError as err:
         return InputFile(None, error=str(err))
     sha = hashlib.sha256(data).hexdigest()
@@ -162,10 +165,12 @@ def plan_designs(
         files[ref.image_id] = (
             InputFile(None, error=_ref_error(ref))
             if ref.error
-            else inspect_file(ref.path, label, config.max_image_pixels)
+            else inspect_file(ref.path, label, config.max_image_pixels, max_bytes=config.max_image_bytes)
         )
         if ref.mask_path is not None:
-            masks[ref.image_id] = inspect_file(ref.mask_path, f"mask of {label}", config.max_image_pixels)
+            masks[ref.image_id] = inspect_file(
+                ref.mask_path, f"mask of {label}", config.max_image_pixels, max_bytes=config.max_image_bytes
+            )
 
     # Per (role, image, size): the output size and why it is too small, reused by every pairing of the image.
     sized: dict[tuple[str, str, int], tuple[tuple[int, int], str | None]] = {}

@@ -679,3 +679,142 @@ def test_a_repeated_column_name_is_refused_naming_it(tmp_path):
     pq.write_table(table, tmp_path / "catalog.parquet")
     with pytest.raises(CatalogError, match=r"more than one column named \['year'\]"):
         load_input_catalog(tmp_path / "catalog.parquet")
+
+
+# --- files that are not regular files, or too big to read ---------------------------------------
+
+# Planning in a child process under a memory cap and a timeout: were a FIFO read
+# again it would block, were /dev/zero read it would fill memory; either way this
+# test fails instead of hanging CI or the machine.
+PLAN_IN_A_CHILD = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+from pipeline.catalog.inputs import load_input_catalog
+from pipeline.config import Config
+from pipeline.planning.plan import plan_designs
+
+catalog, allow_roots, changes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+config = Config(weights="random", size=32, steps=2, loss_every=1, **changes)
+plan = plan_designs(load_input_catalog(catalog, tuple(allow_roots)), config, "random:0", set())
+print(json.dumps({
+    "todo": sorted([j.content_id, j.style_label] for j in plan.todo),
+    "failed": {f"{j.content_id} x {j.style_label}": j.error for j in plan.failed},
+}))
+"""
+PLAN_TIMEOUT_S = 180  # a torch import on a loaded 2-core machine; planning itself takes well under a second
+
+
+def plan_in_a_child(catalog: Path, allow_roots: tuple[str, ...] = (), **changes) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", PLAN_IN_A_CHILD, str(catalog), json.dumps(allow_roots), json.dumps(changes)],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=PLAN_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"planning did not finish in {PLAN_TIMEOUT_S} s: it blocked on a file") from None
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+NOT_REGULAR = ["fifo", "fifo_mask", "dev_zero", "oversized"]
+
+
+@pytest.mark.parametrize("kind", NOT_REGULAR)
+def test_files_that_are_not_regular_or_too_big_fail_only_their_pairings(tmp_path, kind):
+    import os
+
+    folder = tmp_path / "cat"
+    folder.mkdir()
+    allow_roots: tuple[str, ...] = ()
+    changes: dict = {}
+    bad_uri, mask_uri = "bad.png", None
+    if kind in ("fifo", "fifo_mask"):
+        os.mkfifo(folder / "bad.png")
+        named, reason = str(folder.resolve() / "bad.png"), "not a regular file (a FIFO)"
+        if kind == "fifo_mask":
+            write_png(folder / "masked.png", 40, 30, seed=9)
+            bad_uri, mask_uri = "masked.png", "bad.png"
+    elif kind == "dev_zero":
+        (folder / "bad.png").symlink_to("/dev/zero")
+        allow_roots = ("/dev",)
+        named, reason = "/dev/zero", "not a regular file (a character device)"
+    else:
+        (folder / "bad.png").write_bytes(_random_png(200, 200))
+        size = (folder / "bad.png").stat().st_size
+        changes = {"max_image_bytes": 20_000}
+        named, reason = str(folder.resolve() / "bad.png"), f"{size} bytes, over max_image_bytes=20000"
+    rows = []
+    for i, image_id in enumerate(("c1", "c2", "s1", "s2")):
+        write_png(folder / f"{image_id}.png", 40, 30, seed=20 + i)
+        rows.append(catalog_row(image_id, "content" if image_id[0] == "c" else "style"))
+    rows.append(catalog_row("bad_c", "content", uri=bad_uri, mask_uri=mask_uri))
+    if mask_uri is None:
+        rows.append(catalog_row("bad_s", "style", uri=bad_uri, mask_uri=None))
+    catalog = write_catalog(folder / "catalog.parquet", rows)
+
+    plan = plan_in_a_child(catalog, allow_roots, **changes)
+
+    assert plan["todo"] == [["c1", "s1"], ["c1", "s2"], ["c2", "s1"], ["c2", "s2"]]
+    styles = ["s1", "s2"] + ([] if mask_uri else ["bad_s"])
+    expected = {f"bad_c x {s}" for s in styles} | (set() if mask_uri else {"c1 x bad_s", "c2 x bad_s"})
+    assert set(plan["failed"]) == expected
+    for pairing, error in plan["failed"].items():
+        assert named in error and reason in error, (pairing, error)
+        role = (
+            "mask of content image 'bad_c'"
+            if mask_uri
+            else ("content image 'bad_c'" if "bad_c" in pairing else "style image 'bad_s'")
+        )
+        assert role in error, (pairing, error)
+
+
+def test_reading_refuses_a_fifo_a_device_and_an_oversized_file_before_reading(tmp_path):
+    """read_image_bytes, which the shards use too: on a thread with a timeout, so a
+    FIFO opened for reading again would fail this test instead of blocking it."""
+    import os
+    import threading
+
+    from pipeline.catalog.images import ImageLoadError, read_image_bytes
+
+    def outcome(path: Path, max_bytes: int) -> str:
+        result: list[str] = []
+
+        def read() -> None:
+            try:
+                result.append(f"{len(read_image_bytes(path, max_bytes))} bytes read")
+            except ImageLoadError as err:
+                result.append(str(err))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout=20)
+        if reader.is_alive() and path.is_fifo():
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))  # lets the blocked reader go
+        assert result, f"reading {path} blocked"
+        return result[0]
+
+    os.mkfifo(tmp_path / "pipe")
+    assert (
+        outcome(tmp_path / "pipe", 1000)
+        == f"{tmp_path / 'pipe'}: not a regular file (a FIFO); only regular image files are read"
+    )
+    assert "/dev/zero: not a regular file (a character device)" in outcome(Path("/dev/zero"), 1000)
+    (tmp_path / "big.png").write_bytes(b"x" * 1001)
+    assert outcome(tmp_path / "big.png", 1000) == f"{tmp_path / 'big.png'}: 1001 bytes, over max_image_bytes=1000"
+    assert outcome(tmp_path / "big.png", 1001) == "1001 bytes read"
+
+
+def test_max_image_bytes_is_a_positive_run_setting_with_a_flag():
+    from pipeline.catalog.images import DEFAULT_MAX_BYTES
+
+    assert Config().max_image_bytes == DEFAULT_MAX_BYTES == 512 * 1024 * 1024
+    assert "max_image_bytes" not in Config().identity_dict()  # a limit does not change a design's pixels
+    with pytest.raises(ValueError, match="max_image_bytes.*0.*positive integer"):
+        Config(max_image_bytes=0)
