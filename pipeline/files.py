@@ -3,9 +3,10 @@ query, gallery) alike: SHA-256 of a file, atomic writes, and a command's
 --output file (`designs query -o`, `designs gallery -o`).
 
 Writes go through a temporary file in the same folder, renamed into place, so a
-failed write leaves no half file; an --output file gets the usual umask
-permissions (mkstemp makes it 0600). Each refusal is raised as the caller's
-`error` type.
+failed write leaves no half file. mkstemp makes that file 0600; it is given the
+usual 0666 & ~umask before the rename, so every output (design PNGs, plots,
+--output files) can be read by whoever the umask lets read OUT. Each refusal is
+raised as the caller's `error` type.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def write_output(path: Path, write: Callable[[str], None], error: type[Exception
     os.close(handle)
     try:
         write(temp)
-        os.chmod(temp, 0o666 & ~_umask())
+        os.chmod(temp, _umask_mode())
         os.replace(temp, path)
     except OSError as err:
         Path(temp).unlink(missing_ok=True)
@@ -46,9 +47,23 @@ def write_output(path: Path, write: Callable[[str], None], error: type[Exception
 
 
 def _umask() -> int:
+    """The process umask, read from /proc where there is one: setting it to read it back
+    would change it, for an instant, for every other thread creating files."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:  # no /proc: not Linux
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _umask_mode() -> int:
+    """The mode a file created with open() gets: what a temporary file is given before its rename."""
+    return 0o666 & ~_umask()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -67,6 +82,7 @@ def write_atomic(path: Path, data: bytes) -> str:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), _umask_mode())  # mkstemp's 0600 would hide it from other users
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -261,3 +261,35 @@ def test_write_atomic_failure_leaves_old_file_and_no_temp(tmp_path):
         write_atomic(path, "not bytes")  # type: ignore[arg-type]
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
+def test_every_output_follows_the_umask(sample_catalog, tmp_path, umask, mode):
+    """A design PNG, the loss plot and any write_atomic file get 0666 & ~umask, like the
+    files open() makes: mkstemp's 0600 kept other users of a shared catalog out."""
+    import os
+    import stat
+
+    from helpers import square_jobs
+
+    from pipeline.catalog.designs import DesignCatalog
+    from pipeline.config import Config
+    from pipeline.engine.weights import resolve_weights
+    from pipeline.execution.shard import run_shard
+    from pipeline.views.loss_plot import plot_loss_curves
+
+    config = Config(weights="random", size=32, steps=1, loss_every=1)
+    weights = resolve_weights("random", 0)
+    jobs = square_jobs(sample_catalog, config, 1, weights.identity)
+    out = tmp_path / "out"
+    previous = os.umask(umask)
+    try:
+        plain = tmp_path / "plain.bin"
+        write_atomic(plain, b"bytes")
+        (row,) = run_shard(jobs, config, weights, "cpu", DesignCatalog(out), "r")
+        plot = plot_loss_curves([row], tmp_path / "runs" / "r" / "loss_curves.png")
+    finally:
+        os.umask(previous)
+    assert row["status"] == "ok", row["error"]
+    for path in (plain, out / row["output_uri"], plot):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, (path, oct(path.stat().st_mode))
