@@ -14,6 +14,7 @@ import os
 import random
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -223,13 +224,18 @@ class DesignCatalog:
         refuses a merge whose read data changed); the merge is then rerun
         against the new version, so each design stays ok exactly once.
         """
+        return self._retrying(lambda: self._merge(rows, run_id, note))
+
+    def _retrying(self, attempt_commit: Callable[[], int | None]) -> int | None:
+        """attempt_commit() until it is not refused by a concurrent commit; each try re-reads the table."""
         for attempt in range(COMMIT_ATTEMPTS):
             try:
-                return self._merge(rows, run_id, note)
+                return attempt_commit()
             except CommitFailedError:
                 if attempt == COMMIT_ATTEMPTS - 1:
                     raise
                 time.sleep(random.uniform(0.05, 0.2) * 2 ** min(attempt, 5))
+        return None
 
     def _merge(self, rows: list[dict[str, Any]], run_id: str, note: str) -> int | None:
         """One merge attempt.
@@ -279,6 +285,50 @@ class DesignCatalog:
             .execute()
         )
         return self.table().version()
+
+    def retire(self, retired: dict[str, tuple[str, str]], note: str = "verify-fix") -> int | None:
+        """Turn ok rows whose PNG is gone or altered into failed rows, so the next run
+        remakes them (planning skips only ok ids); returns the new table version.
+
+        `retired`: design_id -> (the output_uri the row had, the error to record). A row
+        changed since (remade by a run meanwhile, pointing at another PNG) is left alone.
+        The commit carries no run_id: it is not a run's.
+        """
+        if not retired:
+            return None
+        source = pa.table(
+            {
+                "design_id": pa.array(list(retired), pa.string()),
+                "output_uri": pa.array([uri for uri, _ in retired.values()], pa.string()),
+                "error": pa.array([error for _, error in retired.values()], pa.string()),
+            }
+        )
+        metadata = {"designs.note": note, "designs.rows": str(len(retired))}
+
+        def attempt() -> int | None:
+            (
+                self.table()
+                .merge(
+                    source,
+                    predicate="target.design_id = source.design_id",
+                    source_alias="source",
+                    target_alias="target",
+                    commit_properties=CommitProperties(custom_metadata=metadata),
+                )
+                .when_matched_update(
+                    updates={
+                        "status": "'failed'",
+                        "error": "source.error",
+                        "output_uri": "NULL",
+                        "output_sha256": "NULL",
+                    },
+                    predicate="target.status = 'ok' AND target.output_uri = source.output_uri",
+                )
+                .execute()
+            )
+            return self.table().version()
+
+        return self._retrying(attempt)
 
     def version(self) -> int | None:
         return self.table().version() if self.exists() else None

@@ -236,9 +236,53 @@ def test_verify_finds_missing_changed_and_orphan_pngs(sample_catalog: Path, tmp_
     assert report.mismatched == [f"{frame.design_id[1]}: {frame.output_uri[1]}"]
     assert report.orphans == ["images/zz/zz-000000000000.png"]
 
+    assert "run with --fix" in report.lines()[-1]
+
     fixed = verify_catalog(out, fix=True)
-    assert fixed.removed == ["images/zz/zz-000000000000.png"] and not orphan.exists()
-    assert fixed.problems == 2  # --fix removes orphans only; missing and changed PNGs remain problems
+    # The altered PNG belongs to no ok row once its row is retired: it goes with the orphan.
+    assert fixed.removed == [frame.output_uri[1], "images/zz/zz-000000000000.png"] and not orphan.exists()
+    assert fixed.retired == [
+        f"{frame.design_id[0]}: {frame.output_uri[0]}",
+        f"{frame.design_id[1]}: {frame.output_uri[1]}",
+    ]
+    assert fixed.problems == 0 and fixed.fixed_version == 2
+    after = verify_catalog(out)
+    assert (after.problems, after.ok_rows, after.orphans) == (0, 2, [])
+
+
+def test_verify_fix_retires_missing_and_altered_pngs_and_the_next_run_remakes_exactly_them(
+    sample_catalog: Path, tmp_path: Path
+):
+    from pipeline.execution.run import Run
+
+    out = tmp_path / "out"
+    config = Config(weights="random", size=32, steps=2, loss_every=1, devices="cpu")
+    weights = resolve_weights("random", 0)
+    inputs = load_input_catalog(sample_catalog)
+    first = Run(sample_catalog, out, config, run_id="r1").run_local(inputs, weights, "cpu")
+    assert (first.ok, first.failed) == (SAMPLE_PAIRINGS, 0)
+    frame = DesignCatalog(out).to_pandas().sort_values("design_id").reset_index(drop=True)
+    gone, altered = frame.iloc[0], frame.iloc[1]
+    (out / gone.output_uri).unlink()
+    (out / altered.output_uri).write_bytes(b"edited by hand")
+
+    fixed = verify_catalog(out, fix=True)
+    assert sorted(fixed.retired) == sorted(f"{r.design_id}: {r.output_uri}" for r in (gone, altered))
+    assert fixed.problems == 0 and "retired 2 row(s) as failed" in "\n".join(fixed.lines())
+    table = DesignCatalog(out).to_pandas().set_index("design_id")
+    assert list(table.loc[[gone.design_id, altered.design_id], "status"]) == ["failed", "failed"]
+    assert f"its PNG {gone.output_uri} was missing" in table.loc[gone.design_id, "error"]
+    assert f"its PNG {altered.output_uri} differed from its recorded SHA-256" in table.loc[altered.design_id, "error"]
+    assert table.loc[[gone.design_id, altered.design_id], ["output_uri", "output_sha256"]].isna().all(axis=None)
+    assert DesignCatalog(out).ok_design_ids() == set(frame.design_id) - {gone.design_id, altered.design_id}
+
+    second = Run(sample_catalog, out, config, run_id="r2").run_local(inputs, weights, "cpu")
+    assert (second.ok, second.failed, second.already_done) == (2, 0, SAMPLE_PAIRINGS - 2)
+    remade = DesignCatalog(out).to_pandas()
+    assert len(remade) == SAMPLE_PAIRINGS and remade.design_id.is_unique and set(remade.status) == {"ok"}
+    assert set(remade[remade.run_id == "r2"].design_id) == {gone.design_id, altered.design_id}
+    report = verify_catalog(out)
+    assert (report.problems, report.orphans, report.ok_rows) == (0, [], SAMPLE_PAIRINGS), report.lines()
 
 
 def test_diverged_designs_are_retried_once_at_a_lower_learning_rate():
