@@ -111,6 +111,11 @@ class Config:
         identity=False,
     )
     max_catalog_images: int = _field(100_000, "refuse catalogs listing more images than this", identity=False)
+    max_pairings: int = _field(
+        10_000_000,
+        "refuse catalogs yielding more pairings than this (times the --grid variants), before any file is read",
+        identity=False,
+    )
     nonfinite_retry_factor: float = _field(
         0.1, "a design whose loss turns NaN/inf is retried once with its learning rate times this", identity=False
     )
@@ -187,6 +192,8 @@ class Config:
             raise bad("max_image_bytes", self.max_image_bytes, "a positive integer")
         if self.max_catalog_images < 1:
             raise bad("max_catalog_images", self.max_catalog_images, "a positive integer")
+        if self.max_pairings < 1:
+            raise bad("max_pairings", self.max_pairings, "a positive integer")
         if self.overlap not in ("auto", "on", "off"):
             raise bad("overlap", self.overlap, "auto, on or off")
         if not 0 < self.nonfinite_retry_factor < 1:

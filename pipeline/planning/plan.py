@@ -1,5 +1,9 @@
-"""Planning: hash every input once, give every pairing its design id, drop the
-designs already `ok` in the catalog, and cut the rest into shards.
+"""Planning: hash every input file once, give every pairing its design id, drop
+the designs already `ok` in the catalog, and cut the rest into shards.
+
+Files are read once each, however many catalog rows name them (thousands of
+image ids may point at a few swatches), and a catalog with more pairings than
+`max_pairings` is refused before anything is read.
 
 A design id is a hash of both inputs' bytes, the mask's bytes, the config
 fields that change pixels and the weights' identity: the same job always gets
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +110,27 @@ def inspect_file(
     return InputFile(sha, width, height)
 
 
+class _FileInspections:
+    """inspect_file once per distinct file of one plan: keyed by the resolved path
+    with its size and mtime, so a file rewritten while planning is read again."""
+
+    def __init__(self, config: Config):
+        self.max_pixels, self.max_bytes = config.max_image_pixels, config.max_image_bytes
+        self.seen: dict[tuple[Path, int, int], InputFile] = {}
+
+    def __call__(self, path: Path | None, name: str) -> InputFile:
+        if path is None:
+            return inspect_file(None, name, self.max_pixels, max_bytes=self.max_bytes)
+        try:
+            found = os.stat(path)
+        except OSError:  # missing or unreachable: inspect_file says which
+            return inspect_file(path, name, self.max_pixels, max_bytes=self.max_bytes)
+        key = (path, found.st_size, found.st_mtime_ns)
+        if key not in self.seen:
+            self.seen[key] = inspect_file(path, name, self.max_pixels, max_bytes=self.max_bytes)
+        return self.seen[key]
+
+
 def min_size_for(width: int, height: int) -> int:
     """The smallest --size at which an image of (width, height) keeps a short side of MIN_SIDE px."""
     long, short = max(width, height, 1), max(min(width, height), 1)
@@ -158,19 +184,16 @@ def plan_designs(
     """`specs`: the designs to make (pipeline.planning.variants.job_specs), iterated once;
     default: the catalog's content x style cross product at `config`. Memory
     grows with the designs to do, not with the pairings already done."""
+    # First, so that a catalog over max_pairings is refused before any file is read.
+    specs = specs if specs is not None else job_specs(catalog, config)
+    inspect = _FileInspections(config)
     files: dict[str, InputFile] = {}
     masks: dict[str, InputFile] = {}
     for ref in catalog.contents + catalog.styles:
         label = f"image {ref.image_id!r}"
-        files[ref.image_id] = (
-            InputFile(None, error=_ref_error(ref))
-            if ref.error
-            else inspect_file(ref.path, label, config.max_image_pixels, max_bytes=config.max_image_bytes)
-        )
+        files[ref.image_id] = InputFile(None, error=_ref_error(ref)) if ref.error else inspect(ref.path, label)
         if ref.mask_path is not None:
-            masks[ref.image_id] = inspect_file(
-                ref.mask_path, f"mask of {label}", config.max_image_pixels, max_bytes=config.max_image_bytes
-            )
+            masks[ref.image_id] = inspect(ref.mask_path, f"mask of {label}")
 
     # Per (role, image, size): the output size and why it is too small, reused by every pairing of the image.
     sized: dict[tuple[str, str, int], tuple[tuple[int, int], str | None]] = {}
@@ -185,7 +208,6 @@ def plan_designs(
     failed: list[Job] = []
     done = duplicates = 0
     planned: set[str] = set()
-    specs = specs if specs is not None else job_specs(catalog, config)
     pairings = 0
     for spec in specs:
         pairings += 1

@@ -168,6 +168,14 @@ def job_specs(
     rows = load_pairs(pairs, catalog) if pairs else None
     variants = expand_grid(grid or {})
     specs = JobSpecs(catalog, config, rows, variants)
+    count = len(specs)  # counted, not listed
+    if count > config.max_pairings:
+        source = f"pairs file {str(pairs)!r}" if pairs else f"catalog {str(catalog.path)!r}"
+        made_of = f" to plan ({count // len(variants)} x {len(variants)} grid variants)" if len(variants) > 1 else ""
+        raise CatalogError(
+            f"{source} yields {count} pairings{made_of}, over max_pairings={config.max_pairings}; "
+            "split the catalog or raise --max-pairings"
+        )
     for variant in variants:
         try:
             if variant:

@@ -309,3 +309,88 @@ def test_cut_shards_sizes(n, size, expected):
 def test_cut_shards_refuses_zero():
     with pytest.raises(ValueError, match="shard_size=0"):
         cut_shards(_jobs(3), 0)
+
+
+# --- at catalog scale ---
+
+
+def _count_reads(monkeypatch) -> list[Path]:
+    """Every file planning reads, by path (read_image_bytes is what inspect_file reads with)."""
+    import pipeline.planning.plan
+
+    reads: list[Path] = []
+    real = pipeline.planning.plan.read_image_bytes
+
+    def counting(path, *args, **kwargs):
+        reads.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.planning.plan, "read_image_bytes", counting)
+    return reads
+
+
+def test_a_file_named_by_many_rows_is_read_once(tmp_path, monkeypatch):
+    """2,002 image ids over three files (one also a mask): three reads, not one per row."""
+    folder = tmp_path / "cat"
+    write_png(folder / "garment.png", 32, 24, seed=1)
+    write_png(folder / "swatch_a.png", 20, 20, seed=2)
+    write_png(folder / "swatch_b.png", 20, 20, seed=3)
+    rows = [catalog_row("plain", "content", uri="garment.png")]
+    rows.append(catalog_row("masked", "content", uri="./garment.png", mask_uri="garment.png"))
+    rows += [catalog_row(f"s{i}", "style", uri=f"swatch_{'ab'[i % 2]}.png") for i in range(2000)]
+    catalog = load_input_catalog(write_catalog(folder / "catalog.parquet", rows))
+    reads = _count_reads(monkeypatch)
+
+    plan = plan_designs(catalog, CFG, WEIGHTS, set())
+
+    assert sorted(p.name for p in reads) == ["garment.png", "swatch_a.png", "swatch_b.png"]
+    assert plan.pairings == 2 * 2000 and plan.failed == ()
+    # Same bytes, same design: one unmasked and one masked design per swatch.
+    assert len(plan.todo) == 4 and plan.duplicates == plan.pairings - 4
+    garment = sha256_file(folder / "garment.png")
+    assert {j.content_sha256 for j in plan.todo} == {garment}
+    assert {j.mask_sha256 for j in plan.todo} == {None, garment}
+
+
+def test_a_file_changed_while_planning_is_read_again(tmp_path, monkeypatch):
+    """Two plans over a file rewritten between them see its new bytes: what is remembered of a
+    file is keyed by its size and mtime as well as its path."""
+    folder = tmp_path / "cat"
+    make_image_catalog(folder, {"c1": (32, 24)}, {"s1": (20, 20)})
+    catalog = load_input_catalog(folder / "catalog.parquet")
+    before = plan_designs(catalog, CFG, WEIGHTS, set()).todo[0]
+    write_png(folder / "s1.png", 20, 30, seed=5)
+    after = plan_designs(catalog, CFG, WEIGHTS, set()).todo[0]
+    assert after.style_sha256 == sha256_file(folder / "s1.png") != before.style_sha256
+
+
+@pytest.mark.parametrize(
+    ("grid", "limit", "named"),
+    [
+        (None, 3, "yields 4 pairings, over max_pairings=3"),
+        ({"seed": [0, 1]}, 7, "yields 8 pairings to plan (4 x 2 grid variants), over max_pairings=7"),
+    ],
+)
+def test_a_catalog_over_max_pairings_is_refused_before_any_file_is_read(folder, monkeypatch, grid, limit, named):
+    from pipeline.catalog.inputs import CatalogError
+    from pipeline.planning.variants import job_specs
+
+    catalog = load_input_catalog(folder / "catalog.parquet")
+    reads = _count_reads(monkeypatch)
+    config = CFG.replace(max_pairings=limit)
+    with pytest.raises(CatalogError) as refused:
+        plan_designs(catalog, config, WEIGHTS, set(), job_specs(catalog, config, grid=grid) if grid else None)
+    assert named in str(refused.value) and "catalog.parquet" in str(refused.value)
+    assert "--max-pairings" in str(refused.value)
+    assert reads == []
+    at_the_limit = CFG.replace(max_pairings=limit + 1)
+    assert (
+        len(plan_designs(catalog, at_the_limit, WEIGHTS, set(), job_specs(catalog, at_the_limit, grid=grid)).todo)
+        == limit + 1
+    )
+
+
+def test_max_pairings_is_a_positive_run_setting():
+    assert Config().max_pairings == 10_000_000 and "max_pairings" not in Config().identity_dict()
+    with pytest.raises(ValueError, match="max_pairings.*0.*positive integer"):
+        Config(max_pairings=0)
