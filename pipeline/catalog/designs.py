@@ -100,12 +100,9 @@ SCHEMA = pa.schema(
 )
 
 
-def params_value(config: Config, weights_identity: str, preprocessing: str) -> dict[str, Any]:
-    """The config as it made the design: the weights file's identity and the preprocessing
-    that fed it (resolved from 'auto') in place of what was asked for."""
+def params_value(config: Config, weights_identity: str) -> dict[str, Any]:
     values = config.to_dict()
     values["weights"] = weights_identity
-    values["preprocessing"] = preprocessing
     return values
 
 
