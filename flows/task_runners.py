@@ -1,5 +1,7 @@
 """Where the shard tasks of `generate` run: threads of the flow's process
-(default) or the workers of a Dask cluster, one GPU per task.
+(default) or the workers of a Dask cluster, one GPU per task: the cluster at
+--dask-address, or without one a local cluster the task runner starts and
+closes (one worker per GPU, or one CPU worker).
 
 - `make_task_runner(runner, dask_address, devices)` builds the task runner that
   `generate.with_options(task_runner=...)` runs with; `generate_flow(config)`
@@ -54,7 +56,10 @@ def make_task_runner(
 
     runner: 'thread' (every shard in a thread of the flow's process, on the
     flow machine's devices) or 'dask' (every shard on a worker of the Dask
-    scheduler at dask_address, e.g. tcp://10.0.0.5:8786, asking for one GPU).
+    scheduler at dask_address, e.g. tcp://10.0.0.5:8786, asking for one GPU;
+    without dask_address, on a local cluster the runner starts when the flow
+    starts and closes when it ends: one worker per GPU with dask-cuda, or one
+    CPU worker, each offering GPU=1; see flows.dask_runner.local_cluster).
     devices: the --devices entries; on Dask they name the one device every
     worker's tasks use ('auto', 'cpu' or a single 'cuda:N'), so a list of
     several is refused here, before any work.
@@ -64,12 +69,14 @@ def make_task_runner(
         return ThreadPoolTaskRunner(max_workers=THREAD_POOL_WORKERS)
     if runner != "dask":
         raise ValueError(f"runner={runner!r} is invalid; accepted: {', '.join(RUNNERS)}")
-    if not dask_address:
-        raise ValueError("runner='dask' needs a scheduler address: --dask-address tcp://HOST:8786")
-    dask_device(devices)  # refuse a bad --devices before any work
-    from flows.dask_runner import ShardDaskTaskRunner
+    device = dask_device(devices)  # refuse a bad --devices before any work
+    from flows.dask_runner import DEFAULT_RESOURCES, ShardDaskTaskRunner, local_cluster
 
-    return ShardDaskTaskRunner(address=dask_address, resources=resources)
+    if dask_address:
+        return ShardDaskTaskRunner(address=dask_address, resources=resources)
+    # Started when the flow starts its task runner, closed when the flow ends.
+    cluster_class, cluster_kwargs = local_cluster(device, DEFAULT_RESOURCES if resources is None else resources)
+    return ShardDaskTaskRunner(cluster_class=cluster_class, cluster_kwargs=cluster_kwargs, resources=resources)
 
 
 def dask_device(devices: Sequence[str] | str | None) -> str:

@@ -75,12 +75,16 @@ class Config:
     )
     runner: str = _field(
         "thread",
-        "where shard tasks run: 'thread' (this process) or 'dask' (--dask-address)",
+        "where shard tasks run: 'thread' (this process) or 'dask' (the cluster at --dask-address, or without one "
+        "a local cluster started for the run: one worker per GPU with dask-cuda, else one CPU worker)",
         identity=False,
         choices=("thread", "dask"),
     )
     dask_address: str = _field(
-        "", "a Dask scheduler, tcp://HOST:PORT, for --runner dask (docs/SCALING.md)", identity=False
+        "",
+        "a Dask scheduler, tcp://HOST:PORT, for --runner dask; empty: --runner dask starts a local cluster and "
+        "closes it when the run ends (docs/SCALING.md)",
+        identity=False,
     )
     precision: str = _field(
         "auto",

@@ -1,7 +1,8 @@
 """The generate flow on a Dask cluster (flows/task_runners.py): a local
 2-worker distributed.LocalCluster on CPU, each worker offering one `GPU`
 resource, gives the same designs as the default thread runner, and every shard
-task asked its worker for one GPU."""
+task asked its worker for one GPU; without --dask-address the task runner
+starts a one-worker CPU cluster of its own and closes it."""
 
 from __future__ import annotations
 
@@ -119,11 +120,71 @@ def test_shard_devices_gives_one_slot_per_worker_gpu(dask_cluster):
     assert shard_devices(Config(devices="cpu"), make_task_runner("thread")) == ["cpu"]
 
 
+def test_without_an_address_the_runner_starts_a_local_cluster_and_closes_it(
+    sample_catalog: Path, tmp_path: Path, prefect_server, monkeypatch
+):
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.generate import generate
+
+    started: list[distributed.LocalCluster] = []
+
+    class RecordedCluster(distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.offered = [spec["options"]["resources"] for spec in self.worker_spec.values()]
+            self.spawn_environ = [nanny.pre_spawn_env for nanny in self.workers.values()]
+            started.append(self)
+
+    monkeypatch.setattr(distributed, "LocalCluster", RecordedCluster)
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # spawned workers inherit os.environ
+    config = Config(**TINY)
+    summary = generate.with_options(task_runner=make_task_runner("dask", None, config.devices))(
+        catalog=str(sample_catalog), out=str(tmp_path), config=config
+    )
+
+    assert (summary.ok, summary.failed) == (SAMPLE_PAIRINGS, 0)
+    assert len(designs(tmp_path)) == SAMPLE_PAIRINGS
+    assert summary.devices == ("cpu",)  # one CPU worker, one slot
+    (cluster,) = started
+    assert cluster.status == distributed.core.Status.closed
+    assert cluster.offered == [{"GPU": 1}]  # the slot the shard tasks ask for, though it is no GPU
+    # The one worker's torch keeps this process's threads (distributed would cap them at 1).
+    import torch
+
+    assert cluster.spawn_environ[0]["OMP_NUM_THREADS"] == str(torch.get_num_threads())
+
+
 def test_bad_runner_settings_are_refused_before_any_work():
-    with pytest.raises(ValueError, match="--dask-address"):
-        make_task_runner("dask", None)
     with pytest.raises(ValueError, match="accepted: thread, dask"):
         make_task_runner("ray", None)
     with pytest.raises(DeviceError, match="one 'cuda:N'"):
         make_task_runner("dask", "tcp://127.0.0.1:8786", "cuda:0,cuda:1")
     assert dask_device("cuda:1") == "cuda:1" and dask_device(None) == "auto"
+
+
+def test_the_local_cluster_follows_the_devices(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from flows.dask_runner import cpu_cluster, cuda_cluster, local_cluster
+
+    one_gpu = {"GPU": 1}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert local_cluster("auto", one_gpu)[0] is cpu_cluster
+    assert local_cluster("cpu", one_gpu)[1]["n_workers"] == 1
+    with pytest.raises(DeviceError, match="no visible CUDA GPU.*accepted: 'auto' or 'cpu'"):
+        local_cluster("cuda:0", one_gpu)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert local_cluster("cpu", one_gpu)[0] is cpu_cluster
+    with pytest.raises(DeviceError, match="'cuda:1' on a local Dask cluster.*accepted: 'auto', 'cuda:0' or 'cpu'"):
+        local_cluster("cuda:1", one_gpu)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DeviceError, match="needs dask-cuda"):
+        local_cluster("auto", one_gpu)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    cluster_class, kwargs = local_cluster("cuda:0", one_gpu)
+    assert cluster_class is cuda_cluster and kwargs["resources"] == one_gpu and "n_workers" not in kwargs
