@@ -87,7 +87,7 @@ SCHEMA = pa.schema(
         pa.field("loss_tv", pa.list_(pa.float32())),
         pa.field("final_loss", pa.struct([pa.field(n, pa.float64()) for n in LOSS_FIELDS])),
         pa.field("timings", pa.struct([pa.field(n, pa.float64()) for n in TIMING_FIELDS])),
-        pa.field("seam_score", pa.float64()),  # wrap-edge / interior neighbour difference: ~1.0 tiles
+        pa.field("seam_score", pa.float64()),  # tile designs only: wrap-edge / interior neighbour difference
         pa.field("mask_leakage", pa.float64()),  # mean |output - content| outside the garment mask
         pa.field("device", pa.string()),
         pa.field("device_name", pa.string()),

@@ -354,7 +354,7 @@ class StyleTransfer:
                     steps_per_second=total_steps / optimize_seconds if optimize_seconds > 0 else float("inf"),
                     error=error,
                     curve_steps=curve_steps + [total_steps],
-                    seam_score=seam_score(images[i]),
+                    seam_score=seam_score(images[i]) if cfg.tile else None,
                     mask_leakage=leakage,
                 )
             )
