@@ -4,7 +4,8 @@ One self-contained file: inline CSS and JS, no library, no network. The
 thumbnails are the catalog's PNGs, linked by relative path (so the file works
 when opened from where it was written, OUT/gallery.html by default) and scaled
 by CSS. Each card shows the key parameters, every parameter in a <details>,
-and the loss curve as an inline SVG polyline drawn here from `loss_total`.
+and the loss curve as an inline SVG polyline drawn here from `loss_total`, its
+final image's loss (after colour and mask post-processing) a dot apart.
 Filters by content, style, tag and free text are plain JS over data-attributes.
 Failed designs are listed in their own section with their errors.
 
@@ -100,8 +101,12 @@ def image_href(output_uri: str | None, out: Path, page_dir: Path) -> str | None:
 
 
 def loss_curve_svg(values: list[float] | None, steps: Any = None) -> str:
-    """An inline SVG polyline of a loss curve; log scale when every value is positive."""
-    points = [(i, float(v)) for i, v in enumerate(values or []) if v is not None and math.isfinite(v)]
+    """An inline SVG of a loss curve, log scale when every value is positive: a polyline of the
+    optimization samples and, apart from it, a dot for the last value, the final image's loss after
+    the colour and mask post-processing (joined to the curve, a rise there would read as the
+    optimization getting worse)."""
+    values = list(values or [])
+    points = [(i, float(v)) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
     if len(points) < 2:
         return '<p class="nocurve">no loss curve</p>'
     log = all(v > 0 for _, v in points)
@@ -110,19 +115,33 @@ def loss_curve_svg(values: list[float] | None, steps: Any = None) -> str:
     lo, hi = min(ys), max(ys)
     span = (hi - lo) or 1.0
     width, height, pad = CURVE_WIDTH, CURVE_HEIGHT, CURVE_PAD
-    coords = " ".join(
-        f"{pad + (i / last) * (width - 2 * pad):.1f},{pad + (1 - (y - lo) / span) * (height - 2 * pad):.1f}"
-        for (i, _), y in zip(points, ys)
-    )
-    first_value, last_value = points[0][1], points[-1][1]
-    label = f"loss_total from {first_value:.4g} to {last_value:.4g} over {fmt(steps)} steps ({'log' if log else 'linear'} scale)"
+
+    def xy(i: int, y: float) -> str:
+        return f"{pad + (i / last) * (width - 2 * pad):.1f},{pad + (1 - (y - lo) / span) * (height - 2 * pad):.1f}"
+
+    final = points[-1] if points[-1][0] == last else None
+    samples = [(point, y) for point, y in zip(points, ys) if point[0] != last]
+    coords = " ".join(xy(i, y) for (i, _), y in samples)
+    first_value = points[0][1]
+    last_sample = samples[-1][0][1] if samples else first_value
+    label = f"loss_total from {first_value:.4g} to {last_sample:.4g} over {fmt(steps)} steps ({'log' if log else 'linear'} scale)"
+    parts = [
+        f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" vector-effect="non-scaling-stroke" points="{coords}"/>'
+    ]
+    caption = f"loss {e(f'{first_value:.4g}')} → {e(f'{last_sample:.4g}')} over {e(fmt(steps))} steps{' (log scale)' if log else ''}"
+    if final is not None:
+        final_text = f"final image {final[1]:.4g}"
+        label += f"; {final_text} (after colour and mask post-processing)"
+        # A zero-length round-capped path: a dot that stays round in the stretched viewBox.
+        parts.append(
+            f'<path class="final" d="M{xy(last, ys[-1])}h0" stroke-width="6" stroke-linecap="round" '
+            f'vector-effect="non-scaling-stroke"><title>{e(final_text)} (after colour and mask post-processing)</title></path>'
+        )
+        caption += f'; <span class="final-key">●</span> {e(final_text)}'
     return (
         f'<svg class="curve" viewBox="0 0 {width} {height}" preserveAspectRatio="none" role="img" aria-label="{e(label)}">'
-        f"<title>{e(label)}</title>"
-        f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" vector-effect="non-scaling-stroke" points="{coords}"/>'
-        f"</svg>"
-        f'<p class="curve-range">loss {e(f"{first_value:.4g}")} → {e(f"{last_value:.4g}")} '
-        f"over {e(fmt(steps))} steps{' (log scale)' if log else ''}</p>"
+        f"<title>{e(label)}</title>{''.join(parts)}</svg>"
+        f'<p class="curve-range">{caption}</p>'
     )
 
 
@@ -224,8 +243,8 @@ def _options(values: set[str]) -> str:
 
 
 CSS = """
-:root { color-scheme: light dark; --fg: #1b1b1f; --muted: #666; --line: #ddd; --card: #fafafa; --accent: #b4451f; }
-@media (prefers-color-scheme: dark) { :root { --fg: #e8e8ea; --muted: #999; --line: #333; --card: #1d1d21; --accent: #f08a5d; } }
+:root { color-scheme: light dark; --fg: #1b1b1f; --muted: #666; --line: #ddd; --card: #fafafa; --accent: #b4451f; --final: #1f6fb4; }
+@media (prefers-color-scheme: dark) { :root { --fg: #e8e8ea; --muted: #999; --line: #333; --card: #1d1d21; --accent: #f08a5d; --final: #6cb4f0; } }
 * { box-sizing: border-box; }
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5rem 2rem; color: var(--fg); }
 header { position: sticky; top: 0; background: Canvas; padding: .75rem 0; border-bottom: 1px solid var(--line); z-index: 1; }
@@ -246,7 +265,9 @@ h3 span { color: var(--muted); }
 table { border-collapse: collapse; width: 100%; font-size: .8rem; }
 th { text-align: left; font-weight: normal; color: var(--muted); padding-right: .5rem; white-space: nowrap; vertical-align: top; }
 td { overflow-wrap: anywhere; }
-.curve { width: 100%; height: 3rem; color: var(--accent); border-bottom: 1px solid var(--line); border-left: 1px solid var(--line); }
+.curve { width: 100%; height: 3rem; color: var(--accent); border-bottom: 1px solid var(--line); border-left: 1px solid var(--line); overflow: visible; }
+.curve .final { stroke: var(--final); }
+.final-key { color: var(--final); }
 .key { display: flex; flex-wrap: wrap; gap: .1rem .8rem; margin: 0; font-size: .8rem; }
 .key div { display: flex; gap: .3rem; max-width: 100%; }
 .key dt { color: var(--muted); }

@@ -15,7 +15,7 @@ import pytest
 from flows.artifacts import GALLERY_KEY, REPORT_KEY, TABLE_KEY, publish_run_artifacts, run_table
 from flows.progress import RunProgress
 from pipeline.execution.summary import RunSummary
-from pipeline.views.loss_plot import plot_loss_curves
+from pipeline.views.loss_plot import loss_curves_figure, plot_loss_curves
 
 RUN_ID = "20261124T020000Z-abcdef12"
 
@@ -108,6 +108,21 @@ def test_loss_curve_plot_is_a_valid_png(tmp_path: Path):
     # No ok design with a curve: no plot.
     assert plot_loss_curves(rows(ok=0, failed=2), tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_the_final_image_is_a_marker_apart_from_the_curve():
+    made = rows(ok=3, failed=1, steps=20, every=5)
+    for row in made[:3]:
+        row["loss_total"][-1] = row["loss_total"][0] * 2  # colour and mask post-processing raised it
+    axes = loss_curves_figure(made).axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    final = lines.pop("final image (after colour and mask post-processing)")
+    assert final.get_linestyle() == "None" and final.get_marker() not in ("None", "", None)  # points, not a line
+    assert list(final.get_xdata()) == [20, 20, 20]
+    assert sorted(final.get_ydata()) == sorted(r["loss_total"][-1] for r in made[:3])
+    # the curves, the median included, stop at the last optimization sample (step 15)
+    assert lines and all(max(line.get_xdata()) == 15 for line in lines.values())
+    assert "final image" in [t.get_text() for t in axes.get_legend().get_texts()][-1]
 
 
 def test_table_rows_show_counts_failures_and_busy_fraction_only_when_known():

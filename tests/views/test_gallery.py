@@ -118,12 +118,20 @@ def test_image_href_refuses_paths_outside_out(tmp_path: Path):
 
 
 def test_loss_curve_svg():
-    svg = loss_curve_svg([100.0, 10.0, 1.0], 20)
+    # Three optimization samples, then the final image's loss, raised by the post-processing.
+    svg = loss_curve_svg([100.0, 10.0, 1.0, 50.0], 30)
     points = re.search(r'points="([^"]+)"', svg).group(1).split()
     ys = [float(p.split(",")[1]) for p in points]
     assert len(points) == 3 and ys[0] < ys[1] < ys[2]  # falling loss: the line goes down
     assert ys[1] - ys[0] == pytest.approx(ys[2] - ys[1])  # log scale: 100, 10, 1 evenly spaced
     assert "log scale" in svg
+    # The final image is a dot of its own, not a fourth point of the line.
+    (dot,) = re.findall(r'<path class="final" d="M([\d.]+),([\d.]+)h0"[^>]*><title>([^<]+)</title>', svg)
+    assert float(dot[0]) > float(points[-1].split(",")[0])  # right of the last sample
+    assert float(dot[1]) < ys[2]  # above it: the loss rose
+    assert dot[2].startswith("final image 50")
+    assert "final image 50" in svg.split("</svg>")[1]  # named in the caption under the curve
+    assert "final image" not in loss_curve_svg([100.0, 10.0, float("nan")])  # no final loss, no dot
     assert "linear scale" in loss_curve_svg([1.0, 0.0, -1.0])
     assert "<polyline" in loss_curve_svg([1.0, float("nan"), 0.5])
     assert "no loss curve" in loss_curve_svg([1.0]) and "no loss curve" in loss_curve_svg(None)
