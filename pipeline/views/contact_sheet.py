@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ THUMB = 160
 LABEL_LINES = 3
 LINE_HEIGHT = 14
 LABEL_CHARS = 26  # what fits under a thumbnail at the default font
+ELLIPSIS = "\u2026"
 PAD = 8
 MAX_DESIGNS = 400  # a sheet of a nightly run stays viewable; the gallery shows everything
 # Params worth naming under a thumbnail when they differ from the defaults.
@@ -20,23 +22,48 @@ NOTABLE = ("tile", "color", "style_weight", "content_weight", "seed", "scales", 
 
 
 def _label(row: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """At most LABEL_LINES lines of at most LABEL_CHARS: the pairing, then the params that differ
+    from the defaults, wrapped between tokens; a token too long for a line is shortened with an
+    ellipsis, and a label too long for its lines ends in one, so no number is cut unmarked."""
     styles = "+".join(row.get("style_ids") or [row["style_id"]])
-    lines = [f"{row['content_id'] or '(pattern)'} x {styles}"]
+    lines = [_fit(f"{row['content_id'] or '(pattern)'} x {styles}")]
     params = row.get("params") or {}
     varied = [
-        f"{k}={params[k]:g}" if isinstance(params.get(k), float) else f"{k}={params[k]}"
+        f"{k}={_value(params[k])}"
         for k in NOTABLE
         if k in params and params[k] != defaults.get(k) and params[k] not in ((), [], None)
     ]
     if row.get("seam_score") is not None and params.get("tile"):
-        varied.append(f"seam {row['seam_score']:.2f}")
-    text = " ".join(varied)
-    while text and len(lines) < LABEL_LINES - (row["status"] != "ok"):
-        lines.append(text[:LABEL_CHARS])
-        text = text[LABEL_CHARS:].lstrip()
+        varied.append(f"seam={row['seam_score']:.2f}")
+    room = LABEL_LINES - 1 - (row["status"] != "ok")
+    if varied and room > 0:
+        # No whitespace inside a token, so textwrap breaks only between tokens.
+        tokens = ["".join(token.split()) for token in varied]
+        wrapped = textwrap.wrap(
+            " ".join(tokens),
+            width=LABEL_CHARS,
+            break_long_words=False,
+            break_on_hyphens=False,
+            max_lines=room,
+            placeholder=" " + ELLIPSIS,
+        )
+        lines += [_fit(line) for line in wrapped]
     if row["status"] != "ok":
         lines.append("FAILED")
-    return [line[:LABEL_CHARS] for line in lines[:LABEL_LINES]]
+    return lines
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_value(v) for v in value)
+    return str(value)
+
+
+def _fit(text: str) -> str:
+    """text, or as much of it as fits in LABEL_CHARS with an ellipsis saying that something is missing."""
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - len(ELLIPSIS)] + ELLIPSIS
 
 
 def write_contact_sheet(
