@@ -6,7 +6,6 @@ flow's task runner."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -72,22 +71,24 @@ def run_shard_task(
     if attempt > 1:
         logger.warning("shard %d: attempt %d, now on %s", index, attempt, device)
     logger.info("shard %d: %d design(s) on %s (%s)", index, len(jobs), device, device_name(device))
-    last_log = [0.0]
+    from flows.progress import StepLog
 
-    def on_progress(progress: Progress) -> None:
-        if time.monotonic() - last_log[0] >= PROGRESS_LOG_SECONDS or progress.step == 0:
-            last_log[0] = time.monotonic()
-            mean_loss = sum(progress.loss_total) / len(progress.loss_total)
-            logger.info(
-                "shard %d: step %d/%d, %d design(s) in batch, mean loss %.4g",
-                index,
-                progress.step,
-                progress.steps,
-                progress.designs,
-                mean_loss,
-            )
+    def log_step(progress: Progress) -> None:
+        mean_loss = sum(progress.loss_total) / len(progress.loss_total)
+        logger.info(
+            "shard %d: step %d/%d, %d design(s) in batch, mean loss %.4g",
+            index,
+            progress.step,
+            progress.steps,
+            progress.designs,
+            mean_loss,
+        )
+
+    # Each batch's first and last sampled step, and at most one line every PROGRESS_LOG_SECONDS between.
+    on_progress = StepLog(log_step, PROGRESS_LOG_SECONDS, config.loss_every)
 
     rows = run_shard(jobs, config, weights, device, DesignCatalog(out), run_id, on_progress)
+    on_progress.close()  # the last batch's last step, if it was held back
     failed = [r for r in rows if r["status"] != "ok"]
     logger.info("shard %d: %d ok, %d failed", index, len(rows) - len(failed), len(failed))
     return rows

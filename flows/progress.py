@@ -1,5 +1,6 @@
 """Watching a run: designs done of total, designs/s, ETA and failures so far;
-a rich progress bar on a terminal, plain lines otherwise (logs, cron mail)."""
+a rich progress bar on a terminal, plain lines otherwise (logs, cron mail);
+and which optimization steps of a shard its log shows (StepLog)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import math
 import sys
 import threading
 import time
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.engine.transfer import Progress
 
 
 def _duration(seconds: float | None) -> str:
@@ -42,6 +47,7 @@ class RunProgress:
         self.failed = 0
         self._started = 0.0
         self._last_line = -math.inf
+        self._last_counts: tuple[int, int] | None = None  # ok, failed of the last plain line
         self._lock = threading.Lock()
         self._bar = None
         self._task = None
@@ -120,8 +126,9 @@ class RunProgress:
                 if self._pushed_theme is not None:
                     self._pushed_theme.pop_theme()
                     self._pushed_theme = None
-            else:
-                self._write(self.line(), force=True)
+            elif self._last_counts != (self.ok, self.failed):
+                # Not when the last periodic line already showed the final counts: the end is one line.
+                self._write(self.line())
 
     def __enter__(self) -> RunProgress:
         return self
@@ -138,8 +145,9 @@ class RunProgress:
         except ValueError:  # a closed stream
             return False
 
-    def _write(self, text: str, force: bool = False) -> None:
+    def _write(self, text: str) -> None:
         self._last_line = time.monotonic()
+        self._last_counts = (self.ok, self.failed)
         try:
             self.stream.write(text + "\n")
             self.stream.flush()
@@ -185,6 +193,52 @@ class RunProgress:
         )
         self._task = self._bar.add_task(self.label, total=self.total, failed=0, rate=0.0)
         self._bar.start()
+
+
+class StepLog:
+    """Which of a shard's progress samples (one every loss_every steps of a batch) its log shows:
+    a batch's first, then at most one every `every` seconds, and always a batch's last, so the
+    log says where every batch ended. Call it with each Progress, and close() when the shard is done.
+
+    A batch's last sample is the one after which the next would pass its steps. loss_every can
+    differ per pairing (a pairs file), so a sample held back is also written when the next batch
+    starts (its step goes back to 0) or at close(): nothing is lost when the guess is wrong.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Progress], None],
+        every: float,
+        loss_every: int,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.write = write
+        self.every = every
+        self.loss_every = max(1, int(loss_every))
+        self.clock = clock
+        self._last_written = -math.inf
+        self._held: Progress | None = None  # the latest sample not written
+
+    def __call__(self, progress: Progress) -> None:
+        if self._held is not None and progress.step <= self._held.step:
+            self._emit(self._held)  # a new batch: the previous one ended there
+        if (
+            progress.step == 0
+            or progress.step + self.loss_every >= progress.steps
+            or self.clock() - self._last_written >= self.every
+        ):
+            self._emit(progress)
+        else:
+            self._held = progress
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._emit(self._held)
+
+    def _emit(self, progress: Progress) -> None:
+        self._held = None
+        self._last_written = self.clock()
+        self.write(progress)
 
 
 def _prefect_console(stream: IO[str]):

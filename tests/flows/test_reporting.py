@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.artifacts import GALLERY_KEY, REPORT_KEY, TABLE_KEY, publish_run_artifacts, run_table
-from flows.progress import RunProgress
+from flows.progress import RunProgress, StepLog
 from pipeline.execution.summary import RunSummary
 from pipeline.views.loss_plot import loss_curves_figure, plot_loss_curves
 
@@ -198,6 +198,40 @@ def test_progress_plain_text_shows_done_total_and_failures():
     assert lines[-1].startswith("designs 6/10 (60%), 2 failed")
     assert all("designs/s" in line and "ETA" in line for line in lines)
     assert (progress.ok, progress.failed, progress.done, progress.total) == (4, 2, 6, 10)
+
+
+def test_progress_plain_text_ends_with_one_line_of_the_final_counts():
+    stream = io.StringIO()
+    progress = RunProgress(stream=stream, every=0).start(2)
+    progress.advance(ok=2)  # a periodic line that already shows the end
+    progress.close()
+    assert [line.split(",")[0] for line in stream.getvalue().splitlines()] == ["designs 0/2 (0%)", "designs 2/2 (100%)"]
+
+
+def test_step_log_shows_each_batch_start_and_end_and_at_most_one_line_per_interval():
+    from pipeline.engine.transfer import Progress
+
+    now = [0.0]
+    written: list[int] = []
+    log = StepLog(lambda p: written.append(p.step), every=15.0, loss_every=10, clock=lambda: now[0])
+
+    def batch(steps: int, every: int) -> None:
+        for step in range(0, steps, every):
+            log(Progress(step=step, steps=steps, designs=2, loss_total=(1.0, 2.0)))
+            now[0] += 1.0  # one second per sample
+
+    batch(1000, 10)  # samples 0..990: the last one is written though within 15 s of the one before
+    assert written == [0, 150, 300, 450, 600, 750, 900, 990]
+    written.clear()
+    batch(1000, 40)  # a pairing with its own loss_every: its last sample, 960, is held back...
+    batch(100, 10)  # ...and written when the next batch starts
+    assert written == [0, 600, 960, 0, 90]
+    written.clear()
+    batch(1000, 40)
+    log.close()  # the shard ended: the held sample is written
+    assert written == [0, 600, 960]
+    log.close()
+    assert written == [0, 600, 960]
 
 
 def test_progress_plain_text_is_rate_limited_and_can_be_off():
