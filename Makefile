@@ -73,8 +73,9 @@ gallery: $(STAMP)
 verify: $(STAMP)
 	$(BIN)/designs verify "$(OUT)" $(ARGS)
 
+# Whole flow-run ids (Prefect's own table cuts them), for make logs RUN=<id>.
 runs: $(STAMP)
-	$(BIN)/prefect flow-run ls --flow-name generate --limit 20
+	$(BIN)/python -m flows.runs --limit 20
 
 logs: $(STAMP)
 	@test -n "$(RUN)" || { echo "usage: make logs RUN=<flow-run-id> (see make runs)" >&2; exit 2; }

@@ -118,6 +118,17 @@ def test_generate_writes_a_delta_version_with_the_contract_columns(first_run):
     assert json.loads((run_dir / "summary.json").read_text())["ok"] == SAMPLE_PAIRINGS
 
 
+def test_make_runs_lists_the_run_with_its_whole_flow_run_id(first_run, capsys):
+    from flows.runs import main
+
+    *_, summary = first_run
+    assert main(["--limit", "100"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["flow", "run", "id", "name", "state", "started"]
+    (line,) = [line for line in lines if line.startswith(summary.flow_run_id + " ")]
+    assert len(summary.flow_run_id) == 36 and line.split()[2] == "Completed"
+
+
 def test_rerun_does_no_work_and_adds_no_rows(first_run, tmp_path: Path):
     sample_catalog, shared_out, _ = first_run
     out = copy_out(shared_out, tmp_path)
