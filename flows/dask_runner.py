@@ -6,6 +6,7 @@ for --runner dask (dask and distributed are slow to import)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -113,11 +114,21 @@ def local_cluster(device: str, resources: dict[str, float]) -> tuple[Callable[..
 
 def cpu_cluster(**kwargs: Any) -> distributed.LocalCluster:
     """distributed.LocalCluster whose worker's torch keeps this process's thread count: distributed caps
-    OMP_NUM_THREADS at 1 in the workers it spawns, which suits many workers, not one worker doing all the work."""
+    OMP_NUM_THREADS at 1 in the workers it spawns, which suits many workers, not one worker doing all the work.
+
+    The variables are set in os.environ while the workers spawn: distributed takes them from there before
+    its own configuration, and an earlier cluster of this process may have left its 1 there."""
     threads = str(torch.get_num_threads())
-    environ = {f"distributed.nanny.pre-spawn-environ.{name}": threads for name in THREAD_VARIABLES}
-    with dask.config.set(environ):
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, threads))
+    try:
         return distributed.LocalCluster(**kwargs)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def cuda_cluster(**kwargs: Any) -> Any:

@@ -123,6 +123,7 @@ def test_shard_devices_gives_one_slot_per_worker_gpu(dask_cluster):
 def test_without_an_address_the_runner_starts_a_local_cluster_and_closes_it(
     sample_catalog: Path, tmp_path: Path, prefect_server, monkeypatch
 ):
+    import torch
     from prefect.settings import PREFECT_API_URL
 
     from flows.generate import generate
@@ -133,7 +134,8 @@ def test_without_an_address_the_runner_starts_a_local_cluster_and_closes_it(
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.offered = [spec["options"]["resources"] for spec in self.worker_spec.values()]
-            self.spawn_environ = [nanny.pre_spawn_env for nanny in self.workers.values()]
+            with distributed.Client(self, set_as_default=False) as client:
+                self.worker_threads = list(client.run(torch.get_num_threads).values())
             started.append(self)
 
     monkeypatch.setattr(distributed, "LocalCluster", RecordedCluster)
@@ -149,10 +151,8 @@ def test_without_an_address_the_runner_starts_a_local_cluster_and_closes_it(
     (cluster,) = started
     assert cluster.status == distributed.core.Status.closed
     assert cluster.offered == [{"GPU": 1}]  # the slot the shard tasks ask for, though it is no GPU
-    # The one worker's torch keeps this process's threads (distributed would cap them at 1).
-    import torch
-
-    assert cluster.spawn_environ[0]["OMP_NUM_THREADS"] == str(torch.get_num_threads())
+    # The one worker's torch has this process's threads (distributed would cap them at 1).
+    assert cluster.worker_threads == [torch.get_num_threads()]
 
 
 def test_bad_runner_settings_are_refused_before_any_work():
