@@ -56,8 +56,9 @@ from benchmarks.common import (
 )
 from benchmarks.flops import peak_bf16_tflops, step_flops
 from pipeline.config import Config
+from pipeline.engine.optim import PaperAdam
 from pipeline.engine.transfer import Pairing, Progress, StyleTransfer
-from pipeline.engine.vgg import IMAGENET_MEAN, IMAGENET_STD, LAYER_INDEX
+from pipeline.engine.vgg import LAYER_INDEX, preprocess
 from pipeline.engine.weights import WeightsSource, load_features, resolve_weights
 
 RATIO_LINE = "engine/naive-default throughput ratio: {:.2f}"
@@ -97,11 +98,10 @@ class NaiveLoop:
         for module in self.net:
             if isinstance(module, nn.ReLU):
                 module.inplace = False  # the PyTorch tutorial's change: taps must survive
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self.preprocessing = weights.preprocessing
 
     def extract(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = (image - self.mean) / self.std
+        x = preprocess(image, self.preprocessing)
         out = {}
         for index, layer in enumerate(self.net):
             x = layer(x)
@@ -123,7 +123,13 @@ class NaiveLoop:
             content_targets = {name: f for name, f in self.extract(content).items() if name in cfg.content_layers}
             style_targets = {name: self.gram(f) for name, f in self.extract(style).items() if name in cfg.style_layers}
         image = content.clone().requires_grad_(True)
-        opt = torch.optim.Adam([image], lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        opt = PaperAdam(
+            [image],
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_eps,
+            convention=cfg.adam_convention,
+        )
         for _ in range(cfg.steps if steps is None else steps):
             opt.zero_grad()
             feats = self.extract(image)

@@ -80,7 +80,7 @@ def run_pipeline_bench(
     with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
         folder = Path(tmp)
         catalog = load_input_catalog(write_inputs(folder, contents, styles, content_size, style_side))
-        plan = plan_designs(catalog, config, weights.identity, set())
+        plan = plan_designs(catalog, config, weights.design_identity, set())
         shards = cut_shards(plan.todo, 4 * batch_size)  # the flow's default: four batches a shard
         log(
             f"pipeline on {name}: {len(plan.todo)} designs at {size} px, {steps} steps, batch {batch_size}, from "

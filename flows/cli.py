@@ -1,19 +1,25 @@
 """`designs`: the command line. Flags of `generate` are derived from pipeline.config.Config.
 
-Exit status: 0 all designs ok; 1 some designs failed (the rest are committed);
-2 the run was refused before any work (bad catalog, flags or weights).
+Exit status of `generate`: 0 all designs ok; 1 some designs failed (the rest
+are committed); 2 the run was refused before any work (bad catalog, flags,
+devices or weights); 3 the environment failed the design catalog (a damaged
+log entry, a read-only or full disk); 130 stopped by Ctrl-C (finished shards
+committed; the same command makes the rest).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import DEFAULT_OUT, Config, coerce, config_fields, element_type, field_type
 
-EXIT_OK, EXIT_FAILED_DESIGNS, EXIT_REFUSED = 0, 1, 2
+EXIT_OK, EXIT_FAILED_DESIGNS, EXIT_REFUSED, EXIT_ENVIRONMENT, EXIT_STOPPED = 0, 1, 2, 3, 130
 # Flags whose names read better than the field's.
 FLAG_NAMES = {"allow_roots": "--allow-root"}
 
@@ -28,6 +34,8 @@ def configure_prefect_env() -> None:
     os.environ.setdefault("PREFECT_HOME", str(project_root() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Prefect's temporary server gets 20 s to start; a busy machine needs more.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +62,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                     metavar=f"{element_type(f).__name__.upper()},...",
                     help=f"{help_text}, comma-separated (default: {shown})",
                 )
+        elif field_type(f) is bool:
+            group.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, help=f"{help_text} (default: {default})"
+            )
         else:
             group.add_argument(
                 flag,
@@ -74,17 +86,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: `--step 20` must not pass for `--steps 20`.
     parser = argparse.ArgumentParser(
-        prog="designs", description="Mass style-transfer design generation into a versioned design catalog."
+        prog="designs",
+        description="Mass style-transfer design generation into a versioned design catalog.",
+        allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"designs {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser(
         "generate",
+        allow_abbrev=False,
         help="make every content x style design of a catalog",
         description=(
             "Make every content x style design of CATALOG not yet in the design catalog at --out. "
-            "Exit 0: all ok; 1: some designs failed (the rest are committed); 2: refused before any work."
+            "Exit 0: all ok; 1: some designs failed (the rest are committed); 2: refused before any work; "
+            "3: the disk or the catalog's log failed; 130: stopped by Ctrl-C (the same command makes the rest)."
         ),
     )
     gen.add_argument(
@@ -114,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = sub.add_parser(
         "query",
+        allow_abbrev=False,
         help="SQL over the design catalog (DuckDB: tables designs, runs, commits)",
         description=(
             "Run SQL (DuckDB) over the design catalog. Tables: `designs` (one row per design, at the chosen version), "
@@ -147,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gallery = sub.add_parser(
         "gallery",
+        allow_abbrev=False,
         help="a static HTML gallery of the design catalog (one file, no server)",
         description=(
             "Write one self-contained HTML page of every design (thumbnail, parameters, loss curve; filters by content, "
@@ -165,30 +185,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser(
         "verify",
+        allow_abbrev=False,
         help="check that every ok row's PNG exists and matches its hash; list orphan PNGs",
         description="Exit 0 when the catalog is consistent, 1 when any problem remains.",
     )
     verify.add_argument(
         "out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})"
     )
-    verify.add_argument("--fix", action="store_true", help="remove orphan PNGs (not while a run is writing to OUT)")
+    verify.add_argument(
+        "--fix",
+        action="store_true",
+        help="remove orphan PNGs and retire rows whose PNG is missing or altered, so the next run remakes them "
+        "(not while a run is writing to OUT)",
+    )
     return parser
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("designs")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of one command, whose usage a bad flag value should print."""
+    for action in parser._subparsers._group_actions:  # argparse keeps no public handle
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "generate":
+        generate_parser = subparser(parser, "generate")
         try:
             config = config_from_args(args)
         except ValueError as err:
-            parser.error(str(err))
+            generate_parser.error(str(err))
         from pipeline.planning.variants import parse_grid  # local: pyarrow and numpy are not needed for --help
 
         try:
             grid = parse_grid(args.grid)
         except ValueError as err:
-            parser.error(str(err))
+            generate_parser.error(str(err))
         return run_generate(args.catalog, args.out, config, pairs=args.pairs, grid=grid)
     if args.command == "query":
         from pipeline.views.query import run_query
@@ -224,27 +266,66 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_generate(catalog: str, out: str, config: Config, pairs: str | None = None, grid: dict | None = None) -> int:
+    """Check everything that can refuse the run, then run the flow; one line for each way it can end early."""
+    from pipeline.execution.preflight import CatalogFault, Refused, preflight
+
+    try:
+        # Before Prefect starts: a refusal costs no server start and prints no traceback.
+        preflight(catalog, out, config, pairs, grid, devices=config.runner == "thread")
+        if config.runner != "thread":
+            from flows.task_runners import make_task_runner
+
+            make_task_runner(config.runner, config.dask_address or None, config.devices)
+    except (Refused, ValueError) as err:  # DeviceError is a ValueError
+        print(f"designs generate: refused: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    except CatalogFault as err:
+        print(f"designs generate: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+
     configure_prefect_env()
-    from flows.generate import generate_flow
+    import flows.generate
+    from flows.generate import STOP, generate_flow
     from flows.task_runners import workers_prefect_api
     from pipeline.catalog.inputs import CatalogError
     from pipeline.engine.weights import WeightsError
     from pipeline.execution.devices import DeviceError
 
-    # --runner thread (default) or --runner dask --dask-address tcp://HOST:PORT (docs/SCALING.md).
+    flows.generate.LOG_SUMMARY = False  # printed below, once
+    previous = signal.signal(signal.SIGINT, _stop_on_interrupt)
     try:
         flow = generate_flow(config)
-    except ValueError as err:  # DeviceError included
-        print(f"designs generate: refused: {err}", file=sys.stderr)
-        return EXIT_REFUSED
-    try:
         with workers_prefect_api(config.runner, config.dask_address or None):
             summary = flow(catalog=catalog, out=out, config=config, pairs=pairs, grid=grid or None)
-    except (CatalogError, WeightsError, DeviceError) as err:
+    except (CatalogError, WeightsError, DeviceError) as err:  # the inputs changed since the checks
         print(f"designs generate: refused: {err}", file=sys.stderr)
         return EXIT_REFUSED
+    except CatalogFault as err:
+        print(f"designs generate: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    finally:
+        signal.signal(signal.SIGINT, previous)
     print("\n".join(summary.report_lines()))
+    if STOP.is_set():
+        print(f"designs generate: stopped: {summary.left} design(s) left; run the same command again", file=sys.stderr)
+        return EXIT_STOPPED
     return EXIT_FAILED_DESIGNS if summary.failed else EXIT_OK
+
+
+def _stop_on_interrupt(signum: int, frame: Any) -> None:
+    """First Ctrl-C: stop after committing what finished. A second one: quit at once."""
+    from flows.generate import STOP
+
+    if STOP.is_set():
+        print("designs generate: stopped at once; committed designs are kept", file=sys.stderr, flush=True)
+        os._exit(EXIT_STOPPED)
+    STOP.set()
+    print(
+        "designs generate: stopping: running shards end at their next step, finished ones are committed "
+        "(Ctrl-C again to quit at once)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ flow's task runner."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -21,7 +22,7 @@ from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.inputs import InputCatalog, load_input_catalog
 from pipeline.config import DEFAULT_OUT, Config
 from pipeline.engine.transfer import Progress
-from pipeline.engine.weights import WeightsSource, resolve_weights
+from pipeline.engine.weights import WeightsSource, load_features, resolve_weights
 from pipeline.execution.devices import device_name
 from pipeline.execution.run import Run
 from pipeline.execution.shard import run_shard
@@ -32,14 +33,54 @@ from pipeline.planning.variants import JobSpecs, job_specs
 PROGRESS_LOG_SECONDS = 15.0
 
 
+class StopFlag:
+    """Set by the CLI on Ctrl-C: no new shard starts, running ones stop at their next
+    progress sample, finished ones are committed and the run ends with its summary.
+    A plain flag, not a threading.Event: the shard task that reads it is pickled to
+    Dask workers (a lock cannot be), where it stays unset and their shards run out."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+STOP = StopFlag()
+# The CLI prints the summary itself; a deployment's run has only its log.
+LOG_SUMMARY = True
+
+
+class Stopped(Exception):
+    """A shard stopped on request (Ctrl-C); its designs are left for the next run."""
+
+
+def stop_when_asked(on_progress: Callable[[Progress], None]) -> Callable[[Progress], None]:
+    def check(progress: Progress) -> None:
+        if STOP.is_set():
+            raise Stopped("stopped on request")
+        on_progress(progress)
+
+    return check
+
+
 @task(cache_policy=NO_CACHE)
 def validate_catalog(catalog: str, allow_roots: tuple[str, ...], max_images: int) -> InputCatalog:
     return load_input_catalog(catalog, allow_roots, max_images)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
-def find_weights(spec: str, seed: int) -> WeightsSource:
-    return resolve_weights(spec, seed)
+# No retries: a missing or broken file does not mend itself.
+@task(cache_policy=NO_CACHE)
+def find_weights(spec: str, seed: int, preprocessing: str) -> WeightsSource:
+    weights = resolve_weights(spec, seed, preprocessing=preprocessing)
+    load_features(weights)  # a file that cannot be loaded stops the run before anything is written
+    return weights
 
 
 @task(cache_policy=NO_CACHE)
@@ -60,7 +101,17 @@ def contact_sheet(run: Run) -> str | None:
     return str(path) if path else None
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, task_run_name="shard-{index}")
+def _retry_unless_stopping(task: Any, task_run: Any, state: Any) -> bool:
+    return not STOP.is_set()
+
+
+@task(
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+    retry_condition_fn=_retry_unless_stopping,
+    task_run_name="shard-{index}",
+)
 def run_shard_task(
     index: int, jobs: list[Job], config: Config, weights: WeightsSource, devices: list[str], out: str, run_id: str
 ) -> list[dict[str, Any]]:
@@ -87,7 +138,7 @@ def run_shard_task(
     # Each batch's first and last sampled step, and at most one line every PROGRESS_LOG_SECONDS between.
     on_progress = StepLog(log_step, PROGRESS_LOG_SECONDS, config.loss_every)
 
-    rows = run_shard(jobs, config, weights, device, DesignCatalog(out), run_id, on_progress)
+    rows = run_shard(jobs, config, weights, device, DesignCatalog(out), run_id, stop_when_asked(on_progress))
     on_progress.close()  # the last batch's last step, if it was held back
     failed = [r for r in rows if r["status"] != "ok"]
     logger.info("shard %d: %d ok, %d failed", index, len(rows) - len(failed), len(failed))
@@ -125,7 +176,7 @@ def generate(
     # Everything that can refuse the whole run happens before any work.
     devices = shard_devices(config)
     inputs = validate_catalog(catalog, config.allow_roots, config.max_catalog_images)
-    weights = find_weights(config.weights, config.seed)
+    weights = find_weights(config.weights, config.seed, config.preprocessing)
     specs = enumerate_designs(inputs, config, pairs, grid)
     planned = plan(run, inputs, weights, devices, specs)
     logger.info(
@@ -152,7 +203,7 @@ def generate(
     running: dict[Any, tuple[int, list[Job], str]] = {}
 
     def start_shards() -> None:
-        while shards and free:
+        while shards and free and not STOP.is_set():
             index, jobs = shards.pop(0)
             device = free.pop(0)
             fallback = [d for d in devices if d != device]  # where a retry goes
@@ -169,6 +220,10 @@ def generate(
         state = future.state
         if state.is_completed():
             shard_rows = future.result()
+        elif STOP.is_set():
+            # Stopped on request: its designs are neither made nor failed; the next run makes them.
+            logger.warning("shard %d on %s stopped; %d design(s) left for the next run", index, device, len(jobs))
+            continue
         else:
             # The task failed after its retries: its designs are recorded as failed.
             message = state.message or "shard task failed"
@@ -178,12 +233,12 @@ def generate(
         progress.advance_rows(shard_rows)
     progress.close()
 
-    sheet = contact_sheet(run) if run.rows else None
+    sheet = contact_sheet(run) if run.tally.rows else None
     if sheet:
         logger.info("contact sheet: %s", sheet)
-    summary = run.finish()
-    publish_run_artifacts(summary, run.rows, out, run.run_id)
-    for line in summary.report_lines():
+    summary = run.finish(stopped=STOP.is_set())
+    publish_run_artifacts(summary, run.sample.rows, out, run.run_id)
+    for line in summary.report_lines() if LOG_SUMMARY else ():
         logger.info(line)
     return summary
 

@@ -20,6 +20,8 @@ DEFAULT_OUT = "data/catalog"
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise")
 COLORS = ("style", "keep", "match")
+ADAM_CONVENTIONS = ("keras", "pytorch")
+PREPROCESSINGS = ("auto", "caffe", "torchvision")
 # Layer names follow the paper's convention convN_M; see pipeline/engine/vgg.py.
 DEFAULT_CONTENT_LAYERS = ("conv5_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
@@ -40,6 +42,12 @@ class Config:
     adam_beta1: float = _field(0.99, "Adam beta1 (the paper's TensorFlow run uses 0.99)")
     adam_beta2: float = _field(0.999, "Adam beta2")
     adam_eps: float = _field(0.1, "Adam epsilon (the paper's TensorFlow run uses 0.1)")
+    adam_convention: str = _field(
+        "keras",
+        "where Adam adds epsilon: 'keras' (the paper's run: to the uncorrected sqrt(v)) or 'pytorch' "
+        "(to the bias-corrected sqrt(v), torch.optim.Adam's own)",
+        choices=ADAM_CONVENTIONS,
+    )
     lbfgs_learning_rate: float = _field(1.0, "L-BFGS step length")
     content_weight: float = _field(1e4, "weight of the content loss")
     style_weight: float = _field(1e-2, "weight of the style loss")
@@ -69,9 +77,17 @@ class Config:
     # --- how the run is carried out (not part of the design id) ---
     weights: str = _field(
         "auto",
-        "VGG19 weights: a .pth path, 'random' (tests and CPU demos), or 'auto' "
-        "($NST_VGG19_WEIGHTS, the torch hub cache, then a download)",
+        "VGG19 weights: 'auto' ($NST_VGG19_WEIGHTS, the Keras cache, the torch hub cache, then a download "
+        "of Keras' file), a path to a Keras .h5 or a PyTorch .pth, or 'random' (tests and CPU demos)",
         identity=False,
+    )
+    preprocessing: str = _field(
+        "auto",
+        "the input the weights expect: 'auto' (caffe for Keras' file and vgg19-d01eb7cb.pth, torchvision for "
+        "other .pth files), 'caffe' (BGR, 0..255, minus the mean) or 'torchvision' (ImageNet mean/std); "
+        "recorded in params and hashed into the design id",
+        identity=False,
+        choices=PREPROCESSINGS,
     )
     runner: str = _field(
         "thread",
@@ -145,6 +161,10 @@ class Config:
             raise bad("init", self.init, " or ".join(INITS))
         if self.color not in COLORS:
             raise bad("color", self.color, " or ".join(COLORS))
+        if self.adam_convention not in ADAM_CONVENTIONS:
+            raise bad("adam_convention", self.adam_convention, " or ".join(ADAM_CONVENTIONS))
+        if self.preprocessing not in PREPROCESSINGS:
+            raise bad("preprocessing", self.preprocessing, ", ".join(PREPROCESSINGS))
         if self.scales:
             if any(s < 16 for s in self.scales) or list(self.scales) != sorted(set(self.scales)):
                 raise bad("scales", self.scales, "increasing sizes of at least 16 px, e.g. 512,1024,2048")

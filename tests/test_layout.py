@@ -108,7 +108,8 @@ def test_pipeline_never_imports_prefect():
 
 
 def test_the_engine_imports_only_torch_numpy_and_pillow():
-    allowed = {"torch", "numpy", "PIL", "pipeline", "__future__"}
+    # h5py: Keras' HDF5 weights file, the paper's network (read lazily, nothing unpickled).
+    allowed = {"torch", "numpy", "PIL", "h5py", "pipeline", "__future__"}
     stdlib = {
         "collections",
         "dataclasses",

@@ -38,6 +38,24 @@ _COMMITTED = re.compile(r"\d{20}\.(json|checkpoint(\.[^/]+)?\.(parquet|json))")
 logger = logging.getLogger(__name__)
 
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+# delta-rs reads a path with a scheme, or with %-escapes, as a URL: the table would land
+# in one place and the PNGs (plain paths) in another.
+_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:|%[0-9A-Fa-f]{2}")
+
+
+class CatalogFault(RuntimeError):
+    """The environment keeps the design catalog from being read or written: a corrupt
+    log entry, a read-only or full disk. Not the catalog's inputs, not a design."""
+
+
+def check_out_path(out: str | Path) -> None:
+    """Refuse an OUT that delta-rs would read as a URL (ValueError naming it)."""
+    text = str(out)
+    if _URL_LIKE.search(text):
+        raise ValueError(
+            f"--out {text!r} reads as a URL (a scheme such as file:// or s3://, or a %-escape): the design "
+            "catalog takes local paths only; give a plain folder path"
+        )
 
 
 def params_type() -> pa.StructType:
@@ -100,9 +118,12 @@ SCHEMA = pa.schema(
 )
 
 
-def params_value(config: Config, weights_identity: str) -> dict[str, Any]:
+def params_value(config: Config, weights_identity: str, preprocessing: str) -> dict[str, Any]:
+    """The config as it made the design: the weights file's identity and the preprocessing
+    that fed it (resolved from 'auto') in place of what was asked for."""
     values = config.to_dict()
     values["weights"] = weights_identity
+    values["preprocessing"] = preprocessing
     return values
 
 
@@ -221,7 +242,15 @@ class DesignCatalog:
         refuses a merge whose read data changed); the merge is then rerun
         against the new version, so each design stays ok exactly once.
         """
-        return self._retrying(lambda: self._merge(rows, run_id, note))
+        try:
+            return self._retrying(lambda: self._merge(rows, run_id, note))
+        except CommitFailedError:
+            raise
+        except (DeltaError, OSError) as err:  # a damaged log, a full or read-only disk
+            raise CatalogFault(
+                f"cannot commit to the design catalog at {str(self.table_path)!r}: {_first_line(err)}; free disk space or fix "
+                "the folder, then run again (committed designs are kept, the rest are remade)"
+            ) from None
 
     def _retrying(self, attempt_commit: Callable[[], int | None]) -> int | None:
         """attempt_commit() until it is not refused by a concurrent commit; each try re-reads the table."""
@@ -330,6 +359,32 @@ class DesignCatalog:
     def version(self) -> int | None:
         return self.table().version() if self.exists() else None
 
+    def check(self) -> int | None:
+        """Before any work: OUT can be written and the table (if any) read; returns its version.
+        CatalogFault names the fault and what to do."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / f".write-check-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as err:
+            raise CatalogFault(
+                f"cannot write to the design catalog's folder {str(self.out)!r}: {err.strerror or err}; "
+                "give a writable --out, free disk space, or fix its permissions"
+            ) from None
+        if not self.exists():
+            return None
+        try:
+            table = self.table()
+            _ = table.to_pyarrow_dataset().schema  # reads the log through its last entry
+            return table.version()
+        except (DeltaError, OSError, ValueError) as err:
+            raise CatalogFault(
+                f"cannot read the design catalog at {str(self.table_path)!r}: {_first_line(err)}; a log entry under "
+                f"{str(self.log_dir)!r} is damaged: restore it from a backup, or move the table aside to start "
+                "a new one"
+            ) from None
+
     def history(self) -> list[dict[str, Any]]:
         return self.table().history()
 
@@ -341,3 +396,9 @@ class DesignCatalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
         return path
+
+
+def _first_line(err: BaseException) -> str:
+    """delta-rs appends a multi-line Rust backtrace to some messages: the first line says what failed."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

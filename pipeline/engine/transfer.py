@@ -7,6 +7,10 @@ output size are optimized together as one batch; each design's loss depends
 only on its own pixels, so with Adam a batch gives the same result as running
 its members one by one.
 
+The network and its input are the paper's by default: the Caffe-trained VGG19
+(Keras' file) fed caffe-preprocessed images (pipeline/engine/vgg.py), and
+Adam with Keras' epsilon convention (`adam_convention`).
+
 Textile controls beyond the paper: seamless tiles (circular padding and a
 wrap-around TV term), garment masks (style and TV counted inside the mask, the
 content kept outside), colour preservation (YIQ luminance transfer, Gatys et
@@ -26,6 +30,7 @@ from torch import nn
 from pipeline.config import Config
 from pipeline.engine.colour import keep_colors, match_colors
 from pipeline.engine.losses import LOSS_NAMES, _layer_weights, content_loss, gram, seam_score, style_loss, tv_loss
+from pipeline.engine.optim import PaperAdam
 from pipeline.engine.targets import TargetCache
 from pipeline.engine.vgg import LAYER_INDEX, MIN_SIDE, FeatureExtractor
 from pipeline.engine.weights import WeightsSource, load_features
@@ -159,7 +164,9 @@ class StyleTransfer:
                     tiled.weight, tiled.bias = module.weight, module.bias
                     module = tiled
                 modules.append(module)
-            extractor: nn.Module = FeatureExtractor(nn.Sequential(*modules), tuple(LAYER_INDEX)).to(self.device)
+            extractor: nn.Module = FeatureExtractor(
+                nn.Sequential(*modules), tuple(LAYER_INDEX), self.weights.preprocessing
+            ).to(self.device)
             if self.channels_last:
                 extractor = extractor.to(memory_format=torch.channels_last)
             if self.compile:
@@ -457,11 +464,12 @@ class StyleTransfer:
         if cfg.optimizer == "adam":
             # Fused: one kernel per step on CUDA; the CPU keeps the default implementation.
             fused = True if self.device.type == "cuda" else None
-            opt = torch.optim.Adam(
+            opt = PaperAdam(
                 [image],
                 lr=cfg.learning_rate * lr_scale,
                 betas=(cfg.adam_beta1, cfg.adam_beta2),
                 eps=cfg.adam_eps,
+                convention=cfg.adam_convention,
                 fused=fused,
             )
         else:

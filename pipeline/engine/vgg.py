@@ -1,5 +1,5 @@
-"""VGG19 `features` with torchvision's exact layout, so its published checkpoint
-(`vgg19-dcbb9e9d.pth`, keys `features.N.weight`) loads unchanged.
+"""VGG19 `features` with torchvision's exact layout, so its published checkpoints
+(keys `features.N.weight`) load unchanged and Keras' HDF5 file maps onto it.
 
 Layers are named as in the paper: `convB_L` is the L-th convolution of block B,
 taken after its ReLU (Keras' `blockB_convL`, which the paper's TensorFlow run
@@ -14,10 +14,28 @@ from torch import nn
 # torchvision's configuration "E" (VGG19): channel counts, "M" = 2x2 max pool.
 VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
-# ImageNet statistics the torchvision weights were trained with. Departure from
-# the paper's run: Keras' VGG19 takes BGR minus the mean in 0..255 (caffe style).
+# The input each network was trained on. The paper's TensorFlow run fed Keras'
+# VGG19 (the Caffe network) with `preprocess_input(image * 255)`: RGB to BGR,
+# 0..255, minus the BGR mean. torchvision's retrained VGG19 takes RGB in 0..1
+# normalised by the ImageNet mean and std.
+CAFFE = "caffe"
+TORCHVISION = "torchvision"
+PREPROCESSINGS = (CAFFE, TORCHVISION)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess(image: torch.Tensor, preprocessing: str) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1] -> the network's input."""
+    if preprocessing == CAFFE:
+        mean = torch.tensor(CAFFE_MEAN_BGR, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        return image.flip(1) * 255.0 - mean
+    if preprocessing == TORCHVISION:
+        mean = torch.tensor(IMAGENET_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+        return (image - mean) / std
+    raise ValueError(f"preprocessing={preprocessing!r} is invalid; accepted: {', '.join(PREPROCESSINGS)}")
 
 
 def _layer_names() -> dict[str, int]:
@@ -71,7 +89,7 @@ def random_init_(features: nn.Sequential, seed: int) -> None:
 class FeatureExtractor(nn.Module):
     """Runs VGG19 up to the deepest requested layer, returning those activations."""
 
-    def __init__(self, features: nn.Sequential, layers: tuple[str, ...]):
+    def __init__(self, features: nn.Sequential, layers: tuple[str, ...], preprocessing: str = TORCHVISION):
         super().__init__()
         self.layers = tuple(dict.fromkeys(layers))  # unique, order kept
         self.taps = {LAYER_INDEX[name]: name for name in self.layers}
@@ -81,14 +99,26 @@ class FeatureExtractor(nn.Module):
             if isinstance(module, nn.ReLU):
                 module.inplace = False  # tapped activations must survive the next layer
         self.features.requires_grad_(False).eval()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        # (x * scale - mean) / std on the channels in the network's order, as `preprocess` does.
+        if preprocessing == CAFFE:
+            bgr, scale, mean, std = True, 255.0, CAFFE_MEAN_BGR, (1.0, 1.0, 1.0)
+        elif preprocessing == TORCHVISION:
+            bgr, scale, mean, std = False, 1.0, IMAGENET_MEAN, IMAGENET_STD
+        else:
+            raise ValueError(f"preprocessing={preprocessing!r} is invalid; accepted: {', '.join(PREPROCESSINGS)}")
+        self.preprocessing = preprocessing
+        self.bgr = bgr
+        self.input_scale = scale
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, image: torch.Tensor, until: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """image: (N, 3, H, W) RGB in [0, 1]. `until`: only these layers, stopping at the deepest."""
         taps = self.taps if until is None else {LAYER_INDEX[name]: name for name in until}
         last = max(taps)
-        x = (image - self.mean) / self.std
+        if self.bgr:
+            image = image.flip(1)  # RGB -> BGR
+        x = (image * self.input_scale - self.mean) / self.std
         out: dict[str, torch.Tensor] = {}
         for index, module in enumerate(self.features):
             x = module(x)

@@ -1,30 +1,100 @@
 """Finding, checking and loading the VGG19 weights.
 
-Resolution order: an explicit path (`--weights PATH`), `$NST_VGG19_WEIGHTS`,
-the torch hub cache, then a download of torchvision's checkpoint through
-`torch.hub` with its hash checked. `random` is an explicit, seeded choice for
-tests and CPU demos. Every design records which weights made it.
+Three files are known, each with the input its network was trained on:
+
+- Keras' `vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5`, the Caffe-trained
+  VGG19 of Simonyan and Zisserman that the paper's TensorFlow run loaded
+  (HDF5; caffe preprocessing: BGR, 0..255, minus the BGR mean);
+- `vgg19-d01eb7cb.pth`, the same Caffe weights as a PyTorch state dict in
+  torchvision's key layout (jcjohnson's conversion; caffe preprocessing);
+- torchvision's retrained `vgg19-dcbb9e9d.pth` (ImageNet mean/std on RGB in 0..1).
+
+The format is recognised from the file's bytes (an HDF5 signature, or a torch
+checkpoint holding a state dict), never from its name. `--weights auto` looks
+in $NST_VGG19_WEIGHTS, the Keras cache, the torch hub cache (the Caffe
+conversion first), then downloads the Keras file with its MD5 checked. An
+explicit path is trusted and identified by its SHA-256; a file found in a cache
+under a known name, or downloaded, must match its published checksum.
+`random` is an explicit, seeded choice for tests and CPU demos, at the Caffe
+network's scale. Every design records which weights and preprocessing made it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipeline.engine.vgg import CONV_INDICES, make_features, random_init_
+from pipeline.engine.vgg import (
+    CAFFE,
+    CONV_INDICES,
+    LAYER_INDEX,
+    PREPROCESSINGS,
+    TORCHVISION,
+    make_features,
+    random_init_,
+)
 from pipeline.files import sha256_file
 
 WEIGHTS_ENV = "NST_VGG19_WEIGHTS"
-CHECKPOINT_NAME = "vgg19-dcbb9e9d.pth"
-CHECKPOINT_URL = f"https://download.pytorch.org/models/{CHECKPOINT_NAME}"
-# torch.hub's convention: the hex part of the file name is a prefix of its SHA-256.
-_HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.\w+$")
+KERAS_HDF5 = "keras-hdf5"  # formats, as recorded
+STATE_DICT = "state-dict"
+RANDOM = "random"
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """A published weights file: where it comes from, where a cache keeps it, how it is checked."""
+
+    name: str
+    url: str
+    format: str
+    preprocessing: str
+    md5: str | None = None  # the whole digest (Keras publishes MD5s)
+    sha256_prefix: str | None = None  # torch.hub's name convention
+
+    def matches(self, path: Path) -> tuple[bool, str]:
+        """(whether the file has the published checksum, the digest found)."""
+        if self.md5:
+            digest = _md5_file(path)
+            return digest == self.md5, f"MD5 {digest}"
+        digest = sha256_file(path)
+        return digest.startswith(self.sha256_prefix or ""), f"SHA-256 {digest}"
+
+
+KERAS_FILE = KnownFile(
+    "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    KERAS_HDF5,
+    CAFFE,
+    md5="253f8cb515780f3b799900260a226db6",
+)
+CAFFE_PTH = KnownFile(
+    "vgg19-d01eb7cb.pth",
+    "https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth",
+    STATE_DICT,
+    CAFFE,
+    sha256_prefix="d01eb7cb",
+)
+TORCHVISION_PTH = KnownFile(
+    "vgg19-dcbb9e9d.pth",
+    "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+    STATE_DICT,
+    TORCHVISION,
+    sha256_prefix="dcbb9e9d",
+)
+DOWNLOAD_URL = KERAS_FILE.url  # what --weights auto downloads when no cache has a file
+
+
+def known_files() -> tuple[KnownFile, ...]:
+    """The published files in the order --weights auto prefers them: the paper's network first."""
+    return (KERAS_FILE, CAFFE_PTH, TORCHVISION_PTH)
 
 
 class WeightsError(RuntimeError):
@@ -36,57 +106,143 @@ class WeightsSource:
     kind: str  # "file" or "random"
     path: str | None
     identity: str  # "sha256:<hex>" or "random:<seed>"; recorded with every design
+    format: str = RANDOM  # keras-hdf5, state-dict or random
+    preprocessing: str = CAFFE  # the input the network expects: caffe or torchvision
+    origin: str = ""  # where it was found: --weights, $NST_VGG19_WEIGHTS, a cache, a download
+
+    @property
+    def design_identity(self) -> str:
+        """What a design id hashes: the weights and the preprocessing that feeds them."""
+        return f"{self.identity}+{self.preprocessing}"
+
+    @property
+    def seed(self) -> int:
+        assert self.kind == "random", self
+        return int(self.identity.split(":")[1])
 
     @property
     def label(self) -> str:
-        return self.identity if self.kind == "random" else f"{self.identity} ({self.path})"
+        where = "" if self.path is None else f", {self.path}"
+        return f"{self.identity} ({self.format}, {self.preprocessing} preprocessing{where})"
 
 
-def _checked_file(path: Path, origin: str) -> WeightsSource:
-    if not path.is_file():
-        raise WeightsError(f"VGG19 weights file {str(path)!r} (from {origin}) does not exist")
-    digest = sha256_file(path)
-    match = _HASH_IN_NAME.search(path.name)
-    if match and not digest.startswith(match.group(1)):
-        raise WeightsError(
-            f"VGG19 weights file {str(path)!r} (from {origin}) has SHA-256 {digest}, "
-            f"which does not start with {match.group(1)!r} as its name promises: the file is corrupt or not "
-            f"torchvision's checkpoint; download {CHECKPOINT_URL} again"
-        )
-    return WeightsSource("file", str(path), f"sha256:{digest}")
+def _md5_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras keeps downloaded weights: $KERAS_HOME/models, default ~/.keras/models."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+
+
+def hub_cache_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def cache_path(known: KnownFile) -> Path:
+    return (keras_cache_dir() if known.format == KERAS_HDF5 else hub_cache_dir()) / known.name
 
 
 def hub_checkpoint_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / CHECKPOINT_NAME
+    """torchvision's checkpoint in the torch hub cache."""
+    return cache_path(TORCHVISION_PTH)
 
 
-def resolve_weights(spec: str, seed: int, allow_download: bool = True) -> WeightsSource:
-    """Find the weights before any work starts; raise WeightsError saying how to fix it."""
-    if spec == "random":
-        return WeightsSource("random", None, f"random:{seed}")
-    if spec not in ("auto", ""):
-        return _checked_file(Path(spec).expanduser(), "--weights")
-    if env := os.environ.get(WEIGHTS_ENV):
-        return _checked_file(Path(env).expanduser(), f"${WEIGHTS_ENV}")
-    cached = hub_checkpoint_path()
-    if cached.is_file():
-        return _checked_file(cached, "the torch hub cache")
-    if not allow_download:
-        raise WeightsError(_how_to_provide(cached, "downloads are disabled"))
-    cached.parent.mkdir(parents=True, exist_ok=True)
+def detect_format(path: Path) -> str:
+    """keras-hdf5 or state-dict, from the file's first bytes; WeightsError naming what was found otherwise."""
     try:
-        # hash_prefix makes torch.hub refuse a corrupted or substituted download.
-        torch.hub.download_url_to_file(CHECKPOINT_URL, str(cached), hash_prefix=CHECKPOINT_NAME.split("-")[1][:8])
-    except (OSError, RuntimeError) as err:  # URLError is an OSError; a hash mismatch is a RuntimeError
-        raise WeightsError(_how_to_provide(cached, f"download failed: {err}")) from err
-    return _checked_file(cached, "a torch.hub download")
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as err:
+        raise WeightsError(f"cannot read VGG19 weights {str(path)!r}: {err}") from None
+    if head == HDF5_SIGNATURE:
+        return KERAS_HDF5
+    # A torch checkpoint: a zip archive (torch.save since 1.6) or a legacy pickle (protocol 2, b"\x80\x02").
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return STATE_DICT
+    found = "an empty file" if not head else f"a file starting with {head!r}"
+    raise WeightsError(
+        f"VGG19 weights {str(path)!r}: found {found}, which is neither a Keras HDF5 file "
+        f"({KERAS_FILE.name}) nor a PyTorch state dict ({CAFFE_PTH.name}, {TORCHVISION_PTH.name})"
+    )
 
 
-def _how_to_provide(cached: Path, reason: str) -> str:
+def _source(path: Path, origin: str, preprocessing: str, known: KnownFile | None = None) -> WeightsSource:
+    if not path.is_file():
+        raise WeightsError(f"VGG19 weights file {str(path)!r} (from {origin}) does not exist")
+    fmt = detect_format(path)
+    digest = sha256_file(path)
+    if known is not None:
+        ok, found = known.matches(path)
+        if not ok:
+            expected = f"MD5 {known.md5}" if known.md5 else f"SHA-256 starting with {known.sha256_prefix}"
+            raise WeightsError(
+                f"VGG19 weights file {str(path)!r} (from {origin}) has {found}, not the published {expected}: "
+                f"the file is corrupt or not {known.name}; delete it and download {known.url} again"
+            )
+    if preprocessing == "auto":
+        preprocessing = _preprocessing_of(fmt, digest)
+    return WeightsSource("file", str(path), f"sha256:{digest}", fmt, preprocessing, origin)
+
+
+def _preprocessing_of(fmt: str, digest: str) -> str:
+    """The Keras file is the Caffe network; a state dict is torchvision's retrained
+    network unless its hash is that of the Caffe conversion (same layout, other weights)."""
+    if fmt == KERAS_HDF5 or digest.startswith(CAFFE_PTH.sha256_prefix or "-"):
+        return CAFFE
+    return TORCHVISION
+
+
+def resolve_weights(spec: str, seed: int, allow_download: bool = True, preprocessing: str = "auto") -> WeightsSource:
+    """Find the weights before any work starts; raise WeightsError saying how to fix it.
+
+    preprocessing: 'auto' (the format's own: caffe for the Keras file and the
+    Caffe conversion, torchvision for other state dicts), or 'caffe' /
+    'torchvision' to say what an unpublished state dict was trained on."""
+    if preprocessing not in ("auto", *PREPROCESSINGS):
+        raise WeightsError(f"preprocessing={preprocessing!r} is invalid; accepted: auto, {', '.join(PREPROCESSINGS)}")
+    if spec == "random":
+        # The Caffe network's input scale, so the paper's loss weights act on random weights as on the real ones.
+        return WeightsSource(
+            "random", None, f"random:{seed}", RANDOM, CAFFE if preprocessing == "auto" else preprocessing
+        )
+    if spec not in ("auto", ""):
+        return _source(Path(spec).expanduser(), "--weights", preprocessing)
+    if env := os.environ.get(WEIGHTS_ENV):
+        return _source(Path(env).expanduser(), f"${WEIGHTS_ENV}", preprocessing)
+    for known in known_files():
+        cached = cache_path(known)
+        if cached.is_file():
+            return _source(
+                cached, f"the {'Keras' if known.format == KERAS_HDF5 else 'torch hub'} cache", preprocessing, known
+            )
+    if not allow_download:
+        raise WeightsError(how_to_provide("downloads are disabled"))
+    target = cache_path(KERAS_FILE)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        torch.hub.download_url_to_file(DOWNLOAD_URL, str(partial), progress=False)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError
+        partial.unlink(missing_ok=True)
+        raise WeightsError(how_to_provide(f"download failed: {err}")) from None
+    ok, found = KERAS_FILE.matches(partial)
+    if not ok:
+        partial.unlink(missing_ok=True)
+        raise WeightsError(how_to_provide(f"the download of {DOWNLOAD_URL} has {found}, not MD5 {KERAS_FILE.md5}"))
+    os.replace(partial, target)
+    return _source(target, "a download", preprocessing, KERAS_FILE)
+
+
+def how_to_provide(reason: str) -> str:
+    places = "; ".join(f"{k.name} ({k.url}) as {cache_path(k)}" for k in known_files())
     return (
-        f"VGG19 weights not found and could not be downloaded ({reason}). Provide torchvision's "
-        f"{CHECKPOINT_NAME} (from {CHECKPOINT_URL}) in one of these ways: pass --weights /path/to/{CHECKPOINT_NAME}; "
-        f"set {WEIGHTS_ENV}=/path/to/{CHECKPOINT_NAME}; or copy it to {cached}. "
+        f"VGG19 weights not found ({reason}). Copy one of these files into its cache folder, best first: {places}; "
+        f"or pass --weights /path/to/file, or set {WEIGHTS_ENV}=/path/to/file. "
         f"For tests and CPU demos only, --weights random uses seeded random weights."
     )
 
@@ -95,35 +251,95 @@ def load_features(source: WeightsSource, until_index: int | None = None) -> nn.S
     """The VGG19 conv stack with the resolved weights; the classifier is never kept."""
     features = make_features(until_index)
     if source.kind == "random":
-        random_init_(features, int(source.identity.split(":")[1]))
+        random_init_(features, source.seed)
         return features
     assert source.path is not None
-    try:
-        state = torch.load(source.path, map_location="cpu", weights_only=True)
-    except (
-        RuntimeError,
-        OSError,
-        ValueError,
-        EOFError,
-        KeyError,
-        pickle.UnpicklingError,
-    ) as err:  # weights_only refuses pickled code
-        raise WeightsError(f"cannot load VGG19 weights {source.path!r}: {err}") from err
-    if not isinstance(state, dict):
-        raise WeightsError(f"VGG19 weights {source.path!r} hold a {type(state).__name__}, expected a state dict")
-    # Accept torchvision's full-model keys (features.N.*) or a bare features dict (N.*).
-    prefix = "features." if any(k.startswith("features.") for k in state) else ""
-    wanted = {k for k in features.state_dict()}
-    kept = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] in wanted}
+    if source.format == KERAS_HDF5:
+        state = _keras_state(source.path)
+    else:
+        state = _torch_state(source.path)
+    wanted = set(features.state_dict())
+    kept = {k: v for k, v in state.items() if k in wanted}
     missing = sorted(wanted - set(kept), key=lambda k: int(k.split(".")[0]))
     if missing:
         raise WeightsError(
-            f"VGG19 weights {source.path!r} lack {len(missing)} tensor(s) of torchvision's layout, e.g. "
-            f"{prefix}{missing[0]}; expected keys {prefix}N.weight/bias for N in {CONV_INDICES}"
+            f"VGG19 weights {source.path!r} lack {len(missing)} tensor(s) of VGG19's layout, e.g. features.{missing[0]}; "
+            f"expected features.N.weight/bias for N in {CONV_INDICES}"
         )
     try:
         features.load_state_dict(kept)
     except RuntimeError as err:  # shape mismatch
-        raise WeightsError(f"VGG19 weights {source.path!r} do not fit torchvision's VGG19 layout: {err}") from err
-    del state
+        raise WeightsError(f"VGG19 weights {source.path!r} do not fit VGG19's layout: {err}") from None
     return features
+
+
+def _torch_state(path: str) -> dict[str, torch.Tensor]:
+    """A state dict saved with torch.save, loaded with weights_only=True (no pickled code runs)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:
+        raise WeightsError(f"cannot load VGG19 weights {path!r}: {_load_error(err)}") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"VGG19 weights {path!r} hold a {type(state).__name__}, expected a state dict")
+    # torchvision's full-model keys (features.N.*) or a bare features dict (N.*).
+    prefix = "features." if any(str(k).startswith("features.") for k in state) else ""
+    return {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
+
+
+def _load_error(err: BaseException) -> str:
+    """One line of torch.load's error. Its weights_only refusal spans paragraphs and suggests
+    loading unsafely; what matters is which object it refused."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            found = line.removeprefix("WeightsUnpickler error:").split(" was not an allowed global")[0].strip()
+            return f"it holds pickled objects, not only tensors ({found}); refused without running them"
+    return lines[0] if lines else type(err).__name__
+
+
+def _keras_state(path: str) -> dict[str, torch.Tensor]:
+    """Keras' HDF5 weights as features.N.* tensors: the root attribute `layer_names`
+    lists the layers, each layer group's `weight_names` its datasets (kernel, then
+    bias); kernels are (3, 3, in, out) and become torch's (out, in, 3, 3)."""
+    import h5py  # local: only this format needs it
+    import numpy as np
+
+    try:
+        with h5py.File(path, "r") as handle:
+            group = handle["model_weights"] if "model_weights" in handle else handle
+            names = [_text(n) for n in group.attrs.get("layer_names", [])]
+            if not names:
+                raise WeightsError(f"VGG19 weights {path!r}: an HDF5 file without Keras' `layer_names` attribute")
+            state: dict[str, torch.Tensor] = {}
+            for layer, index in LAYER_INDEX.items():  # conv{B}_{L} -> Keras' block{B}_conv{L}
+                block, conv = layer[len("conv") :].split("_")
+                name = f"block{block}_conv{conv}"
+                if name not in names:
+                    continue  # reported as missing by the caller
+                weight_names = [_text(n) for n in group[name].attrs.get("weight_names", [])]
+                if len(weight_names) != 2:
+                    raise WeightsError(
+                        f"VGG19 weights {path!r}: layer {name} lists {weight_names}, expected a kernel and a bias"
+                    )
+                kernel = np.asarray(group[name][weight_names[0]], dtype=np.float32)
+                bias = np.asarray(group[name][weight_names[1]], dtype=np.float32)
+                if kernel.ndim != 4 or bias.ndim != 1:
+                    raise WeightsError(
+                        f"VGG19 weights {path!r}: layer {name} has a kernel of shape {kernel.shape} and a bias of shape "
+                        f"{bias.shape}, expected (3, 3, in, out) and (out,)"
+                    )
+                conv_index = index - 1  # LAYER_INDEX points at the ReLU after the conv
+                state[f"{conv_index}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
+                state[f"{conv_index}.bias"] = torch.from_numpy(bias)
+            return state
+    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py raises these for broken files
+        raise WeightsError(f"cannot read VGG19 weights {path!r} as Keras HDF5: {err}") from None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def check_loadable(source: WeightsSource) -> None:
+    """Load the weights once before any work, so a broken file is refused up front."""
+    load_features(source)

@@ -76,7 +76,7 @@ class RowContext:
             "style_sha256": "+".join(sha or "" for sha in job.style_sha256s),
             "mask_sha256": job.mask_sha256,
             "collection": next((r.collection for r in refs if r.collection), None),
-            "params": params_value(cfg, self.weights.identity),
+            "params": params_value(cfg, self.weights.identity, self.weights.preprocessing),
             "weights_source": self.weights.label,
             "loss_every": cfg.loss_every,
             "tags": list(dict.fromkeys(t for r in refs for t in r.tags)),

@@ -29,7 +29,7 @@ from pipeline.engine.weights import WeightsSource
 from pipeline.execution.devices import CPU_BATCH_SIZE, MAX_AUTO_BATCH
 from pipeline.execution.rows import RowContext, now_utc
 from pipeline.execution.shard import run_shard
-from pipeline.execution.summary import RunSummary, summarize
+from pipeline.execution.summary import RunSummary, Sample, Tally, summarize
 from pipeline.files import sha256_file
 from pipeline.planning.plan import Job, Plan, cut_shards, plan_designs
 from pipeline.planning.variants import JobSpecs
@@ -42,8 +42,7 @@ def run_config(
     catalog: str | Path,
     out: str | Path,
     config: Config,
-    weights_identity: str,
-    weights_path: str | None,
+    weights: WeightsSource,
     devices: list[str],
     started: datetime,
 ) -> dict[str, Any]:
@@ -55,7 +54,12 @@ def run_config(
         "catalog_sha256": sha256_file(catalog),
         "out": str(Path(out).resolve()),
         "config": config.to_dict(),
-        "weights": {"identity": weights_identity, "path": weights_path},
+        "weights": {
+            "identity": weights.identity,
+            "path": weights.path,
+            "format": weights.format,
+            "preprocessing": weights.preprocessing,
+        },
         "devices": list(devices),
         "started_at": started.isoformat(),
     }
@@ -86,7 +90,8 @@ class Run:
         self.started = started or now_utc()
         self.run_id = run_id or f"{self.started:%Y%m%dT%H%M%SZ}-{self.flow_run_id[:8]}"
         self.designs = DesignCatalog(out)
-        self.rows: list[dict[str, Any]] = []
+        self.tally = Tally()  # counts as shards commit; no per-design data of the whole run
+        self.sample = Sample()  # a bounded sample for the contact sheet and the loss-curve plot
         self.weights: WeightsSource | None = None
         self.devices: list[str] = []
         self.planned: Plan | None = None
@@ -99,20 +104,12 @@ class Run:
     ) -> Plan:
         """Plan the designs not yet ok in the catalog, then write runs/<run_id>/config.json."""
         self.weights, self.devices = weights, list(devices)
-        self.planned = plan_designs(inputs, self.config, weights.identity, self.designs.ok_design_ids(), specs)
+        self.planned = plan_designs(inputs, self.config, weights.design_identity, self.designs.ok_design_ids(), specs)
         self.designs.write_run_file(
             self.run_id,
             "config.json",
             run_config(
-                self.run_id,
-                self.flow_run_id,
-                self.catalog,
-                self.out,
-                self.config,
-                weights.identity,
-                weights.path,
-                self.devices,
-                self.started,
+                self.run_id, self.flow_run_id, self.catalog, self.out, self.config, weights, self.devices, self.started
             ),
         )
         return self.planned
@@ -141,20 +138,22 @@ class Run:
 
     def record(self, rows: list[dict[str, Any]]) -> None:
         """Count rows committed elsewhere (the flow commits in a task of its own)."""
-        self.rows += rows
+        self.tally.add(rows)
+        self.sample.add(rows)
 
     def contact_sheet(self) -> Path | None:
-        ok = sum(r["status"] == "ok" for r in self.rows)
+        ok = self.tally.ok
         return write_contact_sheet(
-            self.rows,
+            self.sample.rows,
             self.out,
             self.designs.run_dir(self.run_id) / CONTACT_SHEET,
             title=f"run {self.run_id}: {ok} designs",
             defaults=Config().to_dict(),
         )
 
-    def finish(self) -> RunSummary:
-        """The summary, written to runs/<run_id>/summary.json."""
+    def finish(self, stopped: bool = False) -> RunSummary:
+        """The summary, written to runs/<run_id>/summary.json. `stopped`: the run was stopped
+        on request, and the designs it did not reach are left for the next run."""
         assert self.planned is not None, "plan() first"
         summary = summarize(
             self.run_id,
@@ -164,9 +163,10 @@ class Run:
             self.started,
             time.perf_counter() - self._clock,
             self.planned,
-            self.rows,
+            self.tally,
             self.devices,
             self.designs.version(),
+            stopped=stopped,
         )
         self.designs.write_run_file(self.run_id, "summary.json", summary.to_dict())
         return summary

@@ -11,7 +11,7 @@ from pipeline.engine.losses import seam_score
 from pipeline.engine.transfer import Pairing, StyleTransfer
 from pipeline.engine.weights import resolve_weights
 
-BASE = Config(size=32, steps=60, loss_every=10, weights="random", style_weight=1e4, learning_rate=0.05)
+BASE = Config(size=32, steps=60, loss_every=10, weights="random", learning_rate=0.05)
 gen = torch.Generator().manual_seed(7)
 STYLE = torch.rand(3, 32, 32, generator=gen)
 STYLE_2 = torch.rand(3, 32, 32, generator=gen) * torch.tensor([1.0, 0.2, 0.2]).view(3, 1, 1)

@@ -78,7 +78,9 @@ def tutorial(weights_path: str, content: np.ndarray, style: np.ndarray, steps: i
         style_outputs, content_outputs = outputs["style"], outputs["content"]
         style_loss = tf.add_n([tf.reduce_mean((style_outputs[n] - style_targets[n]) ** 2) for n in style_outputs])
         style_loss *= style_weight / len(STYLE_LAYERS)
-        content_loss = tf.add_n([tf.reduce_mean((content_outputs[n] - content_targets[n]) ** 2) for n in content_outputs])
+        content_loss = tf.add_n(
+            [tf.reduce_mean((content_outputs[n] - content_targets[n]) ** 2) for n in content_outputs]
+        )
         content_loss *= content_weight / len(CONTENT_LAYERS)
         return style_loss + content_loss
 

@@ -1,18 +1,29 @@
-"""pipeline.engine.weights: finding, verifying and loading VGG19 checkpoints, with generated
-files in torchvision's key layout (no download, no real weights)."""
+"""pipeline.engine.weights: finding, verifying and loading VGG19 weights, with generated
+files in the published layouts (Keras' HDF5, torchvision's keys; no real weights)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from weight_files import seeded_features, write_keras_h5, write_state_dict
 
 import pipeline.engine.weights as weights_mod
 from pipeline.engine.vgg import CONV_INDICES, LAYER_INDEX, FeatureExtractor, make_features
-from pipeline.engine.weights import WEIGHTS_ENV, WeightsError, hub_checkpoint_path, load_features, resolve_weights
+from pipeline.engine.weights import (
+    CAFFE_PTH,
+    KERAS_FILE,
+    TORCHVISION_PTH,
+    WEIGHTS_ENV,
+    WeightsError,
+    cache_path,
+    load_features,
+    resolve_weights,
+)
 from pipeline.files import sha256_file
 
 UNPICKLED: list[str] = []
@@ -74,22 +85,43 @@ def small_checkpoint(tmp_path):
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
-    """No $NST_VGG19_WEIGHTS, an empty TORCH_HOME, and a download URL that cannot connect."""
+    """No $NST_VGG19_WEIGHTS, empty Keras and torch hub caches, and a download URL that cannot connect."""
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     home = tmp_path / "torch_home"
     home.mkdir()
     monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.setattr(weights_mod, "CHECKPOINT_URL", "http://127.0.0.1:9/vgg19-dcbb9e9d.pth")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setattr(weights_mod, "DOWNLOAD_URL", f"http://127.0.0.1:9/{KERAS_FILE.name}")
     return home
+
+
+def in_cache(known, data: bytes, monkeypatch, matching: bool = True) -> Path:
+    """`data` under `known`'s name in its cache; `matching`: the published checksum is taken to be data's."""
+    path = cache_path(known)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    if matching:
+        name = {KERAS_FILE.name: "KERAS_FILE", CAFFE_PTH.name: "CAFFE_PTH", TORCHVISION_PTH.name: "TORCHVISION_PTH"}[
+            known.name
+        ]
+        patched = (
+            dataclasses.replace(known, md5=hashlib.md5(data).hexdigest())
+            if known.md5
+            else dataclasses.replace(known, sha256_prefix=hashlib.sha256(data).hexdigest()[:8])
+        )
+        monkeypatch.setattr(weights_mod, name, patched)
+    return path
 
 
 # --- resolution ---------------------------------------------------------------------
 
 
-def test_random_spec(clean_env):
+def test_random_spec_runs_at_the_caffe_scale(clean_env):
     source = resolve_weights("random", 7)
     assert (source.kind, source.path, source.identity) == ("random", None, "random:7")
-    assert source.label == "random:7"
+    assert (source.format, source.preprocessing) == ("random", "caffe")
+    assert source.label.startswith("random:7 ") and "caffe" in source.label
+    assert resolve_weights("random", 7, preprocessing="torchvision").preprocessing == "torchvision"
 
 
 def test_explicit_path_gives_file_identity(small_checkpoint, clean_env):
@@ -101,6 +133,8 @@ def test_explicit_path_gives_file_identity(small_checkpoint, clean_env):
     assert len(digest) == 64 and small_checkpoint.name == f"vgg19-{digest[:8]}.pth"
     assert sha256_file(small_checkpoint) == digest
     assert str(small_checkpoint) in source.label and source.identity in source.label
+    assert (source.format, source.preprocessing) == ("state-dict", "torchvision")
+    assert source.design_identity == f"sha256:{digest}+torchvision"
 
 
 def test_file_without_hash_in_name_is_accepted(tmp_path, clean_env):
@@ -109,17 +143,50 @@ def test_file_without_hash_in_name_is_accepted(tmp_path, clean_env):
     assert resolve_weights(str(path), 0).identity == f"sha256:{sha256_file(path)}"
 
 
-def test_name_hash_mismatch_is_refused(tmp_path, clean_env):
-    path = tmp_path / "vgg19-dcbb9e9d.pth"
+def test_an_explicit_path_is_trusted_whatever_its_name(tmp_path, clean_env):
+    """--weights PATH is identified by its SHA-256; a published name does not make it the published file."""
+    path = tmp_path / "vgg19-d01eb7cb.pth"
     torch.save({"features.0.weight": torch.zeros(1)}, path)
-    digest = sha256_file(path)
-    assert not digest.startswith("dcbb9e9d")
+    source = resolve_weights(str(path), 0)
+    assert source.identity == f"sha256:{sha256_file(path)}"
+    assert source.preprocessing == "torchvision"  # what the bytes are, not what the name says
+
+
+def test_the_format_comes_from_the_bytes_not_the_name(tmp_path, clean_env):
+    keras = write_keras_h5(seeded_features(0), tmp_path / "weights.pth")  # an HDF5 file named .pth
+    pth = write_state_dict(seeded_features(0), tmp_path / "weights.h5")  # a state dict named .h5
+    assert (resolve_weights(str(keras), 0).format, resolve_weights(str(keras), 0).preprocessing) == (
+        "keras-hdf5",
+        "caffe",
+    )
+    assert resolve_weights(str(pth), 0).format == "state-dict"
+
+
+@pytest.mark.parametrize("data", [b"hello, this is not a checkpoint", b""])
+def test_a_file_of_no_known_format_is_refused_saying_what_was_found(tmp_path, clean_env, data):
+    path = tmp_path / "vgg19.h5"
+    path.write_bytes(data)
     with pytest.raises(WeightsError) as info:
         resolve_weights(str(path), 0)
     message = str(info.value)
-    assert digest in message
-    assert "'dcbb9e9d'" in message
-    assert str(path) in message and "--weights" in message
+    assert str(path) in message
+    assert ("empty file" if not data else repr(data[:8])) in message
+    assert KERAS_FILE.name in message and CAFFE_PTH.name in message and TORCHVISION_PTH.name in message
+
+
+def test_preprocessing_can_be_given_for_an_unpublished_state_dict(tmp_path, clean_env):
+    path = write_state_dict(seeded_features(0), tmp_path / "caffe_conversion.pth")
+    assert resolve_weights(str(path), 0).preprocessing == "torchvision"
+    source = resolve_weights(str(path), 0, preprocessing="caffe")
+    assert source.preprocessing == "caffe" and source.design_identity.endswith("+caffe")
+    with pytest.raises(WeightsError, match="preprocessing='bgr' is invalid; accepted: auto, caffe, torchvision"):
+        resolve_weights(str(path), 0, preprocessing="bgr")
+
+
+def test_the_caffe_conversion_is_known_by_its_hash():
+    assert weights_mod._preprocessing_of("state-dict", "d01eb7cb" + "0" * 56) == "caffe"
+    assert weights_mod._preprocessing_of("state-dict", "dcbb9e9d" + "0" * 56) == "torchvision"
+    assert weights_mod._preprocessing_of("keras-hdf5", "0" * 64) == "caffe"
 
 
 def test_missing_explicit_path_is_refused(tmp_path, clean_env):
@@ -153,55 +220,69 @@ def test_explicit_path_wins_over_env(small_checkpoint, tmp_path, clean_env, monk
     assert resolve_weights("auto", 0).path == str(other)
 
 
-def _put_in_hub_cache(home: Path, checkpoint: Path, monkeypatch) -> Path:
-    monkeypatch.setattr(weights_mod, "CHECKPOINT_NAME", checkpoint.name)
-    cached = home / "hub" / "checkpoints" / checkpoint.name
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(checkpoint.read_bytes())
-    return cached
-
-
-def test_hub_cache_is_used(small_checkpoint, clean_env, monkeypatch):
-    cached = _put_in_hub_cache(clean_env, small_checkpoint, monkeypatch)
-    assert hub_checkpoint_path() == cached
+def test_the_caches_prefer_the_papers_network(tmp_path, clean_env, monkeypatch):
+    keras = write_keras_h5(seeded_features(0), tmp_path / "k.h5").read_bytes()
+    state = write_state_dict(seeded_features(1), tmp_path / "s.pth").read_bytes()
+    other = write_state_dict(seeded_features(2), tmp_path / "t.pth").read_bytes()
+    torchvision = in_cache(TORCHVISION_PTH, other, monkeypatch)
+    assert resolve_weights("auto", 0, allow_download=False).path == str(torchvision)
+    caffe = in_cache(CAFFE_PTH, state, monkeypatch)
     source = resolve_weights("auto", 0, allow_download=False)
-    assert source.kind == "file"
-    assert Path(source.path) == cached
-    assert source.identity == f"sha256:{sha256_file(small_checkpoint)}"
+    assert (source.path, source.preprocessing, source.origin) == (str(caffe), "caffe", "the torch hub cache")
+    assert caffe.parent == clean_env / "hub" / "checkpoints"
+    in_cache(KERAS_FILE, keras, monkeypatch)
+    source = resolve_weights("auto", 0, allow_download=False)
+    assert (Path(source.path), source.format, source.preprocessing) == (cache_path(KERAS_FILE), "keras-hdf5", "caffe")
+    assert cache_path(KERAS_FILE) == tmp_path / "keras_home" / "models" / KERAS_FILE.name
+    assert source.origin == "the Keras cache"
 
 
-def test_env_var_wins_over_hub_cache(small_checkpoint, tmp_path, clean_env, monkeypatch):
-    _put_in_hub_cache(clean_env, small_checkpoint, monkeypatch)
+def test_env_var_wins_over_the_caches(small_checkpoint, tmp_path, clean_env, monkeypatch):
+    in_cache(TORCHVISION_PTH, small_checkpoint.read_bytes(), monkeypatch)
     other = save_named({"other": torch.zeros(3)}, tmp_path / "other")
     monkeypatch.setenv(WEIGHTS_ENV, str(other))
     assert resolve_weights("auto", 0).path == str(other)
 
 
-def test_corrupt_hub_cache_file_is_refused(tmp_path, clean_env, monkeypatch):
-    # the real name, dcbb9e9d, promises a hash that this file does not have
-    cached = clean_env / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(b"not the checkpoint")
-    assert hub_checkpoint_path() == cached
+@pytest.mark.parametrize("known", [KERAS_FILE, CAFFE_PTH, TORCHVISION_PTH], ids=lambda k: k.name)
+def test_a_cached_file_with_a_wrong_checksum_is_refused(known, tmp_path, clean_env, monkeypatch):
+    data = (write_keras_h5 if known is KERAS_FILE else write_state_dict)(
+        seeded_features(0), tmp_path / "w"
+    ).read_bytes()
+    cached = in_cache(known, data, monkeypatch, matching=False)
     with pytest.raises(WeightsError) as info:
-        resolve_weights("auto", 0)
-    assert "torch hub cache" in str(info.value)
-    assert hashlib.sha256(b"not the checkpoint").hexdigest() in str(info.value)
+        resolve_weights("auto", 0, allow_download=False)
+    message = str(info.value)
+    assert str(cached) in message and known.url in message
+    found = hashlib.md5(data).hexdigest() if known.md5 else hashlib.sha256(data).hexdigest()
+    assert found in message and (known.md5 or known.sha256_prefix) in message
 
 
-def test_offline_without_weights_explains_every_way_to_provide_them(clean_env):
-    cached = clean_env / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
-    assert hub_checkpoint_path() == cached
+def test_offline_without_weights_lists_the_three_files_and_where_each_goes(clean_env):
     with pytest.raises(WeightsError) as info:
         resolve_weights("auto", 0)
     message = str(info.value)
-    assert "--weights" in message
-    assert WEIGHTS_ENV in message
-    assert str(cached) in message
+    for known in (KERAS_FILE, CAFFE_PTH, TORCHVISION_PTH):
+        assert known.name in message and known.url in message and str(cache_path(known)) in message
+    assert message.index(KERAS_FILE.name) < message.index(CAFFE_PTH.name) < message.index(TORCHVISION_PTH.name)
+    assert "--weights" in message and WEIGHTS_ENV in message
     assert "download failed" in message
     assert "--weights random" in message
-    assert not cached.exists()
-    assert list(cached.parent.iterdir()) == []  # no partial download left behind
+    assert not cache_path(KERAS_FILE).exists()
+    assert list(cache_path(KERAS_FILE).parent.iterdir()) == []  # no partial download left behind
+
+
+def test_a_download_is_checked_against_the_published_md5(tmp_path, clean_env, monkeypatch):
+    served = write_keras_h5(seeded_features(0), tmp_path / "served.h5")
+    monkeypatch.setattr(weights_mod, "DOWNLOAD_URL", served.as_uri())
+    with pytest.raises(WeightsError, match=f"not MD5 {KERAS_FILE.md5}"):
+        resolve_weights("auto", 0)
+    assert not cache_path(KERAS_FILE).exists()
+    monkeypatch.setattr(
+        weights_mod, "KERAS_FILE", dataclasses.replace(KERAS_FILE, md5=hashlib.md5(served.read_bytes()).hexdigest())
+    )
+    source = resolve_weights("auto", 0)
+    assert (Path(source.path), source.origin, source.format) == (cache_path(KERAS_FILE), "a download", "keras-hdf5")
 
 
 def test_downloads_disabled(clean_env):
@@ -314,7 +395,7 @@ def test_pickled_custom_object_is_never_unpickled(tmp_path):
 def test_garbage_file_is_refused(tmp_path):
     path = tmp_path / "garbage.pth"
     path.write_bytes(b"hello, this is not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot load VGG19 weights"):
+    with pytest.raises(WeightsError, match="neither a Keras HDF5 file"):
         load_features(resolve_weights(str(path), 0))
 
 

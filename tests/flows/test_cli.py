@@ -105,3 +105,145 @@ def test_exit_codes(sample_catalog: Path, tmp_path: Path):
 def test_query_reports_a_missing_catalog(tmp_path: Path, capsys):
     assert main(["query", "--out", str(tmp_path / "nothing"), "select 1"]) == EXIT_REFUSED
     assert "no design catalog" in capsys.readouterr().err
+
+
+# --- refusals: one line, before Prefect starts ----------------------------------------------
+
+
+def designs_offline(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real command with no Prefect API reachable: a refusal must not need one."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # nothing listens: starting a flow here would fail
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def assert_one_line(result: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_refusals_are_one_line_and_exit_2_before_any_work(sample_catalog: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    not_parquet = tmp_path / "notes.parquet"
+    not_parquet.write_text("this is not parquet")
+    assert_one_line(designs_offline("generate", str(not_parquet), "--out", str(out), *TINY_FLAGS), 2, "parquet")
+    assert_one_line(
+        designs_offline("generate", str(sample_catalog), "--out", str(out), "--weights", "/nope/vgg.pth"),
+        2,
+        "/nope/vgg.pth",
+        "does not exist",
+    )
+    garbage = tmp_path / "vgg19.pth"
+    garbage.write_bytes(os.urandom(4096))
+    assert_one_line(
+        designs_offline("generate", str(sample_catalog), "--out", str(out), "--weights", str(garbage)),
+        2,
+        "neither a Keras HDF5 file",
+    )
+    pickled = tmp_path / "evil.pth"
+    import torch
+
+    torch.save({"features.0.weight": Config()}, pickled)  # a pickle that would run code to load
+    assert_one_line(
+        designs_offline("generate", str(sample_catalog), "--out", str(out), "--weights", str(pickled)),
+        2,
+        "cannot load VGG19 weights",
+    )
+    for bad_out in ("Spring%20Sale", "file:///tmp/x", "s3://bucket/designs"):
+        assert_one_line(
+            designs_offline("generate", str(sample_catalog), "--out", bad_out, *TINY_FLAGS, cwd=tmp_path),
+            2,
+            "reads as a URL",
+        )
+    assert not out.exists() and not (tmp_path / "Spring%20Sale").exists()  # nothing written
+    assert_one_line(
+        designs_offline("generate", str(sample_catalog), "--out", str(out), "--devices", "cuda:7", *TINY_FLAGS),
+        2,
+        "cuda:7",
+    )
+
+
+def test_a_damaged_catalog_log_is_an_environment_fault_exit_3(sample_catalog: Path, tmp_path: Path):
+    from pipeline.execution.rows import RowContext
+    from pipeline.execution.run import Run
+
+    out = tmp_path / "out"
+    from pipeline.catalog.inputs import load_input_catalog
+    from pipeline.engine.weights import resolve_weights
+
+    config = Config(weights="random", size=32, steps=1, devices="cpu")
+    run = Run(sample_catalog, out, config, run_id="r")
+    planned = run.plan(load_input_catalog(sample_catalog), resolve_weights("random", 0), ["cpu"])
+    context = RowContext(config, resolve_weights("random", 0), "r")
+    run.commit([context.failed(job, "x") for job in planned.todo[:2]], "seed")
+    log = sorted((out / "designs" / "_delta_log").glob("*.json"))[-1]
+    log.write_text(log.read_text()[:40])  # a truncated entry
+    result = designs_offline("generate", str(sample_catalog), "--out", str(out), *TINY_FLAGS)
+    assert_one_line(result, 3, "cannot read the design catalog", str(log.parent))
+
+
+def test_flags_are_never_abbreviated_and_booleans_take_no_value(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "c.parquet", "--step", "20"])
+    assert exit_info.value.code == 2 and "--step" in capsys.readouterr().err
+    args = build_parser().parse_args(["generate", "c.parquet", "--tile"])
+    assert config_from_args(args).tile is True
+    assert config_from_args(build_parser().parse_args(["generate", "c.parquet", "--no-tile"])).tile is False
+
+
+def test_a_bad_config_value_prints_the_generate_usage(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "c.parquet", "--steps", "0"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: designs generate") and "steps=0" in err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("designs ")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_ctrl_c_commits_what_finished_and_a_rerun_makes_the_rest(sample_catalog: Path, tmp_path: Path):
+    import signal
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    out = tmp_path / "out"
+    flags = ["--weights", "random", "--size", "32", "--steps", "40", "--batch-size", "1", "--shard-size", "2"]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "generate", str(sample_catalog), "--out", str(out), *flags],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first_shard = out / "designs" / "_delta_log" / f"{1:020d}.json"
+    deadline = time.monotonic() + 300  # a guard against a hang, not a timing
+    while not first_shard.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first_shard.exists(), "no shard was committed"
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    stopped = [line for line in stderr.splitlines() if line.startswith("designs generate: stopped:")]
+    assert len(stopped) == 1 and "run the same command again" in stopped[0]
+    frame = DesignCatalog(out).to_pandas()
+    made = set(frame.loc[frame.status == "ok", "design_id"])
+    assert 2 <= len(made) < 11 and (frame.status == "ok").all()
+
+    again = designs("generate", str(sample_catalog), "--out", str(out), *flags)
+    assert again.returncode == EXIT_OK, again.stderr
+    frame = DesignCatalog(out).to_pandas()
+    assert len(frame) == 11 and frame.design_id.is_unique and (frame.status == "ok").all()
+    assert made <= set(frame.design_id)
