@@ -118,7 +118,7 @@ def test_every_make_command_names_a_target_and_its_args_parse(doc, command, fenc
 def test_every_flag_of_the_options_table_exists():
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## Options") : readme.index("## The design catalog")]
-    flags = set(re.findall(r"`(--[a-z][a-z-]*)", table))
+    flags = set(re.findall(r"`(--[a-z][a-z0-9-]*)", table))
     known = options_of("generate")
     assert flags and flags <= known, sorted(flags - known)
 
