@@ -15,7 +15,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install generate demo test test-slow lint query gallery verify runs logs ui sample-data clean help
+.PHONY: install generate demo test test-slow lint query gallery verify maintain runs logs ui sample-data clean help
 
 help:
 	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [PAIRS=pairs.parquet] [ARGS='--flags']"
@@ -25,6 +25,7 @@ help:
 	@echo "make query SQL='select ...' [OUT=dir] [ARGS='--version N | --as-of TIME | --format csv -o FILE']"
 	@echo "make gallery [OUT=dir] [ARGS='--version N | -o FILE']   # OUT/gallery.html"
 	@echo "make verify [OUT=dir] [ARGS=--fix]   # PNGs match the catalog; orphans listed"
+	@echo "make maintain [OUT=dir] [ARGS='--retention-hours H | --dry-run']   # compact, vacuum, checkpoint"
 	@echo "make runs | make logs RUN=<id> | make ui   # past runs in Prefect"
 	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
 	@echo "make bench | bench-plan | bench-scales | bench-max-size | bench-pipeline [ARGS=...]   # docs/BENCHMARKS.md"
@@ -75,6 +76,10 @@ gallery: $(STAMP)
 
 verify: $(STAMP)
 	$(BIN)/designs verify "$(OUT)" $(ARGS)
+
+# Compaction, vacuum (files no version of the last week reads), checkpoint.
+maintain: $(STAMP)
+	$(BIN)/designs maintain "$(OUT)" $(ARGS)
 
 # Whole flow-run ids (Prefect's own table cuts them), for make logs RUN=<id>.
 runs: $(STAMP)

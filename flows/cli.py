@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import DEFAULT_OUT, Config, coerce, config_fields, element_type, field_type
+from pipeline.config import DEFAULT_OUT, Config, coerce, config_field, config_fields, element_type, field_type
 
 EXIT_OK, EXIT_FAILED_DESIGNS, EXIT_REFUSED, EXIT_ENVIRONMENT, EXIT_STOPPED = 0, 1, 2, 3, 130
 # Flags whose names read better than the field's.
@@ -198,6 +198,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove orphan PNGs and retire rows whose PNG is missing or altered, so the next run remakes them "
         "(not while a run is writing to OUT)",
     )
+    maintain = sub.add_parser(
+        "maintain",
+        allow_abbrev=False,
+        help="compact the design catalog's small files, vacuum old ones, write a checkpoint",
+        description=(
+            "Compact the small data files of the design catalog at OUT into large ones, delete the files no "
+            "version committed within the retention reads, write a checkpoint, and print the file counts and "
+            "sizes before and after. --version/--as-of to a version older than the retention may then fail; "
+            "versions inside it keep working. Exit 0: done; 2: refused (no catalog, a retention under the "
+            "table's minimum); 3: the disk or the catalog's log failed."
+        ),
+    )
+    maintain.add_argument(
+        "out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})"
+    )
+    retention = config_field("maintain_retention_hours").default
+    maintain.add_argument(
+        "--retention-hours",
+        type=int,
+        default=retention,
+        metavar="H",
+        help=f"keep every file that a version committed in the last H hours reads; at least the table's "
+        f"minimum, a week unless its delta.deletedFileRetentionDuration says otherwise (default: {retention})",
+    )
+    maintain.add_argument(
+        "--dry-run", action="store_true", help="change nothing: print the files and what the vacuum would remove"
+    )
     return parser
 
 
@@ -261,6 +288,20 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_REFUSED
         print("\n".join(report.lines()))
         return EXIT_FAILED_DESIGNS if report.problems else EXIT_OK
+    if args.command == "maintain":
+        from pipeline.catalog.designs import CatalogFault
+        from pipeline.catalog.maintenance import maintain
+
+        try:
+            report = maintain(args.out, retention_hours=args.retention_hours, dry_run=args.dry_run)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"designs maintain: refused: {err}", file=sys.stderr)
+            return EXIT_REFUSED
+        except CatalogFault as err:
+            print(f"designs maintain: {err}", file=sys.stderr)
+            return EXIT_ENVIRONMENT
+        print("\n".join(report.lines()))
+        return EXIT_OK
     parser.error(f"unknown command {args.command!r}")
     return EXIT_REFUSED
 

@@ -20,6 +20,7 @@ from flows.progress import RunProgress
 from flows.task_runners import THREAD_POOL_WORKERS, make_task_runner, shard_devices
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.inputs import InputCatalog, load_input_catalog
+from pipeline.catalog.maintenance import MaintenanceReport
 from pipeline.config import DEFAULT_OUT, Config
 from pipeline.engine.transfer import Progress
 from pipeline.engine.weights import WeightsSource, load_features, resolve_weights
@@ -145,6 +146,11 @@ def run_shard_task(
     return rows
 
 
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def maintain_catalog(run: Run) -> MaintenanceReport | None:
+    return run.maintain_if_due()
+
+
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
 def commit(run: Run, rows: list[dict[str, Any]], note: str) -> int | None:
     return run.designs.commit(rows, run.run_id, note)
@@ -240,6 +246,19 @@ def generate(
     publish_run_artifacts(summary, run.sample.rows, out, run.run_id)
     for line in summary.report_lines() if LOG_SUMMARY else ():
         logger.info(line)
+    if not STOP.is_set():  # a stop asked for the run to end, not for upkeep
+        maintenance = maintain_catalog(run, return_state=True)
+        if maintenance.is_completed():
+            report = maintenance.result()
+            for line in report.lines() if report else ():
+                logger.info(line)
+        else:
+            # The run's designs are committed either way; only the upkeep is left.
+            logger.warning(
+                "design catalog maintenance failed: %s; run `designs maintain %s` to finish it",
+                maintenance.message,
+                out,
+            )
     return summary
 
 

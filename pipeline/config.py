@@ -25,6 +25,8 @@ PREPROCESSINGS = ("auto", "caffe", "torchvision")
 # Layer names follow the paper's convention convN_M; see pipeline/engine/vgg.py.
 DEFAULT_CONTENT_LAYERS = ("conv5_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+# Delta's default delta.deletedFileRetentionDuration: a vacuum may not keep less.
+MIN_RETENTION_HOURS = 7 * 24
 
 
 def _field(default: Any, help: str, identity: bool = True, choices: tuple[str, ...] | None = None):
@@ -136,6 +138,21 @@ class Config:
         "refuse catalogs yielding more pairings than this (times the --grid variants), before any file is read",
         identity=False,
     )
+    maintain_after_files: int = _field(
+        256,
+        "a run ends with what `designs maintain` does (compaction, vacuum, checkpoint) when the design catalog "
+        "holds more than this many data files under --maintain-small-file-bytes (0: never)",
+        identity=False,
+    )
+    maintain_small_file_bytes: int = _field(
+        16 * 1024 * 1024, "data files smaller than this count as small for --maintain-after-files", identity=False
+    )
+    maintain_retention_hours: int = _field(
+        MIN_RETENTION_HOURS,
+        "the end-of-run maintenance vacuums files that no version committed in the last this many hours reads; "
+        "--version/--as-of to older versions may then fail",
+        identity=False,
+    )
     nonfinite_retry_factor: float = _field(
         0.1, "a design whose loss turns NaN/inf is retried once with its learning rate times this", identity=False
     )
@@ -218,6 +235,17 @@ class Config:
             raise bad("max_catalog_images", self.max_catalog_images, "a positive integer")
         if self.max_pairings < 1:
             raise bad("max_pairings", self.max_pairings, "a positive integer")
+        if self.maintain_after_files < 0:
+            raise bad("maintain_after_files", self.maintain_after_files, "0 (never) or a positive integer")
+        if self.maintain_small_file_bytes < 1:
+            raise bad("maintain_small_file_bytes", self.maintain_small_file_bytes, "a positive integer")
+        if self.maintain_retention_hours < MIN_RETENTION_HOURS:
+            raise bad(
+                "maintain_retention_hours",
+                self.maintain_retention_hours,
+                f"an integer >= {MIN_RETENTION_HOURS} (a week: the Delta table's minimum, so that no version "
+                "inside it loses files)",
+            )
         if self.overlap not in ("auto", "on", "off"):
             raise bad("overlap", self.overlap, "auto, on or off")
         if not 0 < self.nonfinite_retry_factor < 1:

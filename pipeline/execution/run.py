@@ -11,6 +11,7 @@ steps one by one) instead of writing the flow's glue again.
     for index, jobs in run.shards():
         run.commit(run_shard(jobs, ...), f"shard-{index}")
     summary = run.finish()                                # writes runs/<id>/summary.json
+    run.maintain_if_due()                                 # compaction, vacuum, checkpoint past a count of small files
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.inputs import InputCatalog
+from pipeline.catalog.maintenance import MaintenanceReport, maintain, small_files
 from pipeline.config import Config
 from pipeline.engine.transfer import Progress
 from pipeline.engine.weights import WeightsSource
@@ -170,6 +172,14 @@ class Run:
         )
         self.designs.write_run_file(self.run_id, "summary.json", summary.to_dict())
         return summary
+
+    def maintain_if_due(self) -> MaintenanceReport | None:
+        """After finish(): compact, vacuum and checkpoint the design catalog when it holds more
+        than config.maintain_after_files small data files (0: never); None when not due."""
+        limit = self.config.maintain_after_files
+        if not limit or small_files(self.out, self.config.maintain_small_file_bytes) <= limit:
+            return None
+        return maintain(self.out, retention_hours=self.config.maintain_retention_hours)
 
     # --- all of it, in this process ---
 

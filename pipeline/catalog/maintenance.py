@@ -1,0 +1,236 @@
+"""Upkeep of the design catalog: compact small data files, vacuum what no version
+inside the retention needs, write a checkpoint.
+
+Every shard is one merge, and every merge writes new data files, so a catalog of
+millions of designs made in small shards holds thousands of small files that
+every read opens. `maintain` rewrites them into few large ones (a commit that
+changes no row), deletes files that no version committed within the retention
+reads any more, and writes a checkpoint so readers start from one parquet file
+instead of replaying the whole log.
+
+Time travel: a version stays readable while the commit that replaced its files
+is inside the retention. After a vacuum, `--version` / `--as-of` to an older
+version fails (its files are gone); every version committed within the
+retention keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable
+from deltalake.exceptions import CommitFailedError, DeltaError
+
+from pipeline.catalog.designs import COMMIT_ATTEMPTS, CatalogFault, DesignCatalog, _first_line, check_out_path
+from pipeline.config import MIN_RETENTION_HOURS
+
+NOTE = "maintain"  # designs.note of the compaction and vacuum commits, shown by `commits`
+RETENTION_PROPERTY = "delta.deletedFileRetentionDuration"
+_INTERVAL = re.compile(r"interval\s+(\d+)\s+([a-z]+?)s?", re.IGNORECASE)
+_UNIT_HOURS = {"week": 168.0, "day": 24.0, "hour": 1.0, "minute": 1 / 60, "second": 1 / 3600}
+
+
+@dataclass(frozen=True)
+class MaintenanceReport:
+    """What one `maintain` did (or, for a dry run, would do) to the table at `table_path`."""
+
+    table_path: str
+    dry_run: bool
+    retention_hours: int
+    files_before: int  # data files of the latest version, before compaction
+    bytes_before: int
+    files_after: int
+    bytes_after: int
+    compacted_files: int  # files the compaction replaced
+    written_files: int  # files it wrote in their place
+    checkpoint_version: int | None
+    vacuumed_files: int
+    vacuumed_bytes: int
+    version: int  # the table's version when maintenance ended
+
+    def lines(self) -> list[str]:
+        if self.dry_run:
+            return [
+                f"design catalog {self.table_path} at version {self.version}: dry run, nothing changed",
+                f"  data files: {self.files_before:,} ({_size(self.bytes_before)}), not compacted",
+                "  checkpoint: none written",
+                f"  vacuum: would remove {self.vacuumed_files:,} file(s) ({_size(self.vacuumed_bytes)}) that no "
+                f"version of the last {self.retention_hours} h reads",
+            ]
+        compaction = (
+            f"{self.compacted_files:,} rewritten into {self.written_files:,}"
+            if self.compacted_files
+            else "nothing to compact"
+        )
+        return [
+            f"design catalog {self.table_path} maintained, now at version {self.version}",
+            f"  data files before compaction: {self.files_before:,} ({_size(self.bytes_before)})",
+            f"  data files after compaction: {self.files_after:,} ({_size(self.bytes_after)}); {compaction}",
+            f"  checkpoint: version {self.checkpoint_version}",
+            f"  vacuum: {self.vacuumed_files:,} file(s) removed, {_size(self.vacuumed_bytes)} freed; "
+            f"versions of the last {self.retention_hours} h stay readable",
+        ]
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n:,} B"
+    value, unit = n / 1024, "KiB"
+    for larger in ("MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{value:.1f} {unit}"
+
+
+def _data_files(table: DeltaTable) -> pa.Table:
+    """path and size_bytes of every data file of the table's version."""
+    return pa.table(table.get_add_actions()).select(["path", "size_bytes"])
+
+
+def small_files(out: str | Path, below_bytes: int) -> int:
+    """How many data files of the latest version are smaller than `below_bytes` (0 without a catalog).
+    CatalogFault when the table cannot be read."""
+    catalog = DesignCatalog(out)
+    if not catalog.exists():
+        return 0
+    try:
+        sizes = _data_files(catalog.table()).column("size_bytes").to_pylist()
+    except (DeltaError, OSError) as err:
+        raise _fault(catalog, err) from None
+    return sum(1 for size in sizes if size < below_bytes)
+
+
+def minimum_retention_hours(table: DeltaTable) -> float | None:
+    """The shortest vacuum retention the table allows (its delta.deletedFileRetentionDuration,
+    a week when unset); None when the property is in a form this does not read."""
+    text = table.metadata().configuration.get(RETENTION_PROPERTY)
+    if text is None:
+        return float(MIN_RETENTION_HOURS)
+    match = _INTERVAL.fullmatch(text.strip())
+    if not match or match.group(2).lower() not in _UNIT_HOURS:
+        return None
+    return int(match.group(1)) * _UNIT_HOURS[match.group(2).lower()]
+
+
+def maintain(
+    out: str | Path,
+    retention_hours: int = MIN_RETENTION_HOURS,
+    target_size: int | None = None,
+    dry_run: bool = False,
+    enforce_retention: bool = True,
+) -> MaintenanceReport:
+    """Compact the latest version's data files, vacuum files no version committed within
+    `retention_hours` reads, then write a checkpoint of the latest version.
+
+    target_size: bytes per compacted file (None: the table's delta.targetFileSize, else 100 MB).
+    dry_run: change nothing; report the files and what the vacuum would remove.
+    enforce_retention=False lifts the table's minimum retention: only for tests, since a
+    retention under it can delete files that a run still writing or a reader still needs.
+
+    FileNotFoundError: no catalog at OUT. ValueError: a bad OUT or retention.
+    CatalogFault: the disk or the log failed, or concurrent commits kept refusing the compaction.
+    """
+    check_out_path(out)
+    if isinstance(retention_hours, bool) or not isinstance(retention_hours, int) or retention_hours < 0:
+        raise ValueError(f"retention {retention_hours!r} hours is invalid; accepted: a whole number of hours >= 0")
+    catalog = DesignCatalog(out)
+    if not catalog.exists():
+        catalog.table()  # raises FileNotFoundError naming the path
+    properties = CommitProperties(custom_metadata={"designs.note": NOTE})
+    try:
+        table = catalog.table()
+        if enforce_retention:
+            minimum = minimum_retention_hours(table)
+            # An unreadable property is left to delta-rs' own check in vacuum().
+            if minimum is not None and retention_hours < minimum:
+                raise ValueError(
+                    f"retention {retention_hours} hours is under the table's minimum of {minimum:g} hours "
+                    f"({RETENTION_PROPERTY}); accepted: {minimum:g} or more, so that no version inside it loses files"
+                )
+        before = _data_files(table)
+        compacted = written = 0
+        if not dry_run:
+            # Concurrent merges refuse a compaction that removed files they read (and the reverse);
+            # each try re-reads the table, as a shard's commit does.
+            for attempt in range(COMMIT_ATTEMPTS):
+                try:
+                    metrics = catalog.table().optimize.compact(target_size=target_size, commit_properties=properties)
+                    break
+                except CommitFailedError:
+                    if attempt == COMMIT_ATTEMPTS - 1:
+                        raise CatalogFault(
+                            f"cannot compact the design catalog at {str(catalog.table_path)!r}: concurrent commits "
+                            f"refused it {COMMIT_ATTEMPTS} times; run `designs maintain` again when fewer runs write"
+                        ) from None
+            compacted, written = int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
+            table = catalog.table()
+        after = _data_files(table)
+        vacuumed, freed = _vacuum(table, catalog, retention_hours, dry_run, enforce_retention, properties)
+        checkpoint = None
+        if not dry_run:
+            table = catalog.table()
+            table.create_checkpoint()
+            checkpoint = table.version()
+        version = catalog.table().version()
+    except CatalogFault:
+        raise
+    except (DeltaError, OSError) as err:
+        raise _fault(catalog, err) from None
+    return MaintenanceReport(
+        table_path=str(catalog.table_path),
+        dry_run=dry_run,
+        retention_hours=retention_hours,
+        files_before=before.num_rows,
+        bytes_before=sum(before.column("size_bytes").to_pylist()),
+        files_after=after.num_rows,
+        bytes_after=sum(after.column("size_bytes").to_pylist()),
+        compacted_files=compacted,
+        written_files=written,
+        checkpoint_version=checkpoint,
+        vacuumed_files=vacuumed,
+        vacuumed_bytes=freed,
+        version=version,
+    )
+
+
+def _vacuum(
+    table: DeltaTable,
+    catalog: DesignCatalog,
+    retention_hours: int,
+    dry_run: bool,
+    enforce_retention: bool,
+    properties: CommitProperties,
+) -> tuple[int, int]:
+    """(files removed, bytes freed), or what a dry run would remove.
+
+    full=True: a checkpoint drops tombstones older than the table's minimum retention, and
+    vacuum's default mode finds files only through tombstones, so files removed before the
+    last checkpoints, and those of merges that crashed before committing, would stay forever.
+    The full mode lists the folder instead; it still keeps every file that a version within
+    the retention reads, and any file written within it (a run's merge not yet committed).
+    """
+    options = {"retention_hours": retention_hours, "enforce_retention_duration": enforce_retention, "full": True}
+    candidates = table.vacuum(dry_run=True, **options)
+    # Sized before deleting: the vacuum returns names only.
+    sizes = {}
+    for name in candidates:
+        try:
+            sizes[name] = os.stat(catalog.table_path / name).st_size
+        except FileNotFoundError:  # removed since the listing (another maintenance)
+            continue
+    if dry_run:
+        return len(sizes), sum(sizes.values())
+    removed = table.vacuum(dry_run=False, commit_properties=properties, **options) if sizes else []
+    return len(removed), sum(sizes.get(name, 0) for name in removed)
+
+
+def _fault(catalog: DesignCatalog, err: BaseException) -> CatalogFault:
+    return CatalogFault(
+        f"cannot maintain the design catalog at {str(catalog.table_path)!r}: {_first_line(err)}; free disk space "
+        "or fix the folder (a damaged entry under _delta_log: restore it from a backup), then run again"
+    )
