@@ -122,9 +122,12 @@ def run_plan_bench(
         log(f"wrote a design catalog of {len(done)} ok rows in {time.perf_counter() - t0:.1f} s")
         del done
         t0 = time.perf_counter()
-        done = design_catalog.ok_design_ids()
+        done = design_catalog.done_ids()
         result["read_done_seconds"] = time.perf_counter() - t0
-        log(f"DesignCatalog.ok_design_ids: {result['read_done_seconds']:.2f} s, {len(done)} ids")
+        result["done_ids_bytes"] = done.nbytes
+        log(
+            f"DesignCatalog.done_ids: {result['read_done_seconds']:.2f} s, {len(done)} ids in {done.nbytes / 2**20:.1f} MiB"
+        )
 
         t0 = time.perf_counter()
         plan = plan_designs(catalog, config, identity, done)

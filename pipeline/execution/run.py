@@ -106,7 +106,7 @@ class Run:
     ) -> Plan:
         """Plan the designs not yet ok in the catalog, then write runs/<run_id>/config.json."""
         self.weights, self.devices = weights, list(devices)
-        self.planned = plan_designs(inputs, self.config, weights.design_identity, self.designs.ok_design_ids(), specs)
+        self.planned = plan_designs(inputs, self.config, weights.design_identity, self.designs.done_ids(), specs)
         self.designs.write_run_file(
             self.run_id,
             "config.json",

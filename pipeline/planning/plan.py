@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,7 +178,7 @@ def plan_designs(
     catalog: InputCatalog,
     config: Config,
     weights_identity: str,
-    done_ids: set[str],
+    done_ids: Container[str],
     specs: Iterable[JobSpec] | None = None,
 ) -> Plan:
     """`specs`: the designs to make (pipeline.planning.variants.job_specs), iterated once;

@@ -93,6 +93,7 @@ def test_exit_codes(sample_catalog: Path, tmp_path: Path):
     partial = designs("generate", str(sample_catalog), "--out", str(out), *TINY_FLAGS)
     assert partial.returncode == EXIT_FAILED_DESIGNS, partial.stderr
     assert "8 ok, 3 failed" in partial.stdout and "'waves'" in partial.stdout
+    assert (partial.stdout + partial.stderr).count("8 ok, 3 failed") == 1  # the summary, printed once
 
     counted = designs(
         "query", "--out", str(out), "select status, count(*) as n from designs group by status order by status"
@@ -186,6 +187,12 @@ def test_a_damaged_catalog_log_is_an_environment_fault_exit_3(sample_catalog: Pa
     log.write_text(log.read_text()[:40])  # a truncated entry
     result = designs_offline("generate", str(sample_catalog), "--out", str(out), *TINY_FLAGS)
     assert_one_line(result, 3, "cannot read the design catalog", str(log.parent))
+
+
+def test_an_out_that_cannot_be_written_is_an_environment_fault_exit_3(sample_catalog: Path):
+    # /proc takes no new folders, whoever asks (root included): a read-only place for OUT.
+    result = designs_offline("generate", str(sample_catalog), "--out", "/proc/designs-out", *TINY_FLAGS)
+    assert_one_line(result, 3, "cannot write to the design catalog's folder", "/proc/designs-out")
 
 
 def test_flags_are_never_abbreviated_and_booleans_take_no_value(capsys):
