@@ -64,7 +64,7 @@ class KnownFile:
         if self.md5:
             digest = _md5_file(path)
             return digest == self.md5, f"MD5 {digest}"
-        digest = sha256_file(path)
+        digest = weights_sha256(path)
         return digest.startswith(self.sha256_prefix or ""), f"SHA-256 {digest}"
 
 
@@ -126,6 +126,20 @@ class WeightsSource:
         return f"{self.identity} ({self.format}, {self.preprocessing} preprocessing{where})"
 
 
+_SHA256_BY_FILE: dict[tuple[str, int, int], str] = {}
+
+
+def weights_sha256(path: Path) -> str:
+    """The file's SHA-256, read once per process while its size and mtime stay the same:
+    a run resolves the weights before Prefect starts and again inside the flow, and a
+    548 MB file takes seconds to hash."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_BY_FILE:
+        _SHA256_BY_FILE[key] = sha256_file(path)
+    return _SHA256_BY_FILE[key]
+
+
 def _md5_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
@@ -175,7 +189,7 @@ def _source(path: Path, origin: str, preprocessing: str, known: KnownFile | None
     if not path.is_file():
         raise WeightsError(f"VGG19 weights file {str(path)!r} (from {origin}) does not exist")
     fmt = detect_format(path)
-    digest = sha256_file(path)
+    digest = weights_sha256(path)
     if known is not None:
         ok, found = known.matches(path)
         if not ok:
