@@ -274,15 +274,9 @@ def plan_designs(
         )
         (failed if error else todo).append(job)
     # The same config and size batch together; sorting keeps each shard's batches full.
-    todo.sort(
-        key=lambda j: (
-            "" if j.config is None else j.config.identity_json(),
-            j.height,
-            j.width,
-            j.style_label,
-            j.content_id or "",
-        )
-    )
+    # Within them, design id order: a shard's ids are neighbours, so its commit reads only
+    # the few catalog files whose id range meets theirs (DesignCatalog.commit).
+    todo.sort(key=lambda j: ("" if j.config is None else j.config.identity_json(), j.height, j.width, j.design_id))
     return Plan(tuple(todo), tuple(failed), done, pairings, duplicates)
 
 

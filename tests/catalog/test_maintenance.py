@@ -71,13 +71,13 @@ def test_compaction_keeps_every_row_and_writes_a_checkpoint(run: Run):
 def test_a_vacuum_without_retention_removes_the_old_files_and_old_versions_stop_reading(run: Run):
     catalog = run.designs
     before = rows_of(catalog)
-    old_files = sorted(catalog.table_path.glob("*.parquet"))
+    old_files = sorted(catalog.table_path.glob("status=*/*.parquet"))
 
     report = maintain(run.out, retention_hours=0, enforce_retention=False)
 
     assert report.vacuumed_files == SHARDS and report.vacuumed_bytes == report.bytes_before
     assert not any(path.exists() for path in old_files)
-    assert len(list(catalog.table_path.glob("*.parquet"))) == 1
+    assert len(list(catalog.table_path.glob("status=*/*.parquet"))) == 1
     assert rows_of(catalog) == before
     assert {c["note"] for c in commit_history(catalog) if c["operation"].startswith("VACUUM")} == {"maintain"}
     with pytest.raises(FileNotFoundError):
@@ -90,7 +90,7 @@ def test_a_dry_run_changes_nothing(run: Run):
     report = maintain(run.out, retention_hours=0, dry_run=True, enforce_retention=False)
     assert catalog.version() == version and report.checkpoint_version is None
     assert report.vacuumed_files == 0  # nothing is unreferenced before a compaction
-    assert len(list(catalog.table_path.glob("*.parquet"))) == SHARDS
+    assert len(list(catalog.table_path.glob("status=*/*.parquet"))) == SHARDS
     assert "dry run, nothing changed" in report.lines()[0]
 
 
@@ -132,12 +132,12 @@ def test_a_run_maintains_the_catalog_only_past_its_count_of_small_files(tmp_path
     report = run.maintain_if_due()
     assert (report is not None) is due
     # The compacted file beside the old ones, which the week's retention keeps.
-    assert len(list(run.designs.table_path.glob("*.parquet"))) == SHARDS + due
+    assert len(list(run.designs.table_path.glob("status=*/*.parquet"))) == SHARDS + due
     assert small_files(run.out, run.config.maintain_small_file_bytes) == (1 if due else SHARDS)
 
 
 def test_only_files_under_the_size_count_as_small(run: Run):
-    sizes = sorted(p.stat().st_size for p in run.designs.table_path.glob("*.parquet"))
+    sizes = sorted(p.stat().st_size for p in run.designs.table_path.glob("status=*/*.parquet"))
     assert small_files(run.out, sizes[0]) == 0
     assert small_files(run.out, sizes[-1] + 1) == SHARDS
     assert small_files(Path(run.out).parent / "nothing", 1 << 30) == 0
