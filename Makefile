@@ -28,7 +28,7 @@ help:
 	@echo "make maintain [OUT=dir] [ARGS='--retention-hours H | --dry-run']   # compact, vacuum, checkpoint"
 	@echo "make runs | make logs RUN=<id> | make ui   # past runs in Prefect"
 	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
-	@echo "make bench | bench-plan | bench-scales | bench-max-size | bench-pipeline [ARGS=...]   # docs/BENCHMARKS.md"
+	@echo "make bench | bench-plan | bench-catalog | bench-scales | bench-max-size | bench-pipeline [ARGS=...]   # docs/BENCHMARKS.md"
 
 install: $(STAMP)
 
@@ -112,7 +112,7 @@ sample-data: $(STAMP)
 # bench-scales: coarse-to-fine timed to the single-scale loss; bench-max-size: peak
 # memory by size and the largest size that fits; bench-pipeline: device busy with
 # decoding and writing overlapped, and without.
-.PHONY: bench bench-plan bench-scales bench-max-size bench-pipeline
+.PHONY: bench bench-plan bench-catalog bench-scales bench-max-size bench-pipeline
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
 
@@ -127,6 +127,11 @@ bench-pipeline: $(STAMP)
 
 bench-plan: $(STAMP)
 	$(BIN)/python -m benchmarks --plan $(ARGS)
+
+# The design catalog at 10k, 100k, 1M and 10M rows (the 10M table takes ~15 GB of disk
+# under $TMPDIR, or ARGS=--catalog-dir DIR); ARGS=--catalog-sizes 10000 for a quick look.
+bench-catalog: $(STAMP)
+	$(BIN)/python -m benchmarks --catalog $(ARGS)
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache

@@ -1,5 +1,5 @@
 """`python -m benchmarks`: the engine against the naive loop (default), or
---plan, --scales, --max-size, --pipeline; rows go to docs/BENCHMARKS.md."""
+--plan, --catalog, --scales, --max-size, --pipeline; rows go to docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -16,11 +16,18 @@ from benchmarks.engine import FULL, RATIO_LINE, SHORT, append_markdown, print_ta
 from benchmarks.planning import run_plan_bench
 from pipeline.engine.weights import resolve_weights
 
+CATALOG_SIZES = (10_000, 100_000, 1_000_000, 10_000_000)
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--plan", action="store_true", help="the planning bench (1,000 x 1,000 pairings) instead")
+    which.add_argument(
+        "--catalog",
+        action="store_true",
+        help="the design catalog at 10k to 10M rows: commits, done-id read, maintenance, analysts' queries",
+    )
     which.add_argument(
         "--scales", action="store_true", help="coarse-to-fine: time to reach the single-scale run's final loss"
     )
@@ -88,6 +95,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--plan-profile-side", type=int, default=100, help="contents = styles of the profiled catalog")
     parser.add_argument("--plan-shard-size", type=int, default=16)
+    parser.add_argument(
+        "--catalog-sizes",
+        default=",".join(str(n) for n in CATALOG_SIZES),
+        help="--catalog: table sizes in rows, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--catalog-night",
+        type=int,
+        default=1_000_000,
+        help="--catalog: designs of one size in the night the timed shards come from (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--catalog-full-merge-up-to",
+        type=int,
+        default=1_000_000,
+        help="--catalog: time the full-table merge baseline on tables up to this many rows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--catalog-dir", help="--catalog: where the tables are built (default: the system's temporary folder)"
+    )
+    parser.add_argument(
+        "--catalog-keep",
+        action="store_true",
+        help="--catalog: keep the tables (in --catalog-dir) and reuse them next time: only the measurements rerun",
+    )
     return parser.parse_args(argv)
 
 
@@ -100,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         return result
+    if args.catalog:
+        return _run_catalog_bench(args)
     if args.scales or args.max_size or args.pipeline:
         return _run_large_output_bench(args)
     result = run_bench(args)
@@ -111,6 +145,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"results in {json_path}" + ("" if args.no_markdown else f"; rows appended to {args.markdown}"))
     ratio = result["engine_vs_naive_default"]
     print(RATIO_LINE.format(ratio if ratio is not None else float("nan")))
+    return result
+
+
+def _run_catalog_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import catalog as bench_catalog
+
+    try:
+        sizes = tuple(int(v.replace("_", "")) for v in args.catalog_sizes.split(","))
+    except ValueError:
+        raise SystemExit(f"--catalog-sizes {args.catalog_sizes!r}: give row counts, comma-separated") from None
+    smallest = bench_catalog.SHARD * (bench_catalog.TAIL_SHARDS + 1)
+    if min(sizes) < smallest or args.catalog_night < bench_catalog.SHARD:
+        raise SystemExit(
+            f"--catalog-sizes needs {smallest:,} rows or more and --catalog-night {bench_catalog.SHARD} or more"
+        )
+    result = bench_catalog.run_catalog_bench(
+        sizes, args.catalog_night, args.catalog_full_merge_up_to, args.catalog_dir, args.catalog_keep
+    )
+    json_path = Path(args.json or "bench-catalog.json")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_markdown:
+        markdown = Path(args.markdown)
+        append_table_rows(markdown, "Catalog results", bench_catalog.CATALOG_TABLE, bench_catalog.catalog_rows(result))
+        append_table_rows(
+            markdown, "Analyst query results", bench_catalog.QUERY_TABLE, bench_catalog.query_rows(result)
+        )
+    print(f"results in {json_path}" + ("" if args.no_markdown else f"; rows appended to {args.markdown}"))
     return result
 
 
