@@ -4,9 +4,9 @@ shard's commit (the shipped pruned merge against the full-table merge it
 replaced), the committing process's peak RSS, planning's done-id read, the
 maintenance and the analysts' worked queries.
 
-Each table is built as a catalog grows: earlier nights appended in large
-batches of rows in random id order, then tonight's shards committed through
-`DesignCatalog.commit` (128 neighbouring ids each, as planning cuts them out of
+Each table is built as a catalog grows: earlier nights appended as the last
+maintenance left them (sorted by id, in files of its size), then tonight's shards
+committed through `DesignCatalog.commit` (128 neighbouring ids each, as planning cuts them out of
 a night of `--catalog-night` designs of one size), then `maintain` (z-order,
 vacuum, checkpoint), then tonight's next shards are timed. Commits, the done-id
 read and the baseline run in child processes, so each RSS is that process's own.
@@ -163,23 +163,25 @@ def build_catalog(out: Path, rows: int, night: Night, rng: np.random.Generator, 
     from deltalake import CommitProperties, write_deltalake
 
     from pipeline.catalog.designs import DesignCatalog
+    from pipeline.catalog.maintenance import CLUSTERED_FILE_BYTES
 
     catalog = DesignCatalog(out)
     table = catalog.ensure_table()
-    earlier = rows - TAIL_SHARDS * SHARD
+    earlier_ids = np.sort(_hex_ids(rng, rows - TAIL_SHARDS * SHARD))
     t0 = time.perf_counter()
-    written = 0
-    while written < earlier:
-        n = min(BUILD_BATCH, earlier - written)
-        batch = synthetic_rows(_hex_ids(rng, n), rng, f"night-{written // BUILD_BATCH}")
+    # Written in id order, in files of the size maintenance writes: the table as the last
+    # maintenance left it (written through maintain() instead, each size would be rewritten twice).
+    for start in range(0, len(earlier_ids), BUILD_BATCH):
+        batch = synthetic_rows(earlier_ids[start : start + BUILD_BATCH], rng, f"night-{start // BUILD_BATCH}")
         write_deltalake(
             table,
             batch,
             mode="append",
+            target_file_size=CLUSTERED_FILE_BYTES,
             commit_properties=CommitProperties(custom_metadata={"run_id": "bench-build", "designs.note": "build"}),
         )
-        written += n
         table = catalog.table()
+    del earlier_ids
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(TAIL_SHARDS):

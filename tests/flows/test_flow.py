@@ -199,3 +199,34 @@ def test_nonfinite_loss_fails_the_design(sample_catalog: Path, tmp_path: Path):
     for row in frame[frame.status == "failed"].itertuples():
         assert "non-finite loss" in row.error
         assert not (out / "images" / row.design_id[:2] / f"{row.design_id}.png").exists()
+
+
+def test_a_run_past_its_count_of_small_files_maintains_the_catalog_at_its_end(first_run, tmp_path):
+    from pipeline.catalog.history import commit_history
+
+    sample_catalog, _, _ = first_run
+    out = tmp_path / "out"
+    summary = run(sample_catalog, out, maintain_after_files=1)
+    assert summary.ok == SAMPLE_PAIRINGS
+    catalog = DesignCatalog(out)
+    notes = [(c["operation"], c["note"]) for c in commit_history(catalog)]
+    assert ("OPTIMIZE", "maintain") in notes, notes
+    # The shards' small files are rewritten; every design is still there, once.
+    frame = catalog.to_pandas()
+    assert len(frame) == SAMPLE_PAIRINGS and frame.design_id.is_unique
+
+
+def test_a_failing_maintenance_leaves_the_run_and_its_designs_as_they_are(first_run, tmp_path, monkeypatch, caplog):
+    import pipeline.execution.run as run_module
+    from pipeline.catalog.designs import CatalogFault
+
+    def disk_full(*args, **kwargs):
+        raise CatalogFault("cannot maintain the design catalog: no space left on device (simulated)")
+
+    monkeypatch.setattr(run_module, "maintain", disk_full)
+    monkeypatch.setattr("flows.generate.maintain_catalog.retries", 0)
+    sample_catalog, _, _ = first_run
+    out = tmp_path / "out"
+    summary = run(sample_catalog, out, maintain_after_files=1)
+    assert summary.ok == SAMPLE_PAIRINGS and len(DesignCatalog(out).to_pandas()) == SAMPLE_PAIRINGS
+    assert any("design catalog maintenance failed" in r.getMessage() for r in caplog.records)
