@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
@@ -89,8 +90,18 @@ def connect(
         dataset = table.to_pyarrow_dataset(schema=string_views(pa.schema(table.schema().to_arrow())))
     except FileNotFoundError:
         raise
-    except (DeltaError, OSError) as err:  # a vacuumed version, a damaged log
+    except (DeltaError, OSError) as err:  # a damaged log
         raise QueryError(f"cannot read {catalog.table_path} at version {resolved}: {err}") from None
+    # A version older than the last vacuum's retention names files that are gone: say so
+    # before DuckDB fails halfway through a scan with pyarrow's multi-line error.
+    gone = sum(1 for uri in table.file_uris() if not os.path.exists(uri))
+    if gone:
+        which = "the latest version" if version is None and as_of is None else f"version {resolved}"
+        raise QueryError(
+            f"{which} of {catalog.table_path} can no longer be read: {gone} of its data files are gone, removed "
+            "by a vacuum (`designs maintain` keeps only what the versions of its retention read) or by hand; "
+            "query a later version, or the latest"
+        )
     # No extension downloads: a query naming one fails at once instead of waiting on the network.
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "TimeZone": "UTC"})
     con.register("designs", dataset)

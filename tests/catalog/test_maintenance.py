@@ -68,7 +68,7 @@ def test_compaction_keeps_every_row_and_writes_a_checkpoint(run: Run):
     assert f"checkpoint: version {report.checkpoint_version}" in lines[3]
 
 
-def test_a_vacuum_without_retention_removes_the_old_files_and_old_versions_stop_reading(run: Run):
+def test_a_vacuum_without_retention_removes_the_old_files_and_old_versions_stop_reading(run: Run, capsys):
     catalog = run.designs
     before = rows_of(catalog)
     old_files = sorted(catalog.table_path.glob("status=*/*.parquet"))
@@ -82,6 +82,12 @@ def test_a_vacuum_without_retention_removes_the_old_files_and_old_versions_stop_
     assert {c["note"] for c in commit_history(catalog) if c["operation"].startswith("VACUUM")} == {"maintain"}
     with pytest.raises(FileNotFoundError):
         rows_of(catalog, SHARDS)  # the last version before compaction: its files are gone
+
+    # The query door says why, in one line, and refuses (exit 2).
+    assert main(["query", "--out", run.out, "--version", str(SHARDS), "select count(*) from designs"]) == EXIT_REFUSED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"version {SHARDS} of" in err and "can no longer be read" in err
+    assert "removed by a vacuum" in err
 
 
 def test_a_dry_run_changes_nothing(run: Run):
