@@ -145,7 +145,10 @@ class Config:
         identity=False,
     )
     maintain_small_file_bytes: int = _field(
-        16 * 1024 * 1024, "data files smaller than this count as small for --maintain-after-files", identity=False
+        2 * 1024 * 1024,
+        "data files smaller than this count as small for --maintain-after-files (a shard's file is; the 8 MiB "
+        "files maintenance writes are not)",
+        identity=False,
     )
     maintain_retention_hours: int = _field(
         MIN_RETENTION_HOURS,
