@@ -21,6 +21,7 @@ from benchmarks import common as bench_common
 from benchmarks import engine as bench
 from benchmarks.flops import conv_shapes, peak_bf16_tflops, step_flops
 from pipeline.config import Config
+from pipeline.engine import transfer
 from pipeline.engine.losses import gram
 from pipeline.engine.transfer import Pairing, StyleTransfer
 from pipeline.engine.weights import resolve_weights
@@ -196,7 +197,7 @@ def test_the_naive_loop_computes_what_the_engine_does():
     weights = smooth_weights()
     (pairing,) = bench_common.make_pairings(1, 32)
     naive = bench.NaiveLoop(weights, cfg, torch.device("cpu")).design(pairing.content, pairing.style)
-    (engine,) = StyleTransfer(cfg, weights, "cpu").run([pairing])
+    (engine,) = StyleTransfer(cfg, weights, "cpu", precision="fp32").run([pairing])  # the naive loop is fp32
     torch.testing.assert_close(naive, engine.image, atol=1e-5, rtol=0)
     assert (naive - pairing.content).abs().max() > 1e-2  # it did optimize
 
@@ -235,18 +236,21 @@ def test_gram_reads_channels_last_features_without_changing_the_result():
     torch.testing.assert_close(gram(nhwc, mask), gram(f, mask))
 
 
-def test_precision_is_checked_and_resolved():
+@pytest.mark.parametrize("native_bf16, expected", [(False, "fp32"), (True, "bf16")])
+def test_precision_is_checked_and_resolved(monkeypatch, native_bf16, expected):
+    monkeypatch.setattr(transfer, "cpu_has_native_bf16", lambda: native_bf16)
     weights = smooth_weights()
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ValueError, match="precision='fp16' is invalid; accepted: auto, fp32, bf16"):
         StyleTransfer(CFG, weights, "cpu", precision="fp16")
     cpu = StyleTransfer(CFG, weights, "cpu")
-    assert cpu.precision == "fp32" and cpu.channels_last is False and cpu.compile is False
+    assert cpu.precision == expected and cpu.channels_last is False and cpu.compile is False
+    assert StyleTransfer(CFG, weights, "cpu", precision="fp32").precision == "fp32"
 
 
 def test_channels_last_on_the_cpu_gives_the_same_designs():
     weights = smooth_weights()
-    plain = StyleTransfer(CFG, weights, "cpu").run(_pairings())
-    nhwc = StyleTransfer(CFG, weights, "cpu", channels_last=True).run(_pairings())
+    plain = StyleTransfer(CFG, weights, "cpu", precision="fp32").run(_pairings())
+    nhwc = StyleTransfer(CFG, weights, "cpu", precision="fp32", channels_last=True).run(_pairings())
     for a, b in zip(plain, nhwc):
         assert b.image.is_contiguous()
         # Float sums in another order; the TV term's sign() flips a pixel now and then.
@@ -275,7 +279,7 @@ def test_bf16_autocast_covers_the_network_only():
 
 def test_bf16_designs_are_close_to_fp32_designs():
     weights = smooth_weights()
-    fp32 = StyleTransfer(CFG, weights, "cpu").run(_pairings())
+    fp32 = StyleTransfer(CFG, weights, "cpu", precision="fp32").run(_pairings())
     bf16 = StyleTransfer(CFG, weights, "cpu", precision="bf16").run(_pairings())
     for a, b in zip(fp32, bf16):
         assert b.error is None
@@ -311,7 +315,7 @@ def test_cuda_defaults_are_bf16_channels_last_and_fp32_results(cuda_weights):
 def test_cuda_bf16_is_close_to_cuda_fp32_and_to_the_cpu(cuda_weights):
     bf16 = StyleTransfer(CFG, cuda_weights, "cuda").run(_pairings())
     fp32 = StyleTransfer(CFG, cuda_weights, "cuda", precision="fp32", channels_last=False).run(_pairings())
-    cpu = StyleTransfer(CFG, cuda_weights, "cpu").run(_pairings())
+    cpu = StyleTransfer(CFG, cuda_weights, "cpu", precision="fp32").run(_pairings())
     for a, b, c in zip(fp32, bf16, cpu):
         assert (a.image - b.image).abs().mean() < 2e-3
         assert (a.image - b.image).abs().max() < 0.05
