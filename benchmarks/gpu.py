@@ -85,14 +85,15 @@ STEPS = (
         "max-size",
         "largest size per memory (one design, 1024 .. 8192 px)",
         0.16,
-        ("--max-size", "--size-steps", "2"),
+        ("--max-size", "--sizes", "1024,2048,4096,6144,8192", "--size-steps", "2"),
         ("--max-size", "--sizes", "32,48", "--size-steps", "1", "--memory-gib", "8"),
     ),
     Step(
         "pipeline",
         "device busy with decoding and writing overlapped and in line",
         0.12,
-        ("--pipeline", "--repeats", "1"),
+        # 50 steps, not 200: the time it has; less compute per decoded input is the harder case.
+        ("--pipeline", "--steps", "50", "--repeats", "1"),
         (
             "--pipeline",
             "--pipeline-contents",
