@@ -19,6 +19,7 @@ al. 2016) or colour matching, coarse-to-fine scales, and style blends.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +46,14 @@ def cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bf16 convolutions natively on this CPU. Looked up at
     call time (not cached) so tests can patch it to cover both kinds of CPU."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN, or a torch without the query
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            # oneDNN's own check on x86 is AVX512 alone, where bf16 is emulated and
+            # slower than fp32: ask for the bf16 instructions (AVX512-BF16 or AMX).
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return True  # on ARM torch's check is the bf16 instructions themselves
+    except (AttributeError, RuntimeError):  # a build without oneDNN, or a torch without the queries
         return False
 
 

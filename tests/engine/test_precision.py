@@ -51,8 +51,26 @@ def test_an_unknown_precision_names_what_is_accepted():
         resolve_precision("fp16", "cpu")
 
 
-def test_the_cpu_check_asks_onednn_and_falls_back_to_fp32(monkeypatch):
-    assert cpu_has_native_bf16() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+@pytest.mark.parametrize(
+    "onednn, avx512_bf16, amx, native",
+    [
+        (False, False, False, False),  # AVX2 (this project's EPYC): no bf16 kernels
+        (True, False, False, False),  # AVX512 without its bf16 instructions: emulated, slower than fp32
+        (True, True, False, True),  # AVX512-BF16 (Cooper Lake, Zen 4 and later)
+        (True, False, True, True),  # AMX (Sapphire Rapids and later)
+    ],
+)
+def test_the_cpu_check_asks_onednn_and_the_bf16_instructions(monkeypatch, onednn, avx512_bf16, amx, native):
+    monkeypatch.setattr(transfer.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert cpu_has_native_bf16() is native
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+
+
+def test_the_cpu_check_falls_back_to_fp32(monkeypatch):
+    assert isinstance(cpu_has_native_bf16(), bool)  # this machine's answer, whichever it is
 
     def broken() -> bool:
         raise RuntimeError("no oneDNN in this build")
