@@ -156,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = device_label(device)
-    out_dir = Path(args.out_dir)
+    # Absolute: the steps run in the repository's root, wherever this was started.
+    args.markdown = str(Path(args.markdown).resolve())
+    out_dir = Path(args.out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.total_s
     print(f"bench-gpu on {name}: {len(STEPS)} steps in at most {args.total_s:.0f} s; rows to {args.markdown}")
@@ -204,6 +206,7 @@ def _run_step(step: Step, args: argparse.Namespace, device, out_dir: Path, deadl
         return {**report, "status": "skipped", "result": "no time left of --total-s"}
     # Its share of the whole, or what is left when earlier steps overran.
     limit = min(left, max(args.total_s * step.share, 5.0))
+    print(f"[{step.name}] {step.what}: up to {limit:.0f} s", flush=True)
     json_path = out_dir / f"{step.name}.json"
     command = [
         sys.executable,
