@@ -29,6 +29,7 @@ help:
 	@echo "make runs | make logs RUN=<id> | make ui   # past runs in Prefect"
 	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
 	@echo "make bench | bench-plan | bench-catalog | bench-scales | bench-max-size | bench-pipeline [ARGS=...]   # docs/BENCHMARKS.md"
+	@echo "make bench-gpu [GPU_PYTHON=python3] [ARGS=...]   # on a GPU machine: every GPU measurement, 8 min"
 
 install: $(STAMP)
 
@@ -106,15 +107,23 @@ sample-data: $(STAMP)
 	$(BIN)/python data/make_sample.py
 
 # Throughput of the engine against the naive loop, side by side (docs/BENCHMARKS.md):
-# short sizes on a CPU, full on a GPU; ARGS: python -m benchmarks --help. The benchmarks
+# on a CPU short sizes (64 px) then the convolution-dominated one (192 px), full on a GPU;
+# ARGS: python -m benchmarks --help. The benchmarks
 # live in benchmarks/, outside the installed package: they run from the repo's root.
 # bench-plan: planning 1,000 x 1,000 pairings (seconds, peak memory, profile).
 # bench-scales: coarse-to-fine timed to the single-scale loss; bench-max-size: peak
 # memory by size and the largest size that fits; bench-pipeline: device busy with
 # decoding and writing overlapped, and without.
-.PHONY: bench bench-plan bench-catalog bench-scales bench-max-size bench-pipeline
+.PHONY: bench bench-plan bench-catalog bench-scales bench-max-size bench-pipeline bench-gpu
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)
+
+# Every GPU measurement in one command, 8 minutes in all, for a GPU machine with only
+# torch, numpy and Pillow: no .venv, no install (GPU_PYTHON: the interpreter that has them).
+# Rows and a per-step summary go to docs/BENCHMARKS.md; ARGS: python -m benchmarks.gpu --help.
+GPU_PYTHON ?= python3
+bench-gpu:
+	PYTHONPATH=. $(GPU_PYTHON) -m benchmarks.gpu $(ARGS)
 
 bench-scales: $(STAMP)
 	$(BIN)/python -m benchmarks --scales $(ARGS)

@@ -12,7 +12,17 @@ from typing import Any
 import torch
 
 from benchmarks.common import DEFAULT_FLAGS, DEFAULT_JSON, DEFAULT_MARKDOWN, append_table_rows, set_flags
-from benchmarks.engine import FULL, RATIO_LINE, SHORT, append_markdown, print_table, run_bench
+from benchmarks.engine import (
+    CONV,
+    FULL,
+    RATIO_LINE,
+    SHORT,
+    append_markdown,
+    bench_device,
+    bench_modes,
+    print_table,
+    run_bench,
+)
 from benchmarks.planning import run_plan_bench
 from pipeline.engine.weights import resolve_weights
 
@@ -42,7 +52,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
-        "--short", action="store_true", help=f"short sizes ({SHORT.size} px, {SHORT.steps} steps); the default on a CPU"
+        "--short",
+        action="store_true",
+        help=f"short sizes only ({SHORT.size} px, {SHORT.steps} steps); a CPU runs short, then --conv, by default",
+    )
+    mode.add_argument(
+        "--conv",
+        action="store_true",
+        help=f"the convolution-dominated CPU size only ({CONV.size} px, {CONV.steps} steps, batch "
+        f"{','.join(map(str, CONV.batch_sizes))}): naive-default, engine-fp32, engine-cl and the engine as shipped",
     )
     mode.add_argument(
         "--full", action="store_true", help=f"full sizes ({FULL.size} px, {FULL.steps} steps) even on a CPU"
@@ -60,6 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile", action="store_true", help="add engine-compile-bN (torch.compile of the feature extractor)"
     )
+    parser.add_argument("--compile-batch-sizes", help="--compile: its batch sizes (default: --batch-sizes)")
     parser.add_argument(
         "--json", default=None, help=f"where to write the results (default {DEFAULT_JSON}; with --plan: none)"
     )
@@ -136,16 +155,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return _run_catalog_bench(args)
     if args.scales or args.max_size or args.pipeline:
         return _run_large_output_bench(args)
-    result = run_bench(args)
+    modes = bench_modes(args, bench_device(args))
+    results = []
+    for mode in modes:
+        result = run_bench(args, mode=mode)
+        if not args.no_markdown:
+            append_markdown(Path(args.markdown), result)
+        print_table(result)
+        results.append(result)
+    # One size: its result; two (a CPU's default): both, the last (conv) one's ratio on top.
+    out = results[0] if len(results) == 1 else {"runs": results, **_ratios(results[-1])}
     json_path = Path(args.json or DEFAULT_JSON)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    if not args.no_markdown:
-        append_markdown(Path(args.markdown), result)
-    print_table(result)
+    json_path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"results in {json_path}" + ("" if args.no_markdown else f"; rows appended to {args.markdown}"))
-    ratio = result["engine_vs_naive_default"]
+    last = results[-1]
+    ratio = last["engine_vs_naive_default"]
+    if len(results) > 1:
+        print(f"(at {last['size']} px, {last['steps']} steps: {last['best_engine']}, {last['engine_precision']})")
     print(RATIO_LINE.format(ratio if ratio is not None else float("nan")))
-    return result
+    return out
+
+
+def _ratios(result: dict[str, Any]) -> dict[str, Any]:
+    keys = ("size", "steps", "best_engine", "engine_precision", "engine_vs_naive_default", "engine_vs_naive_fp32")
+    return {k: result[k] for k in keys}
 
 
 def _run_catalog_bench(args: argparse.Namespace) -> dict[str, Any]:

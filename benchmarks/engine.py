@@ -1,6 +1,6 @@
 """Throughput of the engine, measured side by side with the naive loop.
 
-    python -m benchmarks            # make bench: short sizes on a CPU, full sizes on a GPU
+    python -m benchmarks            # make bench: short and conv sizes on a CPU, full sizes on a GPU
     python -m benchmarks --plan     # make bench-plan: planning 1,000 x 1,000 pairings
 
 In one process, on one device, on the same seeded synthetic images, it times:
@@ -12,6 +12,9 @@ In one process, on one device, on the same seeded synthetic images, it times:
 - engine-bN: pipeline.engine.transfer.StyleTransfer as shipped, N pairings per batch
   (on CUDA also engine-auto, the batch size pipeline.execution.devices picks, and
   engine-fp32, the engine with precision="fp32"; --compile adds engine-compile).
+  At the CPU's convolution-dominated size (--conv: 192 px) naive-default only (on a
+  CPU naive-fp32 is the same code), engine-fp32 (what bf16 brings where the CPU has it)
+  and engine-cl (the shipped precision with channels-last: whether the layout helps).
 
 Each configuration is warmed up, then timed `repeats` times round-robin with the
 others (so a machine busy with other work slows them alike), best time kept. It
@@ -57,7 +60,7 @@ from benchmarks.common import (
 from benchmarks.flops import peak_bf16_tflops, step_flops
 from pipeline.config import Config
 from pipeline.engine.optim import PaperAdam
-from pipeline.engine.transfer import Pairing, Progress, StyleTransfer
+from pipeline.engine.transfer import Pairing, Progress, StyleTransfer, cpu_has_native_bf16, resolve_precision
 from pipeline.engine.vgg import LAYER_INDEX, preprocess
 from pipeline.engine.weights import WeightsSource, load_features, resolve_weights
 
@@ -74,8 +77,11 @@ class Sizes:
     repeats: int
 
 
-# Short: a CPU finishes it in a few minutes. Full: a GPU at the paper's output size.
+# Short: a CPU finishes it in a few minutes; per-operator overhead weighs much at 64 px.
+# Conv: a CPU size where the convolutions dominate (what bf16 and batching change).
+# Full: a GPU at the paper's output size.
 SHORT = Sizes(size=64, steps=20, batch_sizes=(1, 4), designs=4, naive_designs=4, repeats=3)
+CONV = Sizes(size=192, steps=20, batch_sizes=(1, 4), designs=4, naive_designs=2, repeats=2)
 FULL = Sizes(size=512, steps=100, batch_sizes=(1, 2, 4, 8, 16, 32), designs=32, naive_designs=4, repeats=3)
 
 
@@ -166,6 +172,7 @@ class Case:
     seconds: list[float] = field(default_factory=list)
     peak_bytes: int = 0
     error: str | None = None
+    shipped: bool = False  # the engine with its defaults (what the ratio line reports)
 
 
 def _noop(_: Progress) -> None:
@@ -179,7 +186,11 @@ def build_cases(
     config: Config,
     pairings: list[Pairing],
     compile_: bool = False,
+    conv: bool = False,
+    compile_batch_sizes: Sequence[int] | None = None,
 ) -> list[Case]:
+    """The configurations to time. `conv`: the CPU's convolution-dominated set (see the
+    module's docstring); `compile_batch_sizes`: engine-compile's (default: every batch size)."""
     cuda = device.type == "cuda"
     cases: list[Case] = []
     naive = NaiveLoop(weights, config, device)
@@ -192,23 +203,26 @@ def build_cases(
     def naive_warm() -> None:
         naive.design(naive_pairings[0].content, naive_pairings[0].style, steps=min(3, config.steps))
 
-    cases.append(
-        Case(
-            "naive-fp32",
-            "naive",
-            1,
-            len(naive_pairings),
-            "fp32 (TF32 off)",
-            (False, False, DEFAULT_FLAGS[2]),
-            naive_run,
-            naive_warm,
+    if cuda or not conv:
+        cases.append(
+            Case(
+                "naive-fp32",
+                "naive",
+                1,
+                len(naive_pairings),
+                "fp32 (TF32 off)",
+                (False, False, DEFAULT_FLAGS[2]),
+                naive_run,
+                naive_warm,
+            )
         )
-    )
     cases.append(
         Case("naive-default", "naive", 1, len(naive_pairings), "PyTorch defaults", DEFAULT_FLAGS, naive_run, naive_warm)
     )
 
-    def engine_cases(engine: StyleTransfer, prefix: str, batch_sizes: Sequence[int], label: str | None = None) -> None:
+    def engine_cases(
+        engine: StyleTransfer, prefix: str, batch_sizes: Sequence[int], label: str | None = None, shipped: bool = False
+    ) -> None:
         for batch in batch_sizes:
             batch = min(batch, len(pairings))
 
@@ -231,21 +245,27 @@ def build_cases(
                     DEFAULT_FLAGS,
                     run,
                     warm,
+                    shipped=shipped,
                 )
             )
 
     engine = StyleTransfer(config, weights, device)
-    engine_cases(engine, "engine-", sizes.batch_sizes)
+    engine_cases(engine, "engine-", sizes.batch_sizes, shipped=True)
+    largest = [max(sizes.batch_sizes)]
     if cuda:
         from pipeline.execution.devices import auto_batch_size
 
         auto = min(auto_batch_size(str(device), sizes.size, sizes.size, engine=engine, config=config), len(pairings))
-        engine_cases(engine, "engine-auto-", [auto])
+        engine_cases(engine, "engine-auto-", [auto], shipped=True)
+    if cuda or conv:
         fp32 = StyleTransfer(config, weights, device, precision="fp32", channels_last=False)
-        engine_cases(fp32, "engine-fp32-", [max(sizes.batch_sizes)])
+        engine_cases(fp32, "engine-fp32-", largest)
+    if conv and not cuda:
+        layout = StyleTransfer(config, weights, device, channels_last=True)
+        engine_cases(layout, "engine-cl-", largest)
     if compile_:
         compiled = StyleTransfer(config, weights, device, compile=True)
-        engine_cases(compiled, "engine-compile-", sizes.batch_sizes)
+        engine_cases(compiled, "engine-compile-", compile_batch_sizes or sizes.batch_sizes)
     return cases
 
 
@@ -293,6 +313,7 @@ def summarize(
             "batch_size": case.batch_size,
             "designs": case.designs,
             "precision": case.precision,
+            "shipped": case.shipped,
             "error": case.error,
             "seconds_all": case.seconds,
         }
@@ -371,12 +392,30 @@ def append_markdown(path: Path, result: dict[str, Any]) -> None:
 # --- the throughput bench -----------------------------------------------------------------
 
 
-def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+MODES = {"short": SHORT, "conv": CONV, "full": FULL}
+
+
+def bench_device(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    short = args.short or (device.type != "cuda" and not args.full)
-    base = SHORT if short else FULL
+    return device
+
+
+def bench_modes(args: argparse.Namespace, device: torch.device) -> list[str]:
+    """The sizes one `python -m benchmarks` runs: the one asked for; else full on a GPU, and on
+    a CPU short then conv (short alone when --size is given)."""
+    if args.short or args.conv or args.full:
+        return ["short" if args.short else "conv" if args.conv else "full"]
+    if device.type == "cuda":
+        return ["full"]
+    return ["short"] if args.size else ["short", "conv"]
+
+
+def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print, mode: str | None = None) -> dict[str, Any]:
+    device = bench_device(args)
+    mode = mode or bench_modes(args, device)[0]
+    base = MODES[mode]
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else base.batch_sizes
     designs = args.designs or max(base.designs, *batch_sizes)
     sizes = Sizes(
@@ -396,18 +435,32 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     flops = step_flops(sizes.size, sizes.size, config.content_layers, config.style_layers)
     name = device_label(device)
     peak = peak_bf16_tflops(name) if device.type == "cuda" else None
+    native_bf16 = cpu_has_native_bf16() if device.type == "cpu" else None
+    precision = resolve_precision("auto", device)
     log(
         f"bench on {name}, torch {torch.__version__}, {threads} threads: {sizes.size} px, {sizes.steps} steps, "
         f"{sizes.designs} designs (naive {sizes.naive_designs}), batch sizes {list(sizes.batch_sizes)}, "
-        f"best of {sizes.repeats}; {flops.total / 1e9:.3f} GFLOP per design-step"
+        f"best of {sizes.repeats}; {flops.total / 1e9:.3f} GFLOP per design-step; the engine ships {precision}"
+        + ("" if native_bf16 is None else f" (oneDNN native bf16 on this CPU: {'yes' if native_bf16 else 'no'})")
     )
 
     pairings = make_pairings(sizes.designs, sizes.size)
-    cases = build_cases(sizes, device, weights, config, pairings, compile_=args.compile)
+    compile_sizes = tuple(int(b) for b in args.compile_batch_sizes.split(",")) if args.compile_batch_sizes else None
+    cases = build_cases(
+        sizes,
+        device,
+        weights,
+        config,
+        pairings,
+        compile_=args.compile,
+        conv=mode == "conv",
+        compile_batch_sizes=compile_sizes,
+    )
     measure(cases, sizes.repeats, device, log)
     rows = summarize(cases, sizes.steps, flops.total, peak)
 
-    engines = [r for r in rows if r["kind"] == "engine" and r.get("designs_per_hour")]
+    # The ratio line's figure: the engine as shipped (not its fp32, layout or compile variants).
+    engines = [r for r in rows if r["shipped"] and r.get("designs_per_hour")]
     best = max(engines, key=lambda r: r["designs_per_hour"]) if engines else None
     # On a CPU the two naive cases run the same code: how far apart they are is the noise.
     noise = None
@@ -428,13 +481,15 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "python": platform.python_version(),
         "threads": threads,
-        "mode": "short" if short else "full",
+        "mode": mode,
         "size": sizes.size,
         "steps": sizes.steps,
         "designs": sizes.designs,
         "naive_designs": sizes.naive_designs,
         "batch_sizes": list(sizes.batch_sizes),
         "repeats": sizes.repeats,
+        "engine_precision": precision,
+        "cpu_native_bf16": native_bf16,
         "weights": weights.identity,
         "flops_per_design_step": flops.to_dict(),
         "peak_bf16_tflops": peak,
@@ -459,5 +514,6 @@ def print_table(result: dict[str, Any], log: Callable[[str], None] = print) -> N
         pct = "-" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.1f}"
         log(
             f"{r['name']:<22}{r['batch_size']:>6}{r['designs_per_hour']:>12,.0f}{r['steps_per_second']:>10.2f}{r['tflops']:>10.3f}"
-            f"{pct:>7}{r['peak_memory_bytes'] / 2**20:>10,.0f}{r['vs_naive_fp32']:>8.2f}{r['vs_naive_default']:>10.2f}"
+            f"{pct:>7}{r['peak_memory_bytes'] / 2**20:>10,.0f}{fmt(r['vs_naive_fp32'], '.2f'):>8}"
+            f"{fmt(r['vs_naive_default'], '.2f'):>10}"  # no naive-fp32 at the conv size
         )

@@ -106,8 +106,9 @@ class Config:
     )
     precision: str = _field(
         "auto",
-        "VGG19 arithmetic: 'auto' (bf16 autocast on CUDA, fp32 on CPU), 'fp32' or 'bf16'; "
-        "Gram matrices and losses are always fp32",
+        "VGG19 arithmetic: 'auto' (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), "
+        "'fp32' or 'bf16'; Gram matrices, losses, the image and the optimizer are always fp32; "
+        "params record the precision used",
         identity=False,
         choices=("auto", "fp32", "bf16"),
     )

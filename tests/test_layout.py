@@ -131,6 +131,7 @@ def test_the_engine_imports_only_torch_numpy_and_pillow():
         "struct",
         "json",
         "warnings",
+        "platform",
     }
     for path in (ROOT / "pipeline" / "engine").rglob("*.py"):
         extra = third_party(path) - allowed - stdlib

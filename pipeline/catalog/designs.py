@@ -130,12 +130,17 @@ SCHEMA = pa.schema(
 )
 
 
-def params_value(config: Config, weights_identity: str, preprocessing: str) -> dict[str, Any]:
-    """The config as it made the design: the weights file's identity and the preprocessing
-    that fed it (resolved from 'auto') in place of what was asked for."""
+def params_value(
+    config: Config, weights_identity: str, preprocessing: str, precision: str | None = None
+) -> dict[str, Any]:
+    """The config as it made the design: the weights file's identity, the preprocessing
+    that fed it and the precision it ran in (both resolved from 'auto') in place of what
+    was asked for. `precision` None: the config's (a design no device has run)."""
     values = config.to_dict()
     values["weights"] = weights_identity
     values["preprocessing"] = preprocessing
+    if precision is not None:
+        values["precision"] = precision
     return values
 
 

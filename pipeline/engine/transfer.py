@@ -19,6 +19,7 @@ al. 2016) or colour matching, coarse-to-fine scales, and style blends.
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +36,35 @@ from pipeline.engine.targets import TargetCache
 from pipeline.engine.vgg import LAYER_INDEX, MIN_SIDE, FeatureExtractor
 from pipeline.engine.weights import WeightsSource, load_features
 
-# "auto": bf16 autocast for the convolutions on CUDA, fp32 elsewhere. "bf16" is
-# accepted on the CPU too (slow there; it exercises the autocast path in tests).
+# "auto": bf16 autocast for the convolutions on CUDA and on CPUs whose oneDNN has
+# native bf16 (AVX512-BF16, AMX), fp32 elsewhere. "bf16" is accepted on any CPU
+# (emulated, and slower than fp32, where it is not native; tests use it).
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 convolutions natively on this CPU. Looked up at
+    call time (not cached) so tests can patch it to cover both kinds of CPU."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            # oneDNN's own check on x86 is AVX512 alone, where bf16 is emulated and
+            # slower than fp32: ask for the bf16 instructions (AVX512-BF16 or AMX).
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return True  # on ARM torch's check is the bf16 instructions themselves
+    except (AttributeError, RuntimeError):  # a build without oneDNN, or a torch without the queries
+        return False
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """'auto' made concrete for `device`: 'bf16' on CUDA and native-bf16 CPUs, else 'fp32'."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is invalid; accepted: {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    return "bf16" if kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16()) else "fp32"
 
 
 @dataclass(frozen=True)
@@ -106,9 +133,10 @@ class StyleTransfer:
     once however many pairings and runs use it. `config` gives the defaults;
     `run(..., config=...)` may use another config on the same weights.
 
-    Speed on CUDA (the CPU path is plain fp32, contiguous, eager):
+    Speed on CUDA (on the CPU: bf16 where native, contiguous, eager):
     - `precision="auto"` (or "bf16"): the VGG19 forward (and so its backward)
-      runs under bf16 autocast; Gram matrices, losses, the image and Adam stay
+      runs under bf16 autocast, on CUDA and on CPUs with native bf16
+      (`cpu_has_native_bf16`); Gram matrices, losses, the image and Adam stay
       fp32 outside the autocast region. Gram GEMMs may use TF32: their inputs
       are bf16 values, which TF32 holds exactly. "fp32" turns all of it off.
     - `channels_last` (default: on CUDA): the network's input, weights and
@@ -132,14 +160,12 @@ class StyleTransfer:
         channels_last: bool | None = None,
         compile: bool = False,
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r} is invalid; accepted: {', '.join(PRECISIONS)}")
         self.config = config
         self.device = torch.device(device)
         self.weights = weights
-        cuda = self.device.type == "cuda"
-        self.precision = ("bf16" if cuda else "fp32") if precision == "auto" else precision
-        self.channels_last = cuda if channels_last is None else bool(channels_last)
+        self.precision = resolve_precision(precision, self.device)
+        # Off on the CPU: not measured to help there (docs/BENCHMARKS.md, engine-cl rows).
+        self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
         self.compile = compile
         self._backend_flags()
         self._features = load_features(weights)
@@ -179,7 +205,8 @@ class StyleTransfer:
 
     def features(self, image: torch.Tensor, config: Config | None = None) -> dict[str, torch.Tensor]:
         """VGG19 activations of (N, 3, H, W) images at the config's layers, in the
-        engine's precision and layout (bf16 and channels-last on CUDA by default).
+        engine's precision and layout (bf16 and channels-last on CUDA by default, bf16 on
+        native-bf16 CPUs).
         Only this forward is under autocast: the caller's Gram and loss math is fp32."""
         view = self.extractor_for(config or self.config)
         if self.channels_last:

@@ -19,7 +19,7 @@ import torch
 from pipeline.catalog.designs import DesignCatalog, params_value
 from pipeline.catalog.images import tensor_to_png_bytes
 from pipeline.config import Config
-from pipeline.engine.transfer import DesignResult
+from pipeline.engine.transfer import DesignResult, resolve_precision
 from pipeline.engine.weights import WeightsSource
 from pipeline.execution.devices import device_name
 from pipeline.files import write_atomic
@@ -76,7 +76,13 @@ class RowContext:
             "style_sha256": "+".join(sha or "" for sha in job.style_sha256s),
             "mask_sha256": job.mask_sha256,
             "collection": next((r.collection for r in refs if r.collection), None),
-            "params": params_value(cfg, self.weights.identity, self.weights.preprocessing),
+            "params": params_value(
+                cfg,
+                self.weights.identity,
+                self.weights.preprocessing,
+                # A row made before any device work (an input fault) keeps what was asked.
+                resolve_precision(cfg.precision, self.device) if self.device else None,
+            ),
             "weights_source": self.weights.label,
             "loss_every": cfg.loss_every,
             "tags": list(dict.fromkeys(t for r in refs for t in r.tags)),

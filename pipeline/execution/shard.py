@@ -24,7 +24,7 @@ from pipeline.catalog.images import (
     resize_to_tensor,
 )
 from pipeline.config import Config
-from pipeline.engine.transfer import DesignResult, Pairing, Progress, StyleTransfer
+from pipeline.engine.transfer import DesignResult, Pairing, Progress, StyleTransfer, resolve_precision
 from pipeline.engine.weights import WeightsSource
 from pipeline.execution.devices import auto_batch_size
 from pipeline.execution.rows import RowContext
@@ -37,12 +37,13 @@ _engines_lock = threading.Lock()
 def engine_for(config: Config, weights: WeightsSource, device: str) -> StyleTransfer:
     """One engine per device and weights, kept so its target caches and loaded
     weights serve every shard (and every config of a sweep) on that device."""
-    key = (device, weights.identity, config.precision)
+    precision = resolve_precision(config.precision, device)  # 'auto' and what it picks share an engine
+    key = (device, weights.identity, precision)
     with _engines_lock:
         if key not in _engines:
             for old in [k for k in _engines if k[0] == device]:
                 del _engines[old]  # one engine per device: free the last weights' memory
-            _engines[key] = StyleTransfer(config, weights, device, precision=config.precision)
+            _engines[key] = StyleTransfer(config, weights, device, precision=precision)
         return _engines[key]
 
 

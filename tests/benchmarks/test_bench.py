@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_bench_main
+from helpers import run_bench_main, table_rows
 
 from benchmarks import cli as bench_cli
 from benchmarks import common as bench_common
 from benchmarks import engine as bench
 from benchmarks.flops import conv_shapes, peak_bf16_tflops, step_flops
 from pipeline.config import Config
+from pipeline.engine import transfer
 from pipeline.engine.losses import gram
 from pipeline.engine.transfer import Pairing, StyleTransfer
 from pipeline.engine.weights import resolve_weights
@@ -196,7 +197,7 @@ def test_the_naive_loop_computes_what_the_engine_does():
     weights = smooth_weights()
     (pairing,) = bench_common.make_pairings(1, 32)
     naive = bench.NaiveLoop(weights, cfg, torch.device("cpu")).design(pairing.content, pairing.style)
-    (engine,) = StyleTransfer(cfg, weights, "cpu").run([pairing])
+    (engine,) = StyleTransfer(cfg, weights, "cpu", precision="fp32").run([pairing])  # the naive loop is fp32
     torch.testing.assert_close(naive, engine.image, atol=1e-5, rtol=0)
     assert (naive - pairing.content).abs().max() > 1e-2  # it did optimize
 
@@ -235,18 +236,21 @@ def test_gram_reads_channels_last_features_without_changing_the_result():
     torch.testing.assert_close(gram(nhwc, mask), gram(f, mask))
 
 
-def test_precision_is_checked_and_resolved():
+@pytest.mark.parametrize("native_bf16, expected", [(False, "fp32"), (True, "bf16")])
+def test_precision_is_checked_and_resolved(monkeypatch, native_bf16, expected):
+    monkeypatch.setattr(transfer, "cpu_has_native_bf16", lambda: native_bf16)
     weights = smooth_weights()
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ValueError, match="precision='fp16' is invalid; accepted: auto, fp32, bf16"):
         StyleTransfer(CFG, weights, "cpu", precision="fp16")
     cpu = StyleTransfer(CFG, weights, "cpu")
-    assert cpu.precision == "fp32" and cpu.channels_last is False and cpu.compile is False
+    assert cpu.precision == expected and cpu.channels_last is False and cpu.compile is False
+    assert StyleTransfer(CFG, weights, "cpu", precision="fp32").precision == "fp32"
 
 
 def test_channels_last_on_the_cpu_gives_the_same_designs():
     weights = smooth_weights()
-    plain = StyleTransfer(CFG, weights, "cpu").run(_pairings())
-    nhwc = StyleTransfer(CFG, weights, "cpu", channels_last=True).run(_pairings())
+    plain = StyleTransfer(CFG, weights, "cpu", precision="fp32").run(_pairings())
+    nhwc = StyleTransfer(CFG, weights, "cpu", precision="fp32", channels_last=True).run(_pairings())
     for a, b in zip(plain, nhwc):
         assert b.image.is_contiguous()
         # Float sums in another order; the TV term's sign() flips a pixel now and then.
@@ -275,7 +279,7 @@ def test_bf16_autocast_covers_the_network_only():
 
 def test_bf16_designs_are_close_to_fp32_designs():
     weights = smooth_weights()
-    fp32 = StyleTransfer(CFG, weights, "cpu").run(_pairings())
+    fp32 = StyleTransfer(CFG, weights, "cpu", precision="fp32").run(_pairings())
     bf16 = StyleTransfer(CFG, weights, "cpu", precision="bf16").run(_pairings())
     for a, b in zip(fp32, bf16):
         assert b.error is None
@@ -311,7 +315,7 @@ def test_cuda_defaults_are_bf16_channels_last_and_fp32_results(cuda_weights):
 def test_cuda_bf16_is_close_to_cuda_fp32_and_to_the_cpu(cuda_weights):
     bf16 = StyleTransfer(CFG, cuda_weights, "cuda").run(_pairings())
     fp32 = StyleTransfer(CFG, cuda_weights, "cuda", precision="fp32", channels_last=False).run(_pairings())
-    cpu = StyleTransfer(CFG, cuda_weights, "cpu").run(_pairings())
+    cpu = StyleTransfer(CFG, cuda_weights, "cpu", precision="fp32").run(_pairings())
     for a, b, c in zip(fp32, bf16, cpu):
         assert (a.image - b.image).abs().mean() < 2e-3
         assert (a.image - b.image).abs().max() < 0.05
@@ -412,3 +416,54 @@ def test_plan_bench_reports_times_memory_and_a_profile(tmp_path):
         assert result[key] >= 0
     assert "plan_designs" in result["profile"] and result["profile_pairings"] == 16
     assert json.loads((tmp_path / "plan.json").read_text())["todo"] == 12
+
+
+# --- the CPU's convolution-dominated size ------------------------------------------------------
+
+
+def test_a_cpu_runs_the_short_then_the_conv_size_unless_told():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert bench.bench_modes(bench_cli.parse_args([]), cpu) == ["short", "conv"]
+    assert bench.bench_modes(bench_cli.parse_args(["--size", "96"]), cpu) == ["short"]
+    assert bench.bench_modes(bench_cli.parse_args(["--conv"]), cpu) == ["conv"]
+    assert bench.bench_modes(bench_cli.parse_args(["--short"]), cpu) == ["short"]
+    assert bench.bench_modes(bench_cli.parse_args([]), cuda) == ["full"]
+    assert (bench.CONV.size, bench.CONV.steps, bench.CONV.batch_sizes) == (192, 20, (1, 4))
+
+
+CONV_TINY = ["--size", "32", "--steps", "1", "--batch-sizes", "1,2", "--designs", "2", "--repeats", "1"]
+
+
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["cpu-without-native-bf16", "cpu-with-native-bf16"])
+def test_the_conv_size_times_naive_default_engine_fp32_layout_and_as_shipped(tmp_path, monkeypatch, native_bf16):
+    monkeypatch.setattr(transfer, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: native_bf16)
+    if native_bf16:
+        args = ["--conv", *CONV_TINY]
+    else:  # the default of a CPU: both sizes, one JSON
+        monkeypatch.setattr(bench_cli, "bench_modes", lambda args, device: ["short", "conv"])
+        args = CONV_TINY
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        _, written, original, after = run_bench_main(args, tmp_path)
+    runs = written["runs"] if not native_bf16 else [written]
+    conv = runs[-1]
+    assert [r["mode"] for r in runs] == (["conv"] if native_bf16 else ["short", "conv"])
+    configs = {c["name"]: c for c in conv["configs"]}
+    # naive-fp32 is naive-default's code on a CPU: timed at the short size only
+    assert list(configs) == ["naive-default", "engine-b1", "engine-b2", "engine-fp32-b2", "engine-cl-b2"]
+    shipped = "bf16" if native_bf16 else "fp32"
+    assert conv["engine_precision"] == shipped and conv["cpu_native_bf16"] is native_bf16
+    assert {n: c["precision"] for n, c in configs.items() if n != "naive-default"} == {
+        "engine-b1": shipped,
+        "engine-b2": shipped,
+        "engine-fp32-b2": "fp32",
+        "engine-cl-b2": shipped,
+    }
+    assert [n for n, c in configs.items() if c["shipped"]] == ["engine-b1", "engine-b2"]
+    # The ratio line: the engine as shipped over naive-default at the conv size.
+    best = max((configs["engine-b1"], configs["engine-b2"]), key=lambda c: c["designs_per_hour"])
+    assert conv["best_engine"] == best["name"] and written["engine_vs_naive_default"] == best["vs_naive_default"]
+    assert out.getvalue().rstrip().splitlines()[-1] == bench.RATIO_LINE.format(best["vs_naive_default"])
+    added = len(table_rows(after, bench.TABLE_HEADER)) - len(table_rows(original, bench.TABLE_HEADER))
+    assert added == sum(len(r["configs"]) for r in runs)

@@ -48,7 +48,8 @@ def _pairings() -> list[Pairing]:
 
 
 def _engine(config: Config = CFG, seed: int = 0, preprocessing: str = "torchvision") -> StyleTransfer:
-    return StyleTransfer(config, resolve_weights("random", seed, preprocessing=preprocessing), "cpu")
+    # fp32 pinned: these tests compare batches, singles and references to float precision.
+    return StyleTransfer(config, resolve_weights("random", seed, preprocessing=preprocessing), "cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
