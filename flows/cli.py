@@ -74,6 +74,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 metavar=None if f.metadata["choices"] else field_type(f).__name__.upper(),
                 help=f"{help_text} (default: {default})",
             )
+        if f.name == "repeat":  # the flag `repeat` replaced
+            group.add_argument("--tile", dest="repeat", action="store_const", const="block", help="--repeat block")
+            group.add_argument("--no-tile", dest="repeat", action="store_const", const="none", help="--repeat none")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -30,6 +30,7 @@ from pipeline.config import Config, element_type, field_type
 TABLE_DIR = "designs"
 IMAGES_DIR = "images"
 RUNS_DIR = "runs"
+IMAGE_EXTENSIONS = ("png", "tif")
 COMMIT_ATTEMPTS = 12
 SUPERSEDED = "superseded"  # only in a merge's source: marks a stale failed row for deletion
 LOG_DIR = "_delta_log"
@@ -142,15 +143,18 @@ class DesignCatalog:
 
     # --- paths ---
 
-    def image_relpath(self, design_id: str, png_sha256: str) -> str:
-        """images/ab/<design_id>-<first 12 hex of the PNG's SHA-256>.png: addressed by
+    def image_relpath(self, design_id: str, png_sha256: str, ext: str = "png") -> str:
+        """images/ab/<design_id>-<first 12 hex of the file's SHA-256>.<ext> (png, or tif for
+        --format tiff16): addressed by
         design, and never overwritten by another rendering of the same design
         (a concurrent run's, or a crashed run's that never committed)."""
         if not (design_id.isalnum() and design_id.isascii()):
             raise ValueError(f"design_id {design_id!r} must be ASCII letters and digits (it becomes a file name)")
         if not (len(png_sha256) == 64 and all(c in "0123456789abcdef" for c in png_sha256)):
             raise ValueError(f"png_sha256 {png_sha256!r} must be 64 lowercase hex digits")
-        return f"{IMAGES_DIR}/{design_id[:2]}/{design_id}-{png_sha256[:12]}.png"
+        if ext not in IMAGE_EXTENSIONS:
+            raise ValueError(f"image extension {ext!r} is invalid; accepted: {', '.join(IMAGE_EXTENSIONS)}")
+        return f"{IMAGES_DIR}/{design_id[:2]}/{design_id}-{png_sha256[:12]}.{ext}"
 
     @property
     def images_dir(self) -> Path:

@@ -44,7 +44,10 @@ KEY_PARAMS = (
     "tv_weight",
     "init",
     "color",
-    "tile",
+    "repeat",
+    "style_scale",
+    "pooling",
+    "format",
     "scales",
     "weights",
 )

@@ -96,7 +96,11 @@ def test_pairs_file_with_blend_pattern_and_overrides(sample_catalog: Path, tmp_p
     blend = frame.loc["stripes+waves"]
     assert list(blend.style_ids) == ["stripes", "waves"] and list(blend.style_mix) == [0.75, 0.25]
     pattern = frame.loc["speckle"]
-    assert pd.isna(pattern.content_id) and pattern.params["tile"] and (pattern.width, pattern.height) == (32, 32)
+    assert (
+        pd.isna(pattern.content_id)
+        and pattern.params["repeat"] == "block"
+        and (pattern.width, pattern.height) == (32, 32)
+    )
     assert pattern.seam_score < 1.5
     dress = frame.loc["waves"]
     assert dress.params["color"] == "keep" and dress.mask_leakage < 1 / 255  # the sample garments have masks
