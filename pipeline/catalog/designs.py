@@ -116,6 +116,9 @@ SCHEMA = pa.schema(
         pa.field("content_extra", pa.string()),  # JSON of the input catalog's extra columns
         pa.field("style_extra", pa.string()),
         pa.field("versions", pa.struct([pa.field(n, pa.string()) for n in ("package", "torch", "python")])),
+        # Colourways (pipeline/catalog/colourways.py): the design recoloured, and the inks it is printed in.
+        pa.field("parent_design_id", pa.string()),  # null: an optimized design
+        pa.field("palette", pa.list_(pa.string())),  # "#rrggbb" colours, darkest first
     ]
 )
 
