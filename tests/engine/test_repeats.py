@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fabric_seams
 
 from pipeline.config import REPEATS, Config
 from pipeline.engine.losses import seam_score, tv_loss
@@ -18,24 +19,6 @@ from pipeline.engine.weights import resolve_weights
 TILED = ("block", "half-drop", "brick")
 BASE = Config(size=32, steps=60, loss_every=10, weights="random", learning_rate=0.05, content_weight=0.0, seed=3)
 STYLE = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(7))
-
-
-def fabric_seams(cloth: torch.Tensor, tile_h: int, tile_w: int, edges: str = "both") -> float:
-    """Mean |difference| across the tile boundaries inside a fabric (`edges`: 'both', 'rows'
-    or 'columns' of tiles) over the mean between all other neighbouring rows and columns:
-    about 1.0 where no seam shows."""
-    dy = (cloth[:, 1:, :] - cloth[:, :-1, :]).abs()  # row r + 1 minus row r
-    dx = (cloth[:, :, 1:] - cloth[:, :, :-1]).abs()
-    rows = torch.zeros(dy.shape[1], dtype=torch.bool)
-    rows[tile_h - 1 :: tile_h] = True
-    cols = torch.zeros(dx.shape[2], dtype=torch.bool)
-    cols[tile_w - 1 :: tile_w] = True
-    across = torch.cat(
-        ([dy[:, rows, :].flatten()] if edges != "columns" else [])
-        + ([dx[:, :, cols].flatten()] if edges != "rows" else [])
-    )
-    inside = torch.cat([dy[:, ~rows, :].flatten(), dx[:, :, ~cols].flatten()])
-    return float(across.mean() / inside.mean())
 
 
 @pytest.mark.parametrize("repeat", TILED)
