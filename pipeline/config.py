@@ -153,7 +153,7 @@ class Config:
         choices=("auto", "on", "off"),
     )
     allow_roots: tuple[str, ...] = _field((), "extra folders that absolute image paths may point into", identity=False)
-    dpi: int = _field(0, "DPI written into the PNGs (0: none)", identity=False)
+    dpi: int = _field(0, "DPI written into the design's files, PNG or TIFF (0: none)", identity=False)
     max_image_pixels: int = _field(64_000_000, "refuse images declaring more pixels than this", identity=False)
     max_image_bytes: int = _field(
         512 * 1024 * 1024,

@@ -41,6 +41,8 @@ def repeat_pad(x: torch.Tensor, repeat: str, pad: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if pad > min(h, w):
         raise ValueError(f"padding {pad} is wider than the {w}x{h} tile")
+    if repeat == "block":
+        return F.pad(x, (pad,) * 4, mode="circular")  # the same pixels, one kernel
     if repeat == "brick":
         # Rows first, shifted: the row below the tile is its first row moved right by W // 2.
         shift = w // 2
@@ -48,8 +50,8 @@ def repeat_pad(x: torch.Tensor, repeat: str, pad: int) -> torch.Tensor:
         above = x[..., h - pad :, :].roll(-shift, dims=-1)
         x = torch.cat([above, x, below], dim=-2)
         return torch.cat([x[..., w - pad :], x, x[..., :pad]], dim=-1)
-    # block and half-drop: columns first (shifted down by H // 2 for half-drop), then plain rows.
-    shift = h // 2 if repeat == "half-drop" else 0
+    # half-drop: columns first, shifted down by H // 2, then plain rows.
+    shift = h // 2
     right = x[..., :pad].roll(shift, dims=-2)
     left = x[..., w - pad :].roll(-shift, dims=-2)
     x = torch.cat([left, x, right], dim=-1)

@@ -40,3 +40,12 @@ def test_a_token_too_long_for_a_line_is_shortened_with_an_ellipsis():
     title, scales = _label(row(content_id=long_name, scales=(512, 1024, 2048, 4096, 8192)), DEFAULTS)
     assert title == f"{long_name} x waves"[: LABEL_CHARS - 1] + ELLIPSIS
     assert scales == "scales=512,1024,2048,4096,8192"[: LABEL_CHARS - 1] + ELLIPSIS
+
+
+def test_a_colourway_is_labelled_by_its_inks_not_its_parents_params():
+    colourway = {
+        **row(repeat="half-drop", style_weight=10.0),
+        "parent_design_id": "ab" * 16,
+        "palette": ["#000000"] * 4,
+    }
+    assert _label(colourway, DEFAULTS) == ["dress x waves", "colourway inks=4 seam=1.03"]
