@@ -15,7 +15,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install generate demo test test-slow lint query gallery verify maintain runs logs ui sample-data clean help
+.PHONY: install generate demo colourways test test-slow lint query gallery verify maintain runs logs ui sample-data clean help
 
 help:
 	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [PAIRS=pairs.parquet] [ARGS='--flags']"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint        # ruff: lint and format check"
 	@echo "make query SQL='select ...' [OUT=dir] [ARGS='--version N | --as-of TIME | --format csv -o FILE']"
 	@echo "make gallery [OUT=dir] [ARGS='--version N | -o FILE']   # OUT/gallery.html"
+	@echo "make colourways [OUT=dir] ARGS='--palette FILE | --from-image IMG | --inks N [--where SQL]'"
 	@echo "make verify [OUT=dir] [ARGS=--fix]   # PNGs match the catalog; orphans listed"
 	@echo "make maintain [OUT=dir] [ARGS='--retention-hours H | --dry-run']   # compact, vacuum, checkpoint"
 	@echo "make runs | make logs RUN=<id> | make ui   # past runs in Prefect"
@@ -50,11 +51,20 @@ generate: $(STAMP)
 # Real designs need the real weights and the defaults.
 DEMO_FLAGS := --weights random --size 128 --steps 50 --tv-weight 1 --learning-rate 0.05
 # The sample pairs: masked garments, a colour-keeping design, a blend and two
-# seamless repeats, each at two style weights (a sweep).
+# seamless repeats (a half-drop and a brick), each at two style weights (a sweep).
 DEMO_PAIRS := --pairs data/sample/pairs.parquet --grid style_weight=10,100
+# Then the half-drop repeats recoloured into four flat inks (their colourways sheet
+# shows each beside its parent).
+DEMO_COLOURWAYS := --inks 4 --where "params.repeat = 'half-drop'"
 
 demo: $(STAMP)
 	$(BIN)/designs generate $(SAMPLE) --out "$(OUT)" $(DEMO_FLAGS) $(DEMO_PAIRS) $(ARGS)
+	$(BIN)/designs colourways "$(OUT)" $(DEMO_COLOURWAYS)
+
+# Recolour finished designs: ARGS='--palette FILE | --from-image IMG | --inks N [--where SQL] [--version N]'.
+colourways: $(STAMP)
+	@test -n "$(ARGS)" || { echo "usage: make colourways [OUT=dir] ARGS='--palette FILE | --from-image IMG | --inks N [--where SQL]'" >&2; exit 2; }
+	$(BIN)/designs colourways "$(OUT)" $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

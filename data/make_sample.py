@@ -196,14 +196,15 @@ def styles(n: int = 256) -> dict[str, np.ndarray]:
 
 
 # Explicit pairings for `make demo`: masked garments, a colour-keeping design,
-# a blend of two styles, and two seamless repeats made from a style alone.
+# a blend of two styles, and two seamless repeats made from a style alone
+# (a half-drop and a brick; `make demo` then recolours the half-drop into inks).
 PAIRS = [
     dict(content_id="tshirt", style_ids=["stripes"]),
     dict(content_id="hoodie", style_ids=["gingham"]),
     dict(content_id="dress", style_ids=["waves"], color="keep"),
     dict(content_id="hoodie", style_ids=["waves", "speckle"], style_mix=[0.7, 0.3]),
-    dict(content_id=None, style_ids=["speckle"], tile=True),
-    dict(content_id=None, style_ids=["waves"], tile=True),
+    dict(content_id=None, style_ids=["speckle"], repeat="half-drop"),
+    dict(content_id=None, style_ids=["waves"], repeat="brick"),
 ]
 
 
@@ -214,10 +215,10 @@ def write_pairs(path: Path) -> None:
             ("style_ids", pa.list_(pa.string())),
             ("style_mix", pa.list_(pa.float64())),
             ("color", pa.string()),
-            ("tile", pa.bool_()),
+            ("repeat", pa.string()),
         ]
     )
-    rows = [{"style_mix": None, "color": None, "tile": None, **row} for row in PAIRS]
+    rows = [{"style_mix": None, "color": None, "repeat": None, **row} for row in PAIRS]
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 

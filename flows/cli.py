@@ -74,6 +74,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 metavar=None if f.metadata["choices"] else field_type(f).__name__.upper(),
                 help=f"{help_text} (default: {default})",
             )
+        if f.name == "repeat":  # the flag `repeat` replaced
+            group.add_argument("--tile", dest="repeat", action="store_const", const="block", help="--repeat block")
+            group.add_argument("--no-tile", dest="repeat", action="store_const", const="none", help="--repeat none")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -198,6 +201,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove orphan PNGs and retire rows whose PNG is missing or altered, so the next run remakes them "
         "(not while a run is writing to OUT)",
     )
+    colourways = sub.add_parser(
+        "colourways",
+        allow_abbrev=False,
+        help="recolour finished designs into a palette, another image's colours or N flat inks",
+        description=(
+            "Recolour every ok design of the catalog at OUT (not colourways themselves; --where narrows them) "
+            "without optimizing again: each pixel takes one of N flat colours, no dithering, found by k-means in "
+            "OKLab. Each colourway is a new design row (parent_design_id, palette); a rerun adds nothing. "
+            "Exit 0: done; 2: refused (no catalog, a bad palette, image or --where); 3: the disk or the catalog's "
+            "log failed."
+        ),
+    )
+    colourways.add_argument(
+        "out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})"
+    )
+    source = colourways.add_mutually_exclusive_group()
+    source.add_argument(
+        "--palette",
+        metavar="FILE",
+        default=None,
+        help="a text file of 2 to 16 hex colours (#RRGGBB; '# ' starts a comment); the design's colours "
+        "map onto them darkest to darkest",
+    )
+    source.add_argument(
+        "--from-image",
+        metavar="IMG",
+        default=None,
+        help="take the palette from this image: its --inks colours (default 6), found by k-means in OKLab",
+    )
+    colourways.add_argument(
+        "--inks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="alone: each design in N flat inks of its own colours (screen printing); with --from-image: N colours",
+    )
+    colourways.add_argument(
+        "--version", type=int, default=None, metavar="N", help="recolour the designs of table version N"
+    )
+    colourways.add_argument(
+        "--where",
+        default=None,
+        metavar="SQL",
+        help="recolour only the designs this DuckDB predicate over the designs table selects, e.g. "
+        "\"content_id = 'dress'\" (default: all)",
+    )
     maintain = sub.add_parser(
         "maintain",
         allow_abbrev=False,
@@ -288,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_REFUSED
         print("\n".join(report.lines()))
         return EXIT_FAILED_DESIGNS if report.problems else EXIT_OK
+    if args.command == "colourways":
+        return run_colourways(args)
     if args.command == "maintain":
         from pipeline.catalog.designs import CatalogFault
         from pipeline.catalog.maintenance import maintain
@@ -304,6 +355,39 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     parser.error(f"unknown command {args.command!r}")
     return EXIT_REFUSED
+
+
+def run_colourways(args: argparse.Namespace) -> int:
+    from pipeline.catalog.colourways import (
+        DEFAULT_IMAGE_INKS,
+        ColourwayError,
+        inks_palette,
+        make_colourways,
+        palette_from_file,
+        palette_from_image,
+    )
+    from pipeline.catalog.designs import CatalogFault
+
+    try:
+        if args.palette is not None:
+            if args.inks is not None:
+                raise ColourwayError("--inks goes with --from-image or alone; a --palette file has its own colours")
+            palette = palette_from_file(args.palette)
+        elif args.from_image is not None:
+            palette = palette_from_image(args.from_image, args.inks or DEFAULT_IMAGE_INKS)
+        elif args.inks is not None:
+            palette = inks_palette(args.inks)
+        else:
+            raise ColourwayError("no colours given; accepted: --palette FILE, --from-image IMG or --inks N")
+        report = make_colourways(args.out, palette, version=args.version, where=args.where)
+    except (FileNotFoundError, ValueError) as err:  # ColourwayError and QueryError are ValueErrors
+        print(f"designs colourways: refused: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    except CatalogFault as err:
+        print(f"designs colourways: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    print("\n".join(report.lines()))
+    return EXIT_OK
 
 
 def run_generate(catalog: str, out: str, config: Config, pairs: str | None = None, grid: dict | None = None) -> int:

@@ -22,6 +22,14 @@ INITS = ("content", "noise")
 COLORS = ("style", "keep", "match")
 ADAM_CONVENTIONS = ("keras", "pytorch")
 PREPROCESSINGS = ("auto", "caffe", "torchvision")
+# How the output tile repeats: see pipeline/engine/repeats.py for the layouts.
+REPEATS = ("none", "block", "half-drop", "brick")
+POOLINGS = ("max", "avg")
+FORMATS = ("png", "tiff16")
+MAX_STYLE_SCALE = 4.0
+# Fields added after designs were first made, left out of the design id at these values
+# (and `repeat` none/block hashed as the `tile` flag it replaced): earlier designs keep their ids.
+_LEGACY_IDENTITY = {"style_scale": 1.0, "pooling": "max", "format": "png"}
 # Layer names follow the paper's convention convN_M; see pipeline/engine/vgg.py.
 DEFAULT_CONTENT_LAYERS = ("conv5_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
@@ -61,7 +69,27 @@ class Config:
     init: str = _field(
         "content", "starting image of the optimization (pattern mode always starts from noise)", choices=INITS
     )
-    tile: bool = _field(False, "seamless repeat: circular padding in every convolution and a wrap-around TV term")
+    repeat: str = _field(
+        "none",
+        "seamless repeat of the output tile: 'block' (side by side), 'half-drop' (every second column shifted "
+        "down by half the tile's height), 'brick' (every second row shifted right by half its width); padding in "
+        "every convolution and the wrap-around TV term follow the repeat (--tile: block)",
+        choices=REPEATS,
+    )
+    style_scale: float = _field(
+        1.0,
+        "motif scale: the style image is resized to this fraction of the output's longest side before its "
+        "targets are computed (above 1: larger motifs, below 1: smaller)",
+    )
+    pooling: str = _field(
+        "max", "VGG19's pooling layers: 'max' (the network's own) or 'avg' (Gatys et al.: smoother)", choices=POOLINGS
+    )
+    format: str = _field(
+        "png",
+        "the design's file: 'png' (8-bit, sRGB chunk) or 'tiff16' (16-bit TIFF with an embedded sRGB ICC profile, "
+        "for printers); both carry the DPI, design id, params and weights",
+        choices=FORMATS,
+    )
     color: str = _field(
         "style",
         "colour: 'style' plain transfer, 'keep' the content's colours (YIQ luminance transfer), "
@@ -126,7 +154,7 @@ class Config:
         choices=("auto", "on", "off"),
     )
     allow_roots: tuple[str, ...] = _field((), "extra folders that absolute image paths may point into", identity=False)
-    dpi: int = _field(0, "DPI written into the PNGs (0: none)", identity=False)
+    dpi: int = _field(0, "DPI written into the design's files, PNG or TIFF (0: none)", identity=False)
     max_image_pixels: int = _field(64_000_000, "refuse images declaring more pixels than this", identity=False)
     max_image_bytes: int = _field(
         512 * 1024 * 1024,
@@ -180,6 +208,14 @@ class Config:
             raise bad("optimizer", self.optimizer, " or ".join(OPTIMIZERS))
         if self.init not in INITS:
             raise bad("init", self.init, " or ".join(INITS))
+        if self.repeat not in REPEATS:
+            raise bad("repeat", self.repeat, ", ".join(REPEATS))
+        if self.pooling not in POOLINGS:
+            raise bad("pooling", self.pooling, " or ".join(POOLINGS))
+        if self.format not in FORMATS:
+            raise bad("format", self.format, " or ".join(FORMATS))
+        if not 0 < self.style_scale <= MAX_STYLE_SCALE:
+            raise bad("style_scale", self.style_scale, f"a number > 0 and <= {MAX_STYLE_SCALE:g}, e.g. 0.5 or 2")
         if self.color not in COLORS:
             raise bad("color", self.color, " or ".join(COLORS))
         if self.adam_convention not in ADAM_CONVENTIONS:
@@ -257,8 +293,18 @@ class Config:
 
     # --- derived views ---
 
+    @property
+    def tile(self) -> bool:
+        """Whether the output repeats at all (any repeat but 'none')."""
+        return self.repeat != "none"
+
+    @property
+    def style_side(self) -> int:
+        """The longest side the style is used at: style_scale times the output's (--size)."""
+        return max(1, round(self.size * self.style_scale))
+
     def replace(self, **changes: Any) -> Config:
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **tile_alias(changes))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -267,6 +313,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
+        values = tile_alias(values)
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -275,7 +322,13 @@ class Config:
 
     def identity_dict(self) -> dict[str, Any]:
         """The fields that change a design's pixels, for hashing into design_id."""
-        return {k: v for k, v in self.to_dict().items() if config_field(k).metadata["identity"]}
+        values = {k: v for k, v in self.to_dict().items() if config_field(k).metadata["identity"]}
+        for name, legacy in _LEGACY_IDENTITY.items():
+            if values[name] == legacy:
+                del values[name]
+        if values["repeat"] in ("none", "block"):
+            values["tile"] = values.pop("repeat") == "block"
+        return values
 
     def identity_json(self) -> str:
         """Cached on the instance: planning hashes it for every pairing of a million-pairing catalog."""
@@ -294,6 +347,23 @@ class Config:
 
 
 _IDENTITY_JSON = "_identity_json_cache"
+
+
+def tile_alias(values: dict[str, Any]) -> dict[str, Any]:
+    """`tile` (the flag that `repeat` replaced, still in old pairs files and params) as `repeat`:
+    true is 'block' (or the repeat given with it), false 'none'."""
+    if "tile" not in values:
+        return values
+    values = dict(values)
+    tile, repeat = values.pop("tile"), values.get("repeat")
+    if tile is None:
+        return values
+    tile = coerce_bool("tile", tile) if isinstance(tile, str) else bool(tile)
+    if repeat is None:
+        values["repeat"] = "block" if tile else "none"
+    elif tile != (repeat != "none"):
+        raise ValueError(f"config tile={tile} and repeat={repeat!r} disagree; accepted: one of them, or both alike")
+    return values
 
 
 def config_fields() -> tuple[dataclasses.Field, ...]:
@@ -333,11 +403,7 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
                 f"config {f.name}={value!r} is invalid; accepted: comma-separated {elem.__name__} values"
             ) from None
     if kind is bool and isinstance(value, str):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"config {f.name}={value!r} is invalid; accepted: true or false")
+        return coerce_bool(f.name, value)
     if kind is int and isinstance(value, float):
         if not value.is_integer():
             raise ValueError(f"config {f.name}={value!r} is invalid; accepted: a whole number")
@@ -350,3 +416,11 @@ def coerce(f: dataclasses.Field, value: Any) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"config {f.name}={value!r} is invalid; accepted: a value of type {kind.__name__}") from None
+
+
+def coerce_bool(name: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"config {name}={value!r} is invalid; accepted: true or false")

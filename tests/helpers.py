@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from PIL import Image
 
 # The repo's sample catalog (made by data/make_sample.py) and its pairings:
@@ -237,3 +238,21 @@ def table_rows(text: str, header: str) -> list[list[str]]:
             break
         rows.append([c.strip() for c in line.strip("|").split("|")])
     return rows
+
+
+def fabric_seams(cloth: torch.Tensor, tile_h: int, tile_w: int, edges: str = "both") -> float:
+    """Mean |difference| across the tile boundaries inside a fabric (`edges`: 'both', 'rows'
+    or 'columns' of tiles) over the mean between all other neighbouring rows and columns:
+    about 1.0 where no seam shows."""
+    dy = (cloth[:, 1:, :] - cloth[:, :-1, :]).abs()  # row r + 1 minus row r
+    dx = (cloth[:, :, 1:] - cloth[:, :, :-1]).abs()
+    rows = torch.zeros(dy.shape[1], dtype=torch.bool)
+    rows[tile_h - 1 :: tile_h] = True
+    cols = torch.zeros(dx.shape[2], dtype=torch.bool)
+    cols[tile_w - 1 :: tile_w] = True
+    across = torch.cat(
+        ([dy[:, rows, :].flatten()] if edges != "columns" else [])
+        + ([dx[:, :, cols].flatten()] if edges != "rows" else [])
+    )
+    inside = torch.cat([dy[:, ~rows, :].flatten(), dx[:, :, ~cols].flatten()])
+    return float(across.mean() / inside.mean())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -190,7 +191,24 @@ def test_identity_dict_excludes_run_only_fields():
     ):
         assert name in identity
     all_fields = {f.name for f in dataclasses.fields(Config)}
-    assert set(identity) == all_fields - run_only
+    # Fields added later are left out at their defaults, and repeat none/block is the old tile flag.
+    added = {"repeat", "style_scale", "pooling", "format"}
+    assert set(identity) == (all_fields - run_only - added) | {"tile"}
+    changed = cfg.replace(repeat="brick", style_scale=0.5, pooling="avg", format="tiff16").identity_dict()
+    assert set(changed) == all_fields - run_only
+
+
+def test_designs_made_before_the_repeat_and_motif_fields_keep_their_ids():
+    # The identity hashes of these configs before repeat, style_scale, pooling and format existed.
+    def digest(cfg: Config) -> str:
+        return hashlib.sha256(cfg.identity_json().encode()).hexdigest()
+
+    assert digest(Config()) == "1d8b290e3130443aa280b33c98b1aaca9407053f3942e8d76d2867460dc1d9ac"
+    assert digest(Config(repeat="block")) == "778b04302fd082a72befeedbbd838bcf6666920b5fd1490aecd1a1a9067f465c"
+    assert digest(Config(size=32, steps=5, repeat="block")) == (
+        "bfaf17dd8da8190bd0b699e1d97176b1c2b4a465ddaead32a6248ee44c1342ea"
+    )
+    assert digest(Config(repeat="half-drop")) != digest(Config(repeat="block"))
 
 
 def test_identity_json_changes_only_with_identity_fields():

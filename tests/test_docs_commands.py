@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A usage pattern, not a command: <id>, [optional], ..., or an all-caps word standing for a value.
 PLACEHOLDERS = re.compile(r"<[^>]+>|\.\.\.|\[|(?<![\w=/-])[A-Z][A-Z_]*(?![\w=])")
-SUBCOMMANDS = ("generate", "query", "gallery", "verify", "maintain", "--version", "--help")
+SUBCOMMANDS = ("generate", "query", "gallery", "verify", "maintain", "colourways", "--version", "--help")
 
 
 def code_lines(text: str) -> list[tuple[str, bool]]:
@@ -133,7 +133,11 @@ def test_the_demo_is_described_as_the_makefile_runs_it():
 
 @pytest.mark.parametrize(
     "command",
-    [["--version"], ["--help"], *[[c, "--help"] for c in ("generate", "query", "gallery", "verify", "maintain")]],
+    [
+        ["--version"],
+        ["--help"],
+        *[[c, "--help"] for c in ("generate", "query", "gallery", "verify", "maintain", "colourways")],
+    ],
 )
 def test_the_cheap_commands_run(command):
     done = subprocess.run(

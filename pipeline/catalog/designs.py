@@ -38,6 +38,7 @@ from pipeline.config import Config, element_type, field_type
 TABLE_DIR = "designs"
 IMAGES_DIR = "images"
 RUNS_DIR = "runs"
+IMAGE_EXTENSIONS = ("png", "tif")
 COMMIT_ATTEMPTS = 12
 PARTITION_BY = ("status",)
 # A merge names at most this many id ranges: enough for a shard that spans a few batch groups.
@@ -126,6 +127,9 @@ SCHEMA = pa.schema(
         pa.field("content_extra", pa.string()),  # JSON of the input catalog's extra columns
         pa.field("style_extra", pa.string()),
         pa.field("versions", pa.struct([pa.field(n, pa.string()) for n in ("package", "torch", "python")])),
+        # Colourways (pipeline/catalog/colourways.py): the design recoloured, and the inks it is printed in.
+        pa.field("parent_design_id", pa.string()),  # null: an optimized design
+        pa.field("palette", pa.list_(pa.string())),  # "#rrggbb" colours, darkest first
     ]
 )
 
@@ -159,15 +163,18 @@ class DesignCatalog:
 
     # --- paths ---
 
-    def image_relpath(self, design_id: str, png_sha256: str) -> str:
-        """images/ab/<design_id>-<first 12 hex of the PNG's SHA-256>.png: addressed by
+    def image_relpath(self, design_id: str, png_sha256: str, ext: str = "png") -> str:
+        """images/ab/<design_id>-<first 12 hex of the file's SHA-256>.<ext> (png, or tif for
+        --format tiff16): addressed by
         design, and never overwritten by another rendering of the same design
         (a concurrent run's, or a crashed run's that never committed)."""
         if not (design_id.isalnum() and design_id.isascii()):
             raise ValueError(f"design_id {design_id!r} must be ASCII letters and digits (it becomes a file name)")
         if not (len(png_sha256) == 64 and all(c in "0123456789abcdef" for c in png_sha256)):
             raise ValueError(f"png_sha256 {png_sha256!r} must be 64 lowercase hex digits")
-        return f"{IMAGES_DIR}/{design_id[:2]}/{design_id}-{png_sha256[:12]}.png"
+        if ext not in IMAGE_EXTENSIONS:
+            raise ValueError(f"image extension {ext!r} is invalid; accepted: {', '.join(IMAGE_EXTENSIONS)}")
+        return f"{IMAGES_DIR}/{design_id[:2]}/{design_id}-{png_sha256[:12]}.{ext}"
 
     @property
     def images_dir(self) -> Path:

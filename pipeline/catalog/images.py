@@ -1,4 +1,4 @@
-"""Strict, safe image loading and PNG writing.
+"""Strict, safe image loading, and PNG and 16-bit TIFF writing.
 
 Every Pillow mode becomes RGB (alpha composited on white), EXIF orientation is
 applied, and a declared pixel count over the limit is refused before decoding.
@@ -13,9 +13,12 @@ planned at is the size its content decodes to.
 
 from __future__ import annotations
 
+import functools
 import io
+import json
 import os
 import stat
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +231,74 @@ def tensor_to_png_bytes(image: torch.Tensor, text: dict[str, str] | None = None,
     options = {"dpi": (dpi, dpi)} if dpi else {}
     Image.fromarray(array, "RGB").save(buffer, format="PNG", pnginfo=pnginfo, **options)
     return buffer.getvalue()
+
+
+@functools.cache
+def srgb_icc_profile() -> bytes:
+    """LittleCMS's sRGB profile (IEC 61966-2.1 primaries and tone curve), built once per process."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+# TIFF field types: SHORT, LONG, RATIONAL, ASCII, UNDEFINED.
+_SHORT, _LONG, _RATIONAL, _ASCII, _UNDEFINED = 3, 4, 5, 2, 7
+
+
+def tensor_to_tiff16_bytes(image: torch.Tensor, text: dict[str, str] | None = None, dpi: int = 0) -> bytes:
+    """(3, H, W) in [0, 1] -> an uncompressed 16-bit RGB baseline TIFF (little-endian, one strip)
+    with an embedded sRGB ICC profile, the DPI, and `text` as JSON in ImageDescription.
+
+    Written here, not by Pillow, which saves RGB TIFFs with 8 bits per sample only."""
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    pixels = image.detach().float().clamp(0, 1).mul(65535).round().to(torch.int32).permute(1, 2, 0).cpu().numpy()
+    data = pixels.astype("<u2").tobytes()
+    description = json.dumps(text or {}, sort_keys=True).encode("utf-8") + b"\0"
+    fields: list[tuple[int, int, int, bytes]] = [  # tag, type, count, value bytes
+        (256, _LONG, 1, struct.pack("<I", width)),
+        (257, _LONG, 1, struct.pack("<I", height)),
+        (258, _SHORT, 3, struct.pack("<HHH", 16, 16, 16)),
+        (259, _SHORT, 1, struct.pack("<H", 1)),  # no compression
+        (262, _SHORT, 1, struct.pack("<H", 2)),  # RGB
+        (270, _ASCII, len(description), description),
+        (273, _LONG, 1, b""),  # the strip's offset, known once the layout is
+        (277, _SHORT, 1, struct.pack("<H", 3)),
+        (278, _LONG, 1, struct.pack("<I", height)),
+        (279, _LONG, 1, struct.pack("<I", len(data))),
+        (284, _SHORT, 1, struct.pack("<H", 1)),  # interleaved RGB
+        (305, _ASCII, 8, b"designs\0"),
+        (34675, _UNDEFINED, len(srgb_icc_profile()), srgb_icc_profile()),
+    ]
+    if dpi:
+        fields += [
+            (282, _RATIONAL, 1, struct.pack("<II", dpi, 1)),
+            (283, _RATIONAL, 1, struct.pack("<II", dpi, 1)),
+            (296, _SHORT, 1, struct.pack("<H", 2)),  # inches
+        ]
+    fields.sort()
+    ifd_size = 2 + 12 * len(fields) + 4
+    extra = bytearray()
+    extra_start = 8 + ifd_size
+    offsets: dict[int, int] = {}
+    for tag, _, _, value in fields:
+        if len(value) > 4:
+            offsets[tag] = extra_start + len(extra)
+            extra += value + b"\0" * (len(value) % 2)  # values start on a word boundary
+    strip_offset = extra_start + len(extra)
+    out = bytearray(b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", len(fields)))
+    for tag, kind, count, value in fields:
+        if tag == 273:
+            value = struct.pack("<I", strip_offset)
+        field_value = struct.pack("<I", offsets[tag]) if tag in offsets else value.ljust(4, b"\0")
+        out += struct.pack("<HHI", tag, kind, count) + field_value
+    out += struct.pack("<I", 0) + extra + data
+    return bytes(out)
+
+
+def design_file_bytes(image: torch.Tensor, file_format: str, text: dict[str, str], dpi: int) -> tuple[bytes, str]:
+    """The design's file in `file_format` ('png' or 'tiff16') and its extension."""
+    if file_format == "tiff16":
+        return tensor_to_tiff16_bytes(image, text=text, dpi=dpi), "tif"
+    if file_format == "png":
+        return tensor_to_png_bytes(image, text=text, dpi=dpi), "png"
+    raise ValueError(f"format={file_format!r} is invalid; accepted: png or tiff16")

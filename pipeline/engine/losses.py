@@ -6,6 +6,8 @@ from functools import lru_cache
 
 import torch
 
+from pipeline.engine.repeats import neighbour_differences
+
 LOSS_NAMES = ("total", "content", "style", "tv")
 
 
@@ -61,14 +63,14 @@ def style_loss(
     return torch.stack(terms).sum(0) / len(terms)
 
 
-def tv_loss(image: torch.Tensor, wrap: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+def tv_loss(image: torch.Tensor, repeat: str = "none", mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-design total variation, the sum of absolute neighbour differences
-    (tf.image.total_variation) of images in [0, 1]: (N,). `wrap` adds the
-    differences across the edges, as a seamless tile has them; `mask`
-    (N, 1, H, W) weights each difference."""
+    (tf.image.total_variation) of images in [0, 1]: (N,). A `repeat` other than
+    'none' adds the differences across the edges, with the neighbours the repeat
+    puts there (pipeline/engine/repeats.py); `mask` (N, 1, H, W) weights each difference."""
+    wrap = repeat != "none"
     if wrap:
-        dy = image - image.roll(1, dims=2)
-        dx = image - image.roll(1, dims=3)
+        dy, dx = neighbour_differences(image, repeat)
     else:
         dy = image[:, :, 1:, :] - image[:, :, :-1, :]
         dx = image[:, :, :, 1:] - image[:, :, :, :-1]
@@ -80,13 +82,13 @@ def tv_loss(image: torch.Tensor, wrap: bool = False, mask: torch.Tensor | None =
     return dx.abs().sum(dim=(1, 2, 3)) + dy.abs().sum(dim=(1, 2, 3))
 
 
-def seam_score(image: torch.Tensor) -> float:
-    """Mean absolute difference across the wrap edges over the mean between
-    interior neighbouring rows and columns: about 1.0 when the image tiles."""
+def seam_score(image: torch.Tensor, repeat: str = "block") -> float:
+    """Mean absolute difference across the tile's edges, each edge pixel against the
+    neighbour the repeat puts beside it, over the mean between interior neighbouring
+    rows and columns: about 1.0 when the image is seamless under that repeat."""
     image = image.float()
-    across = torch.cat(
-        [(image[:, 0, :] - image[:, -1, :]).abs().flatten(), (image[:, :, 0] - image[:, :, -1]).abs().flatten()]
-    )
+    dy, dx = neighbour_differences(image.unsqueeze(0), repeat)
+    across = torch.cat([dy[0, :, 0, :].abs().flatten(), dx[0, :, :, 0].abs().flatten()])
     inside = torch.cat(
         [(image[:, 1:, :] - image[:, :-1, :]).abs().flatten(), (image[:, :, 1:] - image[:, :, :-1]).abs().flatten()]
     )

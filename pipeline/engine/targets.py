@@ -1,6 +1,6 @@
 """The targets of the loss, cached per input: style Gram matrices per (style,
-size, layers, tiling, colour source) and content features per (content, size,
-layers, tiling), so each is computed once however many pairings and runs use it."""
+size, layers, repeat, pooling, colour source) and content features per (content,
+size, layers, repeat, pooling), so each is computed once however many pairings and runs use it."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ class TargetCache:
     ) -> Targets:
         """The style's Grams, cached under the (H, W) `shape` the style has once prepared;
         `prepare` (resize, colour match) runs only when they are not cached yet."""
-        cache_key = (key, shape[0], shape[1], tuple(cfg.style_layers), cfg.tile, color_source)
+        # The shape is the style's at its style_scale: each motif scale has its own Grams.
+        cache_key = (key, shape[0], shape[1], tuple(cfg.style_layers), cfg.repeat, cfg.pooling, color_source)
 
         def make() -> Targets:
             style = prepare()
@@ -60,7 +61,7 @@ class TargetCache:
 
     @torch.no_grad()
     def content_features(self, key: str, content: torch.Tensor, cfg: Config) -> Targets:
-        cache_key = (key, content.shape[-2], content.shape[-1], tuple(cfg.content_layers), cfg.tile)
+        cache_key = (key, content.shape[-2], content.shape[-1], tuple(cfg.content_layers), cfg.repeat, cfg.pooling)
 
         def make() -> Targets:
             feats = self.features(content.unsqueeze(0).to(self.device), cfg)

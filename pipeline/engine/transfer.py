@@ -11,8 +11,10 @@ The network and its input are the paper's by default: the Caffe-trained VGG19
 (Keras' file) fed caffe-preprocessed images (pipeline/engine/vgg.py), and
 Adam with Keras' epsilon convention (`adam_convention`).
 
-Textile controls beyond the paper: seamless tiles (circular padding and a
-wrap-around TV term), garment masks (style and TV counted inside the mask, the
+Textile controls beyond the paper: seamless repeats (block, half-drop, brick:
+every convolution padded and the TV term wrapped as the repeat lays the tiles
+out, pipeline/engine/repeats.py), motif scale (the runner sizes the style),
+average pooling, garment masks (style and TV counted inside the mask, the
 content kept outside), colour preservation (YIQ luminance transfer, Gatys et
 al. 2016) or colour matching, coarse-to-fine scales, and style blends.
 """
@@ -32,6 +34,7 @@ from pipeline.config import Config
 from pipeline.engine.colour import keep_colors, match_colors
 from pipeline.engine.losses import LOSS_NAMES, _layer_weights, content_loss, gram, seam_score, style_loss, tv_loss
 from pipeline.engine.optim import PaperAdam
+from pipeline.engine.repeats import RepeatConv2d
 from pipeline.engine.targets import TargetCache
 from pipeline.engine.vgg import LAYER_INDEX, MIN_SIDE, FeatureExtractor
 from pipeline.engine.weights import WeightsSource, load_features
@@ -128,8 +131,8 @@ class DesignResult:
 class StyleTransfer:
     """Holds VGG19 on one device and caches targets.
 
-    Style Grams are cached per (style, size, layers, tiling, colour source),
-    content features per (content, size, layers, tiling), so each is computed
+    Style Grams are cached per (style, size, layers, repeat, pooling, colour source),
+    content features per (content, size, layers, repeat, pooling), so each is computed
     once however many pairings and runs use it. `config` gives the defaults;
     `run(..., config=...)` may use another config on the same weights.
 
@@ -177,18 +180,19 @@ class StyleTransfer:
     # --- features and targets ---
 
     def extractor_for(self, config: Config) -> _LayerView:
-        """Feature extractors share one set of weights; tiles use circular padding."""
+        """Feature extractors share one set of weights; repeats pad every convolution with the
+        pixels their layout puts around the tile; 'avg' pooling swaps each 2x2 max pool for a mean."""
         layers = tuple(dict.fromkeys(tuple(config.content_layers) + tuple(config.style_layers)))
         deepest = max(LAYER_INDEX[name] for name in layers)
-        key = (deepest, config.tile)
+        key = (deepest, config.repeat, config.pooling)
         if key not in self._extractors:
             modules = []
             for module in list(self._features)[: deepest + 1]:
                 if isinstance(module, nn.Conv2d) and config.tile:
-                    # Departure from the paper: wrap-around padding makes the output tile.
-                    tiled = nn.Conv2d(module.in_channels, module.out_channels, 3, padding=1, padding_mode="circular")
-                    tiled.weight, tiled.bias = module.weight, module.bias
-                    module = tiled
+                    # Departure from the paper: the repeat's padding makes the output seamless.
+                    module = RepeatConv2d(module, config.repeat)
+                elif isinstance(module, nn.MaxPool2d) and config.pooling == "avg":
+                    module = nn.AvgPool2d(kernel_size=2, stride=2)
                 modules.append(module)
             extractor: nn.Module = FeatureExtractor(
                 nn.Sequential(*modules), tuple(LAYER_INDEX), self.weights.preprocessing
@@ -270,7 +274,7 @@ class StyleTransfer:
         s = cfg.style_weight * style_loss(
             feats, style_t, _layer_weights(cfg.style_layers, cfg.style_layer_weights), layer_masks
         )
-        t = cfg.tv_weight * tv_loss(image, wrap=cfg.tile, mask=mask)
+        t = cfg.tv_weight * tv_loss(image, repeat=cfg.repeat, mask=mask)
         return torch.stack([c + s + t, c, s, t], dim=1)
 
     def probe_step(self, batch: int, size: tuple[int, int], config: Config | None = None) -> None:
@@ -388,7 +392,7 @@ class StyleTransfer:
                     steps_per_second=total_steps / optimize_seconds if optimize_seconds > 0 else float("inf"),
                     error=error,
                     curve_steps=curve_steps + [total_steps],
-                    seam_score=seam_score(images[i]) if cfg.tile else None,
+                    seam_score=seam_score(images[i], cfg.repeat) if cfg.tile else None,
                     mask_leakage=leakage,
                 )
             )
@@ -597,7 +601,7 @@ def _feather(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 def _layer_grid(name: str, size: tuple[int, int]) -> tuple[int, int]:
     """(H, W) of layer convB_L's activations for an (H, W) input: the 3x3 convolutions
-    (zero or circular padding 1) keep the grid; the B - 1 max pools before it each halve it, rounding down."""
+    (zero or repeat padding 1) keep the grid; the B - 1 pools before it each halve it, rounding down."""
     pools = int(name[len("conv")]) - 1
     return size[0] >> pools, size[1] >> pools
 

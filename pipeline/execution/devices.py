@@ -84,7 +84,8 @@ def measured_step_memory(
         engine.precision,
         engine.channels_last,
         cfg.optimizer,
-        cfg.tile,
+        cfg.repeat,
+        cfg.pooling,
         tuple(cfg.content_layers),
         tuple(cfg.style_layers),
     )

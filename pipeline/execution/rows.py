@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from pipeline.catalog.designs import DesignCatalog, params_value
-from pipeline.catalog.images import tensor_to_png_bytes
+from pipeline.catalog.images import design_file_bytes
 from pipeline.config import Config
 from pipeline.engine.transfer import DesignResult, resolve_precision
 from pipeline.engine.weights import WeightsSource
@@ -127,10 +127,11 @@ class RowContext:
                 "params": json.dumps(row["params"], sort_keys=True),
                 "weights": self.weights.identity,
             }
-            png = tensor_to_png_bytes(result.image, text=text, dpi=cfg.dpi)
-            sha = hashlib.sha256(png).hexdigest()
-            relpath = self.catalog.image_relpath(job.design_id, sha)
-            write_atomic(self.catalog.out / relpath, png)
+            # The same metadata in either format: PNG text chunks, or the TIFF's ImageDescription.
+            data, ext = design_file_bytes(result.image, cfg.format, text, cfg.dpi)
+            sha = hashlib.sha256(data).hexdigest()
+            relpath = self.catalog.image_relpath(job.design_id, sha, ext)
+            write_atomic(self.catalog.out / relpath, data)
             write_seconds = time.perf_counter() - write_start
             row.update(
                 status="ok",

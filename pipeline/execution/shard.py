@@ -238,7 +238,8 @@ def _load_pairing(job: Job, cfg: Config, images: _ImageCache, size: tuple[int, i
     styles = []
     for ref, sha in zip(job.styles, job.style_sha256s):
         try:
-            styles.append((sha, images.get(ref.image_id, ref.path, sha, cfg.size)))
+            # Motif scale: the style at style_scale times the output's longest side, decoded from its file.
+            styles.append((sha, images.get(ref.image_id, ref.path, sha, cfg.style_side)))
         except ImageLoadError as err:
             raise ImageLoadError(f"style image {ref.image_id!r}: {err}") from None
     # Targets are cached by the inputs' bytes: an image id reused with new bytes gets new targets.

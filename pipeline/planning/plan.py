@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
@@ -141,14 +142,22 @@ def min_size_for(width: int, height: int) -> int:
 
 
 def _too_small(role: str, ref: ImageRef, file: InputFile, config: Config) -> str | None:
-    """Why `ref` (a readable header) cannot be used at config.size (a short side under MIN_SIDE), or None."""
-    width, height = output_size(file.width, file.height, config.size)
+    """Why `ref` (a readable header) cannot be used at config.size, or for a style at its
+    style_side (a short side under MIN_SIDE), or None."""
+    side = config.style_side if role == "style" else config.size
+    width, height = output_size(file.width, file.height, side)
     if min(width, height) >= MIN_SIDE:
         return None
+    at = f"size {config.size}" + (f" x style_scale {config.style_scale:g}" if side != config.size else "")
+    fix = min_size_for(file.width, file.height)
+    if side != config.size:
+        fix = f"{math.ceil(fix / config.style_scale)} or more, or --style-scale to {fix / config.size:.3g} or more"
+    else:
+        fix = f"{fix} or more"
     return (
-        f"{role} image {ref.image_id!r} ({ref.path}, {file.width}x{file.height}) at size {config.size} would be "
+        f"{role} image {ref.image_id!r} ({ref.path}, {file.width}x{file.height}) at {at} would be "
         f"{width}x{height}; the short side must be at least {MIN_SIDE} px (VGG19 pools four times): "
-        f"raise --size to {min_size_for(file.width, file.height)} or more, or crop the image"
+        f"raise --size to {fix}, or crop the image"
     )
 
 
@@ -199,9 +208,10 @@ def plan_designs(
     sized: dict[tuple[str, str, int], tuple[tuple[int, int], str | None]] = {}
 
     def fit(role: str, ref: ImageRef, file: InputFile, cfg: Config) -> tuple[tuple[int, int], str | None]:
-        key = (role, ref.image_id, cfg.size)
+        side = cfg.style_side if role == "style" else cfg.size
+        key = (role, ref.image_id, side, cfg.size)
         if key not in sized:
-            sized[key] = (output_size(file.width, file.height, cfg.size), _too_small(role, ref, file, cfg))
+            sized[key] = (output_size(file.width, file.height, side), _too_small(role, ref, file, cfg))
         return sized[key]
 
     todo: list[Job] = []
@@ -215,8 +225,8 @@ def plan_designs(
         c = files[content.image_id] if content else None
         m = masks.get(content.image_id) if content else None
         # Every fault of the pairing at once, so one rerun after fixing them is enough.
-        # The runner scales the content to the output size and the style to the
-        # same longest side: both must keep a short side VGG19 can pool.
+        # The runner scales the content to the output size and the style to
+        # style_scale times its longest side: both must keep a short side VGG19 can pool.
         errors = []
         content_size = (0, 0)
         if content is not None and c is not None:

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.catalog.inputs import CatalogError, ImageRef, InputCatalog
-from pipeline.config import Config, coerce, config_field, config_fields, field_type
+from pipeline.config import Config, coerce, coerce_bool, config_field, config_fields, field_type
 
 PAIRS_COLUMNS = ("content_id", "style_ids", "style_mix")
 
@@ -30,8 +30,18 @@ class JobSpec:
     config: Config
 
 
+# `tile` (the flag `repeat` replaced) stays accepted in pairs files and grids: true is repeat=block.
+ALIASES = ("tile",)
+
+
 def _overridable() -> dict[str, Any]:
     return {f.name: f for f in config_fields() if f.metadata["identity"]}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "tile":
+        return coerce_bool("tile", value) if isinstance(value, str) else bool(value)
+    return coerce(config_field(name), value)
 
 
 def parse_grid(specs: list[str] | tuple[str, ...] | None) -> dict[str, list[Any]]:
@@ -44,11 +54,10 @@ def parse_grid(specs: list[str] | tuple[str, ...] | None) -> dict[str, list[Any]
         name = name.strip().replace("-", "_")
         if not sep or not values.strip():
             raise ValueError(f"--grid {spec!r} is not NAME=V1,V2,...; e.g. --grid style_weight=1e-2,1e-1")
-        if name not in allowed:
+        if name not in allowed and name not in ALIASES:
             raise ValueError(f"--grid {name!r} is not a field that changes a design; accepted: {', '.join(allowed)}")
-        f = allowed[name]
-        parts = values.split(";") if field_type(f) is tuple else values.split(",")
-        grid[name] = [coerce(f, v.strip()) for v in parts if v.strip()]
+        parts = values.split(";") if name in allowed and field_type(allowed[name]) is tuple else values.split(",")
+        grid[name] = [_coerce(name, v.strip()) for v in parts if v.strip()]
     return grid
 
 
@@ -72,7 +81,7 @@ def load_pairs(
             f"pairs file {str(path)!r} needs columns content_id and style_ids; it has {table.column_names}"
         )
     allowed = _overridable()
-    unknown = [c for c in table.column_names if c not in PAIRS_COLUMNS and c not in allowed]
+    unknown = [c for c in table.column_names if c not in PAIRS_COLUMNS and c not in allowed and c not in ALIASES]
     if unknown:
         raise CatalogError(
             f"pairs file {str(path)!r} has column(s) {unknown} that are neither {list(PAIRS_COLUMNS)} "
@@ -96,9 +105,9 @@ def load_pairs(
             problems.append(f"{where}: style_mix {mix} must have one weight >= 0 per style id (not all 0)")
         overrides = {}
         for name in table.column_names:
-            if name in allowed and row[name] is not None:
+            if (name in allowed or name in ALIASES) and row[name] is not None:
                 try:
-                    overrides[name] = coerce(config_field(name), row[name])
+                    overrides[name] = _coerce(name, row[name])
                 except ValueError as err:
                     problems.append(f"{where}: {err}")
         if not problems:

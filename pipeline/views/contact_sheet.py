@@ -18,7 +18,7 @@ ELLIPSIS = "\u2026"
 PAD = 8
 MAX_DESIGNS = 400  # a sheet of a nightly run stays viewable; the gallery shows everything
 # Params worth naming under a thumbnail when they differ from the defaults.
-NOTABLE = ("tile", "color", "style_weight", "content_weight", "seed", "scales", "init")
+NOTABLE = ("repeat", "style_scale", "pooling", "color", "style_weight", "content_weight", "seed", "scales", "init")
 
 
 def _label(row: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
@@ -33,8 +33,10 @@ def _label(row: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
         for k in NOTABLE
         if k in params and params[k] != defaults.get(k) and params[k] not in ((), [], None)
     ]
-    if row.get("seam_score") is not None and params.get("tile"):
+    if row.get("seam_score") is not None and params.get("repeat", "none") != "none":
         varied.append(f"seam={row['seam_score']:.2f}")
+    if row.get("parent_design_id"):  # a colourway: its inks, not its parent's params
+        varied = ["colourway", f"inks={len(row.get('palette') or [])}"] + [v for v in varied if v.startswith("seam=")]
     room = LABEL_LINES - 1 - (row["status"] != "ok")
     if varied and room > 0:
         # No whitespace inside a token, so textwrap breaks only between tokens.
@@ -70,9 +72,18 @@ def write_contact_sheet(
     rows: list[dict[str, Any]], out: str | Path, path: str | Path, title: str, defaults: dict[str, Any]
 ) -> Path | None:
     """Draw the run's designs (failed ones as grey tiles) into one PNG; None if there are none."""
-    rows = sorted(rows, key=lambda r: (r["status"] != "ok", r["content_id"] or "", r["style_id"], r["design_id"]))[
-        :MAX_DESIGNS
-    ]
+    # A colourway right after its parent.
+    rows = sorted(
+        rows,
+        key=lambda r: (
+            r["status"] != "ok",
+            r["content_id"] or "",
+            r["style_id"],
+            r.get("parent_design_id") or r["design_id"],
+            r.get("parent_design_id") is not None,
+            r["design_id"],
+        ),
+    )[:MAX_DESIGNS]
     if not rows:
         return None
     columns = min(len(rows), 6)

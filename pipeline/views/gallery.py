@@ -22,6 +22,7 @@ import html
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -44,7 +45,10 @@ KEY_PARAMS = (
     "tv_weight",
     "init",
     "color",
-    "tile",
+    "repeat",
+    "style_scale",
+    "pooling",
+    "format",
     "scales",
     "weights",
 )
@@ -164,8 +168,36 @@ def _extra_pairs(prefix: str, text: str | None) -> list[tuple[str, Any]]:
     return [(prefix, text)]
 
 
-def _card(row: dict[str, Any], out: Path, page_dir: Path) -> tuple[str, bool]:
-    """One ok design's card; and whether its PNG is missing."""
+def _colourway(row: dict[str, Any], out: Path, page_dir: Path) -> str:
+    """A colourway inside its parent's card: its image and its inks."""
+    href = image_href(row.get("output_uri"), out, page_dir)
+    palette = [str(c) for c in (row.get("palette") or [])]
+    if href is None or not (out / str(row.get("output_uri"))).is_file():
+        picture = f'<div class="noimage">image missing: {e(row.get("output_uri"))}</div>'
+    else:
+        picture = (
+            f'<a href="{e(href)}"><img src="{e(href)}" alt="colourway {e(row.get("design_id"))}" loading="lazy"></a>'
+        )
+    # SVG fills, not style attributes: the page's CSP allows no inline styles.
+    inks = [c for c in palette if _HEX_COLOUR.fullmatch(c)]
+    rects = "".join(
+        f'<rect x="{12 * i}" width="12" height="12" fill="{c}"><title>{c}</title></rect>' for i, c in enumerate(inks)
+    )
+    swatches = f'<svg class="swatches" width="{12 * len(inks)}" height="12" role="img">{rects}</svg>'
+    return (
+        f'<figure class="colourway" data-colourway="{e(row.get("design_id"))}">{picture}'
+        f"<figcaption>{swatches} {e(', '.join(palette))}<br>"
+        f"<code>{e(row.get('design_id'))}</code></figcaption></figure>"
+    )
+
+
+_HEX_COLOUR = re.compile(r"#[0-9a-f]{6}")
+
+
+def _card(
+    row: dict[str, Any], out: Path, page_dir: Path, colourways: list[dict[str, Any]] | None = None
+) -> tuple[str, bool]:
+    """One ok design's card, its colourways inside it; and whether its image is missing."""
     params = row.get("params") or {}
     tags = [str(t) for t in (row.get("tags") or []) if t is not None]
     content, style = str(row.get("content_id") or ""), str(row.get("style_id") or "")
@@ -215,14 +247,20 @@ def _card(row: dict[str, Any], out: Path, page_dir: Path) -> tuple[str, bool]:
         + _extra_pairs("style_extra", row.get("style_extra"))
     )
     return (
-        f'<article class="card" data-content="{e(content)}" data-style="{e(style)}" '
+        f'<article class="card" data-design="{e(row.get("design_id"))}" data-content="{e(content)}" data-style="{e(style)}" '
         f'data-tags="{e(json.dumps(tags))}" data-search="{e(searchable)}">'
         f"{picture}"
         f"<h3>{e(content)} <span>×</span> {e(style)}</h3>"
         f'<ul class="tags">{"".join(f"<li>{e(t)}</li>" for t in tags)}</ul>'
         f"{loss_curve_svg(row.get('loss_total'), params.get('steps'))}"
         f'<dl class="key">{"".join(f"<div><dt>{e(k)}</dt><dd>{e(fmt(v))}</dd></div>" for k, v in key)}</dl>'
-        f"<details><summary>all parameters</summary>"
+        + (
+            f'<details class="colourways" open><summary>{len(colourways)} colourway(s)</summary>'
+            f"{''.join(_colourway(c, out, page_dir) for c in colourways)}</details>"
+            if colourways
+            else ""
+        )
+        + "<details><summary>all parameters</summary>"
         f'<table class="params">{_kv_rows(sorted(params.items()))}</table>'
         f'<table class="params">{_kv_rows(details)}</table>'
         f"</details></article>",
@@ -274,6 +312,9 @@ td { overflow-wrap: anywhere; }
 .key dd { margin: 0; overflow-wrap: anywhere; }
 .curve-range, .nocurve { font-size: .75rem; color: var(--muted); margin: 0; }
 details summary { cursor: pointer; color: var(--muted); }
+.colourways figure { margin: .3rem 0; }
+.colourways img { width: 48%; }
+.colourways figcaption { font-size: .75rem; color: var(--muted); overflow-wrap: anywhere; }
 .failed { scroll-margin-top: 10rem; }
 .failed table { font-size: .85rem; }
 .failed td:nth-child(-n+2), .failed td:nth-child(5) { white-space: nowrap; }
@@ -328,9 +369,17 @@ def render(rows: list[dict[str, Any]], out: Path, page: Path, version: int) -> t
         (r for r in rows if r.get("status") != "ok"),
         key=lambda r: (str(r.get("content_id")), str(r.get("style_id")), str(r.get("design_id"))),
     )
+    # Colourways go inside their parent's card (on their own where the parent is not shown).
+    ok_ids = {r.get("design_id") for r in ok}
+    children: dict[str, list[dict[str, Any]]] = {}
+    for r in ok:
+        if r.get("parent_design_id") in ok_ids:
+            children.setdefault(r["parent_design_id"], []).append(r)
     cards, missing = [], 0
     for row in ok:
-        card, gone = _card(row, out, page.parent)
+        if row.get("parent_design_id") in ok_ids:
+            continue
+        card, gone = _card(row, out, page.parent, children.get(row.get("design_id")))
         cards.append(card)
         missing += gone
     contents = {str(r.get("content_id")) for r in ok}

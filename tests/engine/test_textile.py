@@ -40,18 +40,18 @@ def test_seam_score_is_about_one_for_a_tile_and_large_for_a_gradient():
 def test_pattern_mode_tiles_when_tiled_and_not_otherwise():
     pattern = BASE.replace(content_weight=0.0, seed=3)
     job = [Pairing("p", None, None, "s", STYLE, out_size=(32, 32))]
-    (tiled,) = engine(pattern.replace(tile=True)).run(job)
+    (tiled,) = engine(pattern.replace(repeat="block")).run(job)
     (plain,) = engine(pattern).run(job)
     assert tiled.seam_score < 1.2
     assert seam_score(plain.image) > tiled.seam_score + 0.1
     # pattern mode starts from seeded noise: another seed, another repeat
-    (other,) = engine(pattern.replace(tile=True, seed=4)).run(job)
+    (other,) = engine(pattern.replace(repeat="block", seed=4)).run(job)
     assert not torch.equal(other.image, tiled.image)
 
 
 def test_a_repeating_motif_stays_seamless_when_tiled():
     job = [Pairing("m", "motif", motif_sheet(), "s", STYLE)]
-    (tiled,) = engine(BASE.replace(tile=True)).run(job)
+    (tiled,) = engine(BASE.replace(repeat="block")).run(job)
     (plain,) = engine(BASE).run(job)
     assert tiled.seam_score < 1.2
     assert seam_score(plain.image) > tiled.seam_score
@@ -63,7 +63,7 @@ def test_seam_score_is_only_set_where_a_repeat_was_asked_for():
     garment[:, 6:26, 10:22] = torch.tensor([0.2, 0.3, 0.6]).view(3, 1, 1)
     job = [Pairing("g", "garment", garment, "s", STYLE)]
     (plain,) = engine(BASE.replace(steps=2)).run(job)
-    (tiled,) = engine(BASE.replace(steps=2, tile=True)).run(job)
+    (tiled,) = engine(BASE.replace(steps=2, repeat="block")).run(job)
     assert plain.seam_score is None
     assert tiled.seam_score == pytest.approx(seam_score(tiled.image))
 

@@ -96,7 +96,11 @@ def test_pairs_file_with_blend_pattern_and_overrides(sample_catalog: Path, tmp_p
     blend = frame.loc["stripes+waves"]
     assert list(blend.style_ids) == ["stripes", "waves"] and list(blend.style_mix) == [0.75, 0.25]
     pattern = frame.loc["speckle"]
-    assert pd.isna(pattern.content_id) and pattern.params["tile"] and (pattern.width, pattern.height) == (32, 32)
+    assert (
+        pd.isna(pattern.content_id)
+        and pattern.params["repeat"] == "block"
+        and (pattern.width, pattern.height) == (32, 32)
+    )
     assert pattern.seam_score < 1.5
     dress = frame.loc["waves"]
     assert dress.params["color"] == "keep" and dress.mask_leakage < 1 / 255  # the sample garments have masks
@@ -134,3 +138,32 @@ def test_contact_sheet_has_a_cell_per_design(sample_catalog: Path, tmp_path: Pat
     with Image.open(path) as sheet:
         assert sheet.width == 8 + 6 * (160 + 8)
         assert sheet.height == 28 + 2 * (160 + 8 + 3 * 14) + 8  # 11 designs in rows of 6
+
+
+def test_repeat_files_are_seamless_laid_out_as_their_repeat(sample_catalog: Path, tmp_path: Path):
+    """The written PNGs of a half-drop and a brick repeat, laid out 3x3 as each repeat says, show no seam."""
+    import numpy as np
+    import torch
+    from helpers import fabric_seams
+
+    from pipeline.engine.losses import seam_score
+    from pipeline.engine.repeats import fabric
+
+    pairs = tmp_path / "pairs.parquet"
+    rows = [
+        {"content_id": None, "style_ids": ["speckle"], "repeat": "half-drop", "tile": None},
+        {"content_id": None, "style_ids": ["waves"], "repeat": "brick", "tile": None},
+        {"content_id": None, "style_ids": ["stripes"], "repeat": None, "tile": True},  # the old flag: block
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), pairs)
+    config = TINY.replace(steps=60, loss_every=10, learning_rate=0.05)
+    out = tmp_path / "out"
+    _, made = make(sample_catalog, out, pairs=str(pairs), config=config)
+    assert sorted(r["params"]["repeat"] for r in made) == ["block", "brick", "half-drop"]
+    for row in made:
+        repeat = row["params"]["repeat"]
+        with Image.open(out / row["output_uri"]) as png:
+            tile = torch.from_numpy(np.asarray(png.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+        assert row["seam_score"] == pytest.approx(seam_score(tile, repeat), abs=0.05)
+        assert row["seam_score"] < 1.2
+        assert fabric_seams(fabric(tile, repeat), 32, 32) < 1.2

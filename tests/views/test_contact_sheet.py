@@ -14,7 +14,7 @@ def row(status: str = "ok", content_id: str | None = "dress", **params) -> dict:
         "content_id": content_id,
         "style_id": "waves",
         "status": status,
-        "seam_score": 1.0342 if params.get("tile") else None,
+        "seam_score": 1.0342 if params.get("repeat", "none") != "none" else None,
         "params": {**DEFAULTS, **params},
     }
 
@@ -27,9 +27,9 @@ def test_labels_break_between_tokens_and_mark_what_they_leave_out():
     assert all(len(line) <= LABEL_CHARS for line in lines)
 
     # A failed design keeps its FAILED line; a tiled one names its seam score as one token.
-    failed = _label(row(status="failed", tile=True, style_weight=0.0123456), DEFAULTS)
-    assert failed == ["dress x waves", f"tile=True {ELLIPSIS}", "FAILED"] and len(failed) == LABEL_LINES
-    assert _label(row(tile=True), DEFAULTS)[1] == "tile=True seam=1.03"
+    failed = _label(row(status="failed", repeat="half-drop", style_weight=0.0123456), DEFAULTS)
+    assert failed == ["dress x waves", f"repeat=half-drop {ELLIPSIS}", "FAILED"] and len(failed) == LABEL_LINES
+    assert _label(row(repeat="brick"), DEFAULTS)[1] == "repeat=brick seam=1.03"
 
     # A list is one token without spaces, so it cannot be split between lines either.
     assert _label(row(scales=(128, 256, 512)), DEFAULTS)[1] == "scales=128,256,512"
@@ -40,3 +40,12 @@ def test_a_token_too_long_for_a_line_is_shortened_with_an_ellipsis():
     title, scales = _label(row(content_id=long_name, scales=(512, 1024, 2048, 4096, 8192)), DEFAULTS)
     assert title == f"{long_name} x waves"[: LABEL_CHARS - 1] + ELLIPSIS
     assert scales == "scales=512,1024,2048,4096,8192"[: LABEL_CHARS - 1] + ELLIPSIS
+
+
+def test_a_colourway_is_labelled_by_its_inks_not_its_parents_params():
+    colourway = {
+        **row(repeat="half-drop", style_weight=10.0),
+        "parent_design_id": "ab" * 16,
+        "palette": ["#000000"] * 4,
+    }
+    assert _label(colourway, DEFAULTS) == ["dress x waves", "colourway inks=4 seam=1.03"]
