@@ -148,6 +148,31 @@ def params_value(
     return values
 
 
+# params fields a Config no longer has, derived for tables whose params still carry them.
+_LEGACY_PARAMS = {"tile": lambda params: params.get("repeat") == "block"}
+
+
+def _conform(source: pa.Table, records: list[dict[str, Any]], table: DeltaTable) -> pa.Table:
+    """The merge's source with every params field the table has: a table made by an earlier
+    version keeps fields the Config has since dropped (`tile`, now `repeat`), and delta-rs
+    cannot merge a struct that lacks some of the target's fields. Values are derived from
+    the rows' params where _LEGACY_PARAMS says how, else null."""
+    target = pa.schema(table.schema().to_arrow()).field("params").type
+    params = source.column("params").combine_chunks()
+    missing = [f for f in target if params.type.get_field_index(f.name) < 0]
+    if not missing:
+        return source
+
+    def value(record: dict[str, Any], name: str) -> Any:
+        params = record.get("params")
+        return _LEGACY_PARAMS[name](params) if params and name in _LEGACY_PARAMS else None
+
+    extra = [pa.array([value(r, f.name) for r in records], f.type) for f in missing]
+    children = [params.field(i) for i in range(params.type.num_fields)] + extra
+    widened = pa.StructArray.from_arrays(children, fields=[*params.type, *missing], mask=params.is_null())
+    return source.set_column(source.schema.get_field_index("params"), pa.field("params", widened.type), widened)
+
+
 def _text_field(name: str) -> pc.Expression:
     """A string column in a scan filter. delta-rs writes string_view columns while the
     table schema says string, and pyarrow, pruning files by their statistics, has no
@@ -321,7 +346,7 @@ class DesignCatalog:
             }
             for d in stale
         ]
-        source = pa.Table.from_pylist(rows + tombstones, schema=SCHEMA)
+        source = _conform(pa.Table.from_pylist(rows + tombstones, schema=SCHEMA), rows + tombstones, table)
         metadata = {"run_id": run_id, "designs.note": note, "designs.rows": str(len(rows))}
         # Naming the id ranges lets delta-rs skip every file, and every row group, whose ids
         # (min/max statistics) lie outside them: without them a merge reads the whole table.

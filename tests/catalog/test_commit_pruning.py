@@ -137,3 +137,31 @@ def test_a_table_made_before_the_status_partitioning_still_commits_and_supersede
     assert sorted(frame.index) == sorted([ids[1], ids[2]])
     assert frame.loc[ids[1], "run_id"] == "r1" and set(frame.status) == {"ok"}
     assert catalog.table().metadata().partition_columns == []
+
+
+def test_a_table_whose_params_carry_a_dropped_config_field_still_takes_new_designs(tmp_path):
+    """Catalogs made before `--repeat` have params.tile; the Config has `repeat` instead.
+    delta-rs cannot merge a params struct that lacks a field of the table's, so the commit
+    adds it, derived from the row's params."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from pipeline.catalog.designs import SCHEMA, params_value
+    from pipeline.config import Config
+
+    params = SCHEMA.field("params").type
+    old_params = pa.struct([f for f in params if f.name != "repeat"] + [pa.field("tile", pa.bool_())])
+    old = pa.schema([pa.field("params", old_params) if f.name == "params" else f for f in SCHEMA])
+    catalog = DesignCatalog(tmp_path / "out")
+    DeltaTable.create(str(catalog.table_path), schema=old, partition_by=["status"])
+    write_deltalake(str(catalog.table_path), pa.Table.from_pylist([row(hex_ids(1)[0])], schema=old), mode="append")
+
+    ids = hex_ids(3, seed=1)
+    made = [
+        {**row(i, run_id="r2"), "params": params_value(Config(repeat=repeat), "random:0", "caffe")}
+        for i, repeat in zip(ids, ("block", "none", "half-drop"), strict=True)
+    ]
+    catalog.commit(made, "r2")
+    frame = catalog.to_pandas().set_index("design_id")
+    assert [frame.loc[i, "params"]["tile"] for i in ids] == [True, False, False]
+    assert [frame.loc[i, "params"]["repeat"] for i in ids] == ["block", "none", "half-drop"]
