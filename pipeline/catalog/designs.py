@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -286,11 +287,27 @@ class DesignCatalog:
     def done_ids(self) -> DesignIds:
         """The ids of every ok design, read column-wise into a sorted byte array: no Python
         object per id, so a catalog of 10M designs costs its planning 320 MB, not a set's 1+ GB."""
+        empty = DesignIds.from_arrow(pa.chunked_array([], pa.string()))
         if not self.exists():
-            return DesignIds.from_arrow(pa.chunked_array([], pa.string()))
-        dataset = self.table().to_pyarrow_dataset(file_pruning_predicate="status = 'ok'")
-        ids = dataset.to_table(columns=["design_id"], filter=_text_field("status") == "ok").column("design_id")
-        return DesignIds.from_arrow(ids)
+            return empty
+        table = self.table()
+        # The ok partition's files (in a table made before the partitioning: those whose
+        # statistics allow an ok row), a file and a batch at a time, into one preallocated
+        # array of fixed-width bytes: the column as Arrow strings, or a dataset keeping every
+        # file's footer, would cost 1.7 to 2.5 GB at 10M designs.
+        files = table.file_uris(file_pruning_predicate="status = 'ok'")
+        if not files:
+            return empty
+        partitioned = "status" in table.metadata().partition_columns
+        columns = ["design_id"] + ([] if partitioned else ["status"])
+        parts: list[np.ndarray] = []
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 16, columns=columns):
+                ids = batch.column("design_id").cast(pa.string())
+                if not partitioned:
+                    ids = ids.filter(pc.equal(batch.column("status").cast(pa.string()), "ok"))
+                parts.append(DesignIds.from_arrow(pa.chunked_array([ids]), sort=False).ids)
+        return DesignIds.from_owned(np.concatenate(parts)) if parts else empty
 
     def commit(self, rows: list[dict[str, Any]], run_id: str, note: str = "shard") -> int | None:
         """Merge rows on design_id in one commit; returns the new table version.
@@ -371,7 +388,7 @@ class DesignCatalog:
             .when_not_matched_insert_all(predicate=f"source.status <> '{SUPERSEDED}'")
             .execute()
         )
-        return self.table().version()
+        return table.version()  # the merge moved `table` to the version it committed
 
     def _failed_ids_of(self, table: DeltaTable, pairing_keys: list[str]) -> list[str]:
         """The ids of the failed rows under these pairing keys. Only the files that can hold
@@ -485,7 +502,19 @@ class DesignIds:
         self._ids = np.sort(ids)
 
     @classmethod
-    def from_arrow(cls, column: pa.ChunkedArray) -> DesignIds:
+    def from_owned(cls, ids: np.ndarray) -> DesignIds:
+        """From an array no one else holds: sorted in place, without a copy."""
+        self = cls.__new__(cls)
+        ids.sort()
+        self._ids = ids
+        return self
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids
+
+    @classmethod
+    def from_arrow(cls, column: pa.ChunkedArray, sort: bool = True) -> DesignIds:
         column = column.cast(pa.string())  # delta-rs reads string_view
         if len(column) == 0:
             return cls(np.array([], dtype="S32"))
@@ -503,7 +532,14 @@ class DesignIds:
                 parts.append(data.view("S32"))
             else:
                 parts.append(np.array([v or "" for v in chunk.to_pylist()], dtype=f"S{width}"))
-        return cls(np.concatenate(parts).astype(f"S{width}") if parts else np.array([], dtype="S32"))
+        ids = np.concatenate(parts).astype(f"S{width}") if parts else np.array([], dtype="S32")
+        return cls.from_owned(ids) if sort else cls.__unsorted(ids)
+
+    @classmethod
+    def __unsorted(cls, ids: np.ndarray) -> DesignIds:
+        self = cls.__new__(cls)
+        self._ids = ids
+        return self
 
     def __len__(self) -> int:
         return len(self._ids)
