@@ -272,6 +272,7 @@ def run_catalog_bench(
     workdir: str | None,
     keep: bool = False,
     log: Callable[[str], None] = print,
+    queries: bool = True,
 ) -> dict[str, Any]:
     """keep: build each table under `workdir` and keep it; a later run reuses it (built and
     maintained once) and repeats only the measurements."""
@@ -356,7 +357,7 @@ def run_catalog_bench(
                 f"  done ids: {done['done_ids']:,} in {done['done_ids_s']:.2f} s, peak RSS {done['peak_rss_mib']:,.0f} MiB"
             )
             timings = []
-            for name, sql in query_blocks():
+            for name, sql in query_blocks() if queries else ():
                 t0 = time.perf_counter()
                 answer = query(out, sql)
                 timings.append({"query": name, "seconds": time.perf_counter() - t0, "rows": answer.num_rows})
@@ -403,6 +404,7 @@ def catalog_rows(result: dict[str, Any]) -> str:
 
 
 def query_rows(result: dict[str, Any]) -> str:
+    """One row per query and size; none when the queries were not timed."""
     return "".join(
         f"| {result['date']} | {result['device']} | {r['rows']:,} | {q['query']} | {q['seconds']:.2f} |\n"
         for r in result["sizes"]

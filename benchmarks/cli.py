@@ -135,6 +135,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--catalog-dir", help="--catalog: where the tables are built (default: the system's temporary folder)"
     )
     parser.add_argument(
+        "--catalog-queries",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--catalog: time the analysts' worked queries at each size (default: on)",
+    )
+    parser.add_argument(
         "--catalog-keep",
         action="store_true",
         help="--catalog: keep the tables (in --catalog-dir) and reuse them next time: only the measurements rerun",
@@ -194,7 +200,12 @@ def _run_catalog_bench(args: argparse.Namespace) -> dict[str, Any]:
             f"--catalog-sizes needs {smallest:,} rows or more and --catalog-night {bench_catalog.SHARD} or more"
         )
     result = bench_catalog.run_catalog_bench(
-        sizes, args.catalog_night, args.catalog_full_merge_up_to, args.catalog_dir, args.catalog_keep
+        sizes,
+        args.catalog_night,
+        args.catalog_full_merge_up_to,
+        args.catalog_dir,
+        args.catalog_keep,
+        queries=args.catalog_queries,
     )
     json_path = Path(args.json or "bench-catalog.json")
     json_path.write_text(json.dumps(result, indent=2) + "\n")
