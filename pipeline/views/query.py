@@ -111,13 +111,12 @@ def connect(
     resolved = resolve_version(catalog, version, as_of, commits)
     try:
         table = catalog.table(resolved)
-        dataset = designs_dataset(table, catalog.table_path)
     except FileNotFoundError:
         raise
     except (DeltaError, OSError) as err:  # a damaged log
         raise QueryError(f"cannot read {catalog.table_path} at version {resolved}: {err}") from None
     # A version older than the last vacuum's retention names files that are gone: say so
-    # before DuckDB fails halfway through a scan with pyarrow's multi-line error.
+    # before pyarrow fails on the first of them.
     gone = sum(1 for uri in table.file_uris() if not os.path.exists(uri))
     if gone:
         which = "the latest version" if version is None and as_of is None else f"version {resolved}"
@@ -126,6 +125,10 @@ def connect(
             "by a vacuum (`designs maintain` keeps only what the versions of its retention read) or by hand; "
             "query a later version, or the latest"
         )
+    try:
+        dataset = designs_dataset(table, catalog.table_path)
+    except OSError as err:  # a file unreadable, or removed since the check
+        raise QueryError(f"cannot read {catalog.table_path} at version {resolved}: {err}") from None
     # No extension downloads: a query naming one fails at once instead of waiting on the network.
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "TimeZone": "UTC"})
     con.register("designs", dataset)
