@@ -165,3 +165,25 @@ def test_a_table_whose_params_carry_a_dropped_config_field_still_takes_new_desig
     frame = catalog.to_pandas().set_index("design_id")
     assert [frame.loc[i, "params"]["tile"] for i in ids] == [True, False, False]
     assert [frame.loc[i, "params"]["repeat"] for i in ids] == ["block", "none", "half-drop"]
+
+
+def test_files_carry_statistics_only_for_the_columns_that_prune(tmp_path):
+    from deltalake import DeltaTable
+
+    from pipeline.catalog.designs import SCHEMA, STATS_COLUMNS
+
+    catalog = DesignCatalog(tmp_path / "out")
+    catalog.commit([row(i) for i in hex_ids(4)], "r1")
+    stats = catalog.table().get_add_actions(flatten=True).schema.names
+    assert {f"min.{c}" for c in STATS_COLUMNS.split(",")} <= set(stats)
+    assert "min.content_id" not in stats and "min.style_id" not in stats
+
+    # A partitioned table made before the narrowing takes it at its next maintenance.
+    older = DesignCatalog(tmp_path / "older")
+    DeltaTable.create(str(older.table_path), schema=SCHEMA, partition_by=["status"])
+    older.commit([row(i) for i in hex_ids(4, seed=2)], "r1")
+    assert "min.content_id" in older.table().get_add_actions(flatten=True).schema.names
+    maintain(tmp_path / "older", retention_hours=0, enforce_retention=False)
+    assert "min.content_id" not in older.table().get_add_actions(flatten=True).schema.names
+    assert older.table().metadata().configuration["delta.dataSkippingStatsColumns"] == STATS_COLUMNS
+    assert sorted(older.ok_design_ids()) == hex_ids(4, seed=2)
