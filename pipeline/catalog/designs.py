@@ -21,7 +21,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
@@ -296,23 +295,10 @@ class DesignCatalog:
         empty = DesignIds.from_arrow(pa.chunked_array([], pa.string()))
         if not self.exists():
             return empty
-        table = self.table()
-        # The ok partition's files (in a table made before the partitioning: those whose
-        # statistics allow an ok row), a file and a batch at a time, into one preallocated
-        # array of fixed-width bytes: the column as Arrow strings, or a dataset keeping every
-        # file's footer, would cost 1.7 to 2.5 GB at 10M designs.
-        files = table.file_uris(file_pruning_predicate="status = 'ok'")
-        if not files:
-            return empty
-        partitioned = "status" in table.metadata().partition_columns
-        columns = ["design_id"] + ([] if partitioned else ["status"])
-        parts: list[np.ndarray] = []
-        for path in files:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 16, columns=columns):
-                ids = batch.column("design_id").cast(pa.string())
-                if not partitioned:
-                    ids = ids.filter(pc.equal(batch.column("status").cast(pa.string()), "ok"))
-                parts.append(DesignIds.from_arrow(pa.chunked_array([ids]), sort=False).ids)
+        parts = [
+            DesignIds.from_arrow(rows.column("design_id"), sort=False).ids
+            for rows in _rows_of_status(self.table(), "ok", ["design_id"])
+        ]
         return DesignIds.from_owned(np.concatenate(parts)) if parts else empty
 
     def commit(self, rows: list[dict[str, Any]], run_id: str, note: str = "shard") -> int | None:
@@ -397,22 +383,13 @@ class DesignCatalog:
         return table.version()  # the merge moved `table` to the version it committed
 
     def _failed_ids_of(self, table: DeltaTable, pairing_keys: list[str]) -> list[str]:
-        """The ids of the failed rows under these pairing keys. Only the files that can hold
-        failed rows are read (the status=failed partition; in a table made before the
-        partitioning, those whose statistics allow one), and only two or three columns:
-        delta-rs' own pyarrow dataset prepares every file's statistics, seconds on a large table."""
-        files = table.file_uris(file_pruning_predicate="status = 'failed'")
-        if not files:
-            return []
-        partitioned = "status" in table.metadata().partition_columns
-        columns = ["design_id", "pairing_key"] + ([] if partitioned else ["status"])
-        read = ds.dataset(files, format="parquet").to_table(columns=columns)
-        # Cast first: pyarrow has no filter kernel for the string_view columns delta-rs writes.
-        found = pa.table({name: read.column(name).cast(pa.string()) for name in columns})
-        wanted = pc.is_in(found.column("pairing_key"), pa.array(pairing_keys, pa.string()))
-        if not partitioned:
-            wanted = pc.and_(wanted, pc.equal(found.column("status"), "failed"))
-        return found.filter(wanted).column("design_id").to_pylist()
+        """The ids of the failed rows under these pairing keys, read from the failed rows' files alone."""
+        keys = pa.array(pairing_keys, pa.string())
+        return [
+            design_id
+            for rows in _rows_of_status(table, "failed", ["design_id", "pairing_key"])
+            for design_id in rows.filter(pc.is_in(rows.column("pairing_key"), keys)).column("design_id").to_pylist()
+        ]
 
     def retire(self, retired: dict[str, tuple[str, str]], note: str = "verify-fix") -> int | None:
         """Turn ok rows whose PNG is gone or altered into failed rows, so the next run
@@ -565,6 +542,21 @@ class DesignIds:
     @property
     def nbytes(self) -> int:
         return int(self._ids.nbytes)
+
+
+def _rows_of_status(table: DeltaTable, status: str, columns: list[str]) -> Iterator[pa.Table]:
+    """`columns` (as string) of the rows with this status, a file and a batch at a time: the
+    status partition's files, or in a table made before the partitioning those whose
+    statistics allow the status (their rows filtered). Not delta-rs' pyarrow dataset: it
+    prepares every file's statistics (seconds on a large table), and a dataset keeps every
+    file's footer (1.7 GB for the ids of 10M designs)."""
+    partitioned = "status" in table.metadata().partition_columns
+    read = columns if partitioned else [*columns, "status"]
+    for path in table.file_uris(file_pruning_predicate=f"status = {_sql_text(status)}"):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1 << 16, columns=read):
+            # Cast first: pyarrow has no filter kernel for the string_view columns delta-rs writes.
+            rows = pa.table({name: batch.column(name).cast(pa.string()) for name in read})
+            yield rows if partitioned else rows.filter(pc.equal(rows.column("status"), status))
 
 
 def id_ranges(ids: list[str], limit: int) -> list[tuple[str, str]]:
