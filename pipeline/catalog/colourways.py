@@ -281,7 +281,7 @@ class ColourwayReport:
 
 def _parents(out: Path, version: int | None, where: str | None) -> list[dict[str, Any]]:
     """The ok, optimized designs (not colourways) the --where predicate selects, at the version."""
-    from pipeline.views.query import QueryError, connect  # DuckDB for --where, read-only
+    from pipeline.views.query import QueryError, check_read_only, connect  # DuckDB for --where, read-only
 
     con = connect(out, version)
     try:
@@ -291,6 +291,7 @@ def _parents(out: Path, version: int | None, where: str | None) -> list[dict[str
             sql += " and parent_design_id is null"
         if where:
             sql += f" and ({where})"
+        check_read_only(con, sql)  # a --where of "...); copy ..." would be a second statement
         try:
             ids = sorted({r[0] for r in con.sql(sql + " order by design_id").fetchall()})
         except Exception as err:  # duckdb.Error: a bad --where

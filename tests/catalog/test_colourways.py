@@ -144,6 +144,10 @@ def test_the_cli_refuses_in_one_line(designs: Path, tmp_path: Path, capsys):
     assert "'#12345' is not a hex colour" in err and err.strip().count("\n") == 0
     assert main(["colourways", str(designs), "--inks", "3", "--where", "no_such_column = 1"]) == 2
     assert "--where" in capsys.readouterr().err
+    # A --where that closes the predicate and starts a second statement is refused before it runs.
+    escape = f"true); copy (select 1 as a) to '{tmp_path / 'leak.csv'}'; select (1"
+    assert main(["colourways", str(designs), "--inks", "3", "--where", escape]) == 2
+    assert "not a read" in capsys.readouterr().err and not (tmp_path / "leak.csv").exists()
     assert main(["colourways", str(tmp_path / "none"), "--inks", "3"]) == 2
     assert main(["colourways", str(designs), "--inks", "2", "--where", "content_id = 'tshirt'"]) == 0
     assert "1 made" in capsys.readouterr().out

@@ -324,7 +324,10 @@ ESCAPES = {
     "write into the table's log": (
         "copy (select 1 as commitInfo) to '{out}/designs/_delta_log/00000000000000000099.json' (format json)"
     ),
+    "overwrite one of the table's data files": "copy (select 1 as a) to '{data_file}' (use_tmp_file false)",
+    "export the database": "export database '{here}/dump'",
     "attach a database": "attach '{here}/other.duckdb'",
+    "change a setting through a pragma": "pragma enable_profiling = 'json'",
     "load an extension": "load httpfs",
     "switch file access back on": "set enable_external_access = true",
     "unlock the configuration": "set lock_configuration = false",
@@ -339,17 +342,53 @@ def test_the_query_door_is_read_only(out: Path, capsys, sql: str, tmp_path: Path
     secret = tmp_path / "secret.txt"
     secret.write_text("not for the analysts' door")
     log_before = sorted(p.name for p in (out / "designs" / "_delta_log").iterdir())
-    code, text, err = cli(capsys, "--out", str(out), sql.format(out=out, here=here, secret=secret))
+    data_file = Path(DesignCatalog(out).table().file_uris()[0])  # readable by the query, never writable
+    data_before = data_file.read_bytes()
+    code, text, err = cli(capsys, "--out", str(out), sql.format(out=out, here=here, secret=secret, data_file=data_file))
     assert code == EXIT_REFUSED and text == "", (text, err)
     assert err.startswith("designs query: query refused: ")
     assert "reads only the tables designs, runs and commits" in err
     assert "not for the analysts" not in err
     assert list(here.iterdir()) == [], "nothing written"
     assert sorted(p.name for p in (out / "designs" / "_delta_log").iterdir()) == log_before
+    assert data_file.read_bytes() == data_before
     # The door still answers, and still writes its -o files (Python writes them, not DuckDB).
     code, _, err = cli(capsys, "--out", str(out), "-o", str(here / "n.csv"), "select count(*) as n from designs")
     assert code == EXIT_OK, err
     assert (here / "n.csv").read_text().split() == ['"n"', "16"]
+
+
+def test_files_of_an_older_schema_read_as_the_table_says(tmp_path: Path):
+    """Files written before a column or a params field was added read those as null."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from pipeline.catalog.designs import SCHEMA
+
+    params = SCHEMA.field("params").type
+    old_params = pa.struct([f for f in params if f.name != "pooling"])
+    old = pa.schema(
+        [pa.field("params", old_params) if f.name == "params" else f for f in SCHEMA if f.name != "parent_design_id"]
+    )
+    catalog = DesignCatalog(tmp_path / "out")
+    DeltaTable.create(str(catalog.table_path), schema=old, partition_by=["status"])
+    row = {"design_id": "d-old", "run_id": "r1", "created_at": pa.scalar(0, pa.timestamp("us", "UTC")).as_py()}
+    row |= {"status": "ok", "style_id": "s", "params": {"steps": 5}}
+    write_deltalake(str(catalog.table_path), pa.Table.from_pylist([row], schema=old), mode="append")
+    new = {**row, "design_id": "d-new", "parent_design_id": "d-old", "params": {"steps": 7, "pooling": "avg"}}
+    write_deltalake(
+        str(catalog.table_path), pa.Table.from_pylist([new], schema=SCHEMA), mode="append", schema_mode="merge"
+    )
+    got = rows(
+        tmp_path / "out",
+        "select design_id, parent_design_id, params.steps as steps, params.pooling as pooling "
+        "from designs order by design_id",
+    )
+    assert got == [
+        {"design_id": "d-new", "parent_design_id": "d-old", "steps": 7, "pooling": "avg"},
+        {"design_id": "d-old", "parent_design_id": None, "steps": 5, "pooling": None},
+    ]
+    # The version before the new column reads without it, as its schema says.
+    assert "parent_design_id" not in query(tmp_path / "out", "select * from designs", version=1).column_names
 
 
 def test_a_missing_catalog_is_refused(tmp_path: Path, capsys):
