@@ -252,9 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         help="compact the design catalog's small files, vacuum old ones, write a checkpoint",
         description=(
-            "Compact the small data files of the design catalog at OUT into large ones, delete the files no "
-            "version committed within the retention reads, write a checkpoint, and print the file counts and "
-            "sizes before and after. --version/--as-of to a version older than the retention may then fail; "
+            "Compact the small data files of the design catalog at OUT into large ones sorted by design_id "
+            "(the whole table is re-sorted when a commit would meet more than 8 sorted layers of files, or "
+            "with --resort), delete the files no version committed within the retention reads, write a "
+            "checkpoint, and print the file counts and sizes before and after. --version/--as-of to a version older than the retention may then fail; "
             "versions inside it keep working. Exit 0: done; 2: refused (no catalog, a retention under the "
             "table's minimum); 3: the disk or the catalog's log failed."
         ),
@@ -273,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     maintain.add_argument(
         "--dry-run", action="store_true", help="change nothing: print the files and what the vacuum would remove"
+    )
+    maintain.add_argument(
+        "--resort",
+        action="store_true",
+        help="rewrite every data file sorted by design_id (a z-order), not only the small ones: its time and "
+        "disk grow with the table, and the files it replaces stay for the retention",
     )
     return parser
 
@@ -344,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.catalog.maintenance import maintain
 
         try:
-            report = maintain(args.out, retention_hours=args.retention_hours, dry_run=args.dry_run)
+            report = maintain(args.out, retention_hours=args.retention_hours, dry_run=args.dry_run, resort=args.resort)
         except (FileNotFoundError, ValueError) as err:
             print(f"designs maintain: refused: {err}", file=sys.stderr)
             return EXIT_REFUSED

@@ -3,10 +3,11 @@ inside the retention needs, write a checkpoint.
 
 Every shard is one merge, and every merge writes new data files, so a catalog of
 millions of designs made in small shards holds thousands of small files that
-every read opens. `maintain` rewrites them into few large ones (a commit that
-changes no row), deletes files that no version committed within the retention
-reads any more, and writes a checkpoint so readers start from one parquet file
-instead of replaying the whole log.
+every read opens. `maintain` rewrites them into few large ones sorted by design_id
+(a commit that changes no row; pipeline/catalog/compaction.py), re-sorts the whole
+table when those sorted layers pile up (a z-order on design_id), deletes files that
+no version committed within the retention reads any more, and writes a checkpoint
+so readers start from one parquet file instead of replaying the whole log.
 
 Time travel: a version stays readable while the commit that replaced its files
 is inside the retention. After a vacuum, `--version` / `--as-of` to an older
@@ -25,6 +26,14 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError
 
+from pipeline.catalog.compaction import (
+    MAX_LAYERS,
+    STRATEGY,
+    compact_small_files,
+    data_files,
+    layers,
+    layers_after_compaction,
+)
 from pipeline.catalog.designs import (
     COMMIT_ATTEMPTS,
     TABLE_PROPERTIES,
@@ -33,7 +42,7 @@ from pipeline.catalog.designs import (
     _first_line,
     check_out_path,
 )
-from pipeline.config import MIN_RETENTION_HOURS
+from pipeline.config import MIN_RETENTION_HOURS, config_field
 
 NOTE = "maintain"  # designs.note of the compaction and vacuum commits, shown by `commits`
 RETENTION_PROPERTY = "delta.deletedFileRetentionDuration"
@@ -44,6 +53,10 @@ Z_ORDER_SPILL_BYTES = 2 * 2**30
 # Bytes per file of the sorted table: about 3,500 designs with full loss curves, what a
 # commit reads when its ids fall in one, whatever the table's size.
 CLUSTERED_FILE_BYTES = 8 * 2**20
+RESORT = "z-order of the whole table"
+# The log entries compaction.py writes itself are the protocol's plainest; a table that
+# asks writers for more (features, column mapping, ...) is re-sorted by delta-rs instead.
+PLAIN_WRITER_VERSION = 2
 _UNIT_HOURS = {"week": 168.0, "day": 24.0, "hour": 1.0, "minute": 1 / 60, "second": 1 / 3600}
 
 
@@ -60,6 +73,8 @@ class MaintenanceReport:
     bytes_after: int
     compacted_files: int  # files the compaction replaced
     written_files: int  # files it wrote in their place
+    strategy: str  # STRATEGY (the small files only) or RESORT (every file); what a dry run would do
+    layers: int  # sorted layers a commit's ids may meet after it (MAX_LAYERS at most, but for a dry run)
     checkpoint_version: int | None
     vacuumed_files: int
     vacuumed_bytes: int
@@ -69,20 +84,22 @@ class MaintenanceReport:
         if self.dry_run:
             return [
                 f"design catalog {self.table_path} at version {self.version}: dry run, nothing changed",
-                f"  data files: {self.files_before:,} ({_size(self.bytes_before)}), not compacted",
+                f"  data files: {self.files_before:,} ({_size(self.bytes_before)}), not compacted; "
+                f"maintenance would do a {self.strategy}",
                 "  checkpoint: none written",
                 f"  vacuum: would remove {self.vacuumed_files:,} file(s) ({_size(self.vacuumed_bytes)}) that no "
                 f"version of the last {self.retention_hours} h reads",
             ]
         compaction = (
-            f"{self.compacted_files:,} rewritten into {self.written_files:,}"
+            f"{self.compacted_files:,} rewritten into {self.written_files:,} ({self.strategy})"
             if self.compacted_files
             else "nothing to compact"
         )
         return [
             f"design catalog {self.table_path} maintained, now at version {self.version}",
             f"  data files before compaction: {self.files_before:,} ({_size(self.bytes_before)})",
-            f"  data files after compaction: {self.files_after:,} ({_size(self.bytes_after)}); {compaction}",
+            f"  data files after compaction: {self.files_after:,} ({_size(self.bytes_after)}); {compaction}; "
+            f"{self.layers} sorted layer(s) by design_id",
             f"  checkpoint: version {self.checkpoint_version}",
             f"  vacuum: {self.vacuumed_files:,} file(s) removed, {_size(self.vacuumed_bytes)} freed; "
             f"versions of the last {self.retention_hours} h stay readable",
@@ -136,10 +153,16 @@ def maintain(
     target_size: int | None = None,
     dry_run: bool = False,
     enforce_retention: bool = True,
+    small_file_bytes: int | None = None,
+    resort: bool = False,
 ) -> MaintenanceReport:
-    """Compact the latest version's data files, vacuum files no version committed within
+    """Compact the latest version's small data files, vacuum files no version committed within
     `retention_hours` reads, then write a checkpoint of the latest version.
 
+    The compaction rewrites each partition's files under `small_file_bytes` (None: the
+    config's maintain_small_file_bytes, 2 MiB) sorted by design_id: its cost follows the
+    small files, not the table. When that would leave a commit's ids meeting more than
+    MAX_LAYERS sorted layers of files, or with resort=True, it z-orders the whole table instead.
     target_size: bytes per rewritten file (None: CLUSTERED_FILE_BYTES, 8 MiB).
     dry_run: change nothing; report the files and what the vacuum would remove.
     enforce_retention=False lifts the table's minimum retention: only for tests, since a
@@ -166,13 +189,24 @@ def maintain(
                     f"({RETENTION_PROPERTY}); accepted: {minimum:g} or more, so that no version inside it loses files"
                 )
         before = _data_files(table)
+        small = small_file_bytes or config_field("maintain_small_file_bytes").default
+        strategy = _strategy(table, small, resort)
         compacted = written = 0
         if not dry_run:
             # Concurrent merges refuse a compaction that removed files they read (and the reverse);
             # each try re-reads the table, as a shard's commit does.
             for attempt in range(COMMIT_ATTEMPTS):
                 try:
-                    compacted, written = _compact(catalog.table(), target_size, properties)
+                    if strategy == RESORT:
+                        compacted, written = _compact(catalog.table(), target_size, properties)
+                    else:
+                        compacted, written = compact_small_files(
+                            catalog.table(),
+                            catalog.table_path,
+                            small,
+                            target_size or CLUSTERED_FILE_BYTES,
+                            {"designs.note": NOTE},
+                        )
                     break
                 except CommitFailedError:
                     if attempt == COMMIT_ATTEMPTS - 1:
@@ -182,6 +216,7 @@ def maintain(
                         ) from None
             table = catalog.table()
         after = _data_files(table)
+        sorted_layers = layers(data_files(table)) if not dry_run else layers_after_compaction(data_files(table), small)
         vacuumed, freed = _vacuum(table, catalog, retention_hours, dry_run, enforce_retention, properties)
         checkpoint = None
         if not dry_run:
@@ -203,11 +238,27 @@ def maintain(
         bytes_after=sum(after.column("size_bytes").to_pylist()),
         compacted_files=compacted,
         written_files=written,
+        strategy=strategy,
+        layers=sorted_layers,
         checkpoint_version=checkpoint,
         vacuumed_files=vacuumed,
         vacuumed_bytes=freed,
         version=version,
     )
+
+
+def _strategy(table: DeltaTable, small_file_bytes: int, resort: bool) -> str:
+    """RESORT when asked, when the table's protocol wants more of a writer than compaction.py's
+    plain log entries, or when compacting only the small files would leave more than
+    MAX_LAYERS sorted layers; STRATEGY otherwise."""
+    protocol = table.protocol()
+    plain = protocol.min_writer_version <= PLAIN_WRITER_VERSION and not protocol.writer_features
+    if resort or not plain:
+        return RESORT
+    settings = table.metadata().configuration
+    if "status" in table.metadata().partition_columns and STATS_PROPERTY not in settings:
+        return RESORT  # a table made before the narrow statistics: rewritten once with them
+    return RESORT if layers_after_compaction(data_files(table), small_file_bytes) > MAX_LAYERS else STRATEGY
 
 
 def _compact(table: DeltaTable, target_size: int | None, properties: CommitProperties) -> tuple[int, int]:

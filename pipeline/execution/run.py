@@ -179,7 +179,11 @@ class Run:
         limit = self.config.maintain_after_files
         if not limit or small_files(self.out, self.config.maintain_small_file_bytes) <= limit:
             return None
-        return maintain(self.out, retention_hours=self.config.maintain_retention_hours)
+        return maintain(
+            self.out,
+            retention_hours=self.config.maintain_retention_hours,
+            small_file_bytes=self.config.maintain_small_file_bytes,
+        )
 
     # --- all of it, in this process ---
 

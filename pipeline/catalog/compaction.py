@@ -1,0 +1,277 @@
+"""Sorted compaction of the design catalog's small files: what `designs maintain` does
+between full re-sorts, at a cost that follows the small files, not the table.
+
+Each shard's merge writes a small file; the table's large files are sorted by
+design_id (a z-order on one column), each spanning a narrow id range. Rewriting the
+whole table every night to fold the small files in would cost time and disk that grow
+with the table (and the retention keeps each replaced copy for a week). Instead the
+small files of each partition are read, sorted by design_id and written as large
+files: one more sorted "layer" over the table's id space. A shard's merge then reads
+one file per layer its ids fall in, so `maintain` re-sorts the whole table only when
+the layers pile up past a bound (`MAX_LAYERS`), keeping a commit's reads bounded
+whatever the table's size.
+
+delta-rs has no call that replaces chosen files, so the rewrite is committed here as
+the Delta protocol specifies: one JSON log entry, created only if its version does not
+exist yet (a concurrent commit makes this one retry on the new version), whose remove
+actions name the small files and whose add actions carry the new files' statistics.
+The remove actions are `dataChange: false`, as delta-rs' own OPTIMIZE writes them, so
+a merge that read a removed file fails its conflict check and retries, as it does
+against delta-rs' own compaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError
+
+from pipeline.catalog.designs import LOG_DIR, STATS_COLUMNS
+
+# Sorted layers of large files a commit may meet before maintenance re-sorts the table.
+MAX_LAYERS = 8
+# Bytes of small files sorted in memory at once; more are sorted in passes over id ranges.
+SORT_PASS_BYTES = 512 * 2**20
+OPERATION = "OPTIMIZE"
+STRATEGY = "sorted compaction of small files"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One data file of a table version, as its add action describes it."""
+
+    path: str  # relative to the table's folder, as the log names it
+    size: int
+    partition: tuple[tuple[str, str | None], ...]  # (column, value) pairs, the table's partition order
+    min_id: str | None  # design_id statistics (None: the file has none)
+    max_id: str | None
+
+
+def data_files(table: DeltaTable) -> list[DataFile]:
+    actions = pa.table(table.get_add_actions(flatten=True))
+    names = set(actions.column_names)
+    partitions = table.metadata().partition_columns
+    columns = {name: actions.column(name).to_pylist() for name in ("path", "size_bytes")}
+    for name in ("min.design_id", "max.design_id"):
+        columns[name] = actions.column(name).to_pylist() if name in names else [None] * actions.num_rows
+    values = {p: actions.column(f"partition.{p}").to_pylist() for p in partitions}
+    return [
+        DataFile(
+            path=columns["path"][i],
+            size=columns["size_bytes"][i],
+            partition=tuple((p, values[p][i]) for p in partitions),
+            min_id=columns["min.design_id"][i],
+            max_id=columns["max.design_id"][i],
+        )
+        for i in range(actions.num_rows)
+    ]
+
+
+def layers(files: list[DataFile]) -> int:
+    """The most files of one partition whose design_id ranges share an id: the files a
+    merge may read for one id. A file without statistics spans every id."""
+    deepest = 0
+    for partition in {f.partition for f in files}:
+        events = []
+        for f in files:
+            if f.partition != partition:
+                continue
+            low, high = (f.min_id, f.max_id) if f.min_id is not None and f.max_id is not None else ("", "\U0010ffff")
+            events += [(low, 0), (high, 1)]  # at equal ids, opens before closes: [a, b] and [b, c] share b
+        depth = 0
+        for _, kind in sorted(events):
+            depth += 1 if kind == 0 else -1
+            deepest = max(deepest, depth)
+    return deepest
+
+
+def small_groups(files: list[DataFile], below_bytes: int) -> dict[tuple, list[DataFile]]:
+    """The small files of each partition that has two or more (one file alone is left as it is)."""
+    groups: dict[tuple, list[DataFile]] = {}
+    for f in files:
+        if f.size < below_bytes:
+            groups.setdefault(f.partition, []).append(f)
+    return {partition: group for partition, group in groups.items() if len(group) > 1}
+
+
+def layers_after_compaction(files: list[DataFile], below_bytes: int) -> int:
+    """layers() once the small files are compacted: the large files, plus one sorted layer
+    where a partition's small files are rewritten."""
+    groups = small_groups(files, below_bytes)
+    rewritten = {f.path for group in groups.values() for f in group}
+    kept = [f for f in files if f.path not in rewritten]
+    return layers(kept) + (1 if groups else 0)
+
+
+def compact_small_files(
+    table: DeltaTable, table_path: Path, below_bytes: int, target_bytes: int, note: dict[str, str]
+) -> tuple[int, int]:
+    """Rewrite each partition's files under `below_bytes` sorted by design_id into files of
+    about `target_bytes`, in one commit; (files removed, files added), (0, 0) when no
+    partition has two small files. CommitFailedError when another commit took the version
+    first (nothing of this attempt stays behind: its files are deleted)."""
+    groups = small_groups(data_files(table), below_bytes)
+    if not groups:
+        return 0, 0
+    schema = pa.schema(table.schema().to_arrow())
+    partition_names = table.metadata().partition_columns
+    file_schema = pa.schema([f for f in schema if f.name not in partition_names])
+    removed: list[DataFile] = []
+    added: list[dict] = []
+    try:
+        for partition, group in sorted(groups.items()):
+            folder = "/".join(f"{quote(name, safe='')}={quote(str(value), safe='')}" for name, value in partition)
+            for sorted_rows in _sorted_passes(table_path, group, file_schema):
+                added += _write_files(table_path, folder, dict(partition), sorted_rows, group, target_bytes)
+            removed += group
+        _commit(table, table_path, removed, added, note, target_bytes)
+    except BaseException:
+        for action in added:
+            (table_path / action["path"]).unlink(missing_ok=True)
+        raise
+    return len(removed), len(added)
+
+
+def _sorted_passes(table_path: Path, group: list[DataFile], file_schema: pa.Schema) -> Iterator[pa.Table]:
+    """The group's rows sorted by design_id, in tables of about SORT_PASS_BYTES of files each:
+    one id range per pass, the ranges cut at quantiles of the group's ids."""
+    dataset = ds.dataset([str(table_path / f.path) for f in group], schema=file_schema, format="parquet")
+    passes = max(1, -(-sum(f.size for f in group) // SORT_PASS_BYTES))
+    if passes == 1:
+        yield dataset.to_table().sort_by("design_id")
+        return
+    ids = dataset.to_table(columns=["design_id"]).column("design_id")
+    ids = ids.take(pc.sort_indices(ids))
+    bounds = [None, *(ids[len(ids) * k // passes].as_py() for k in range(1, passes)), None]
+    # Filtered batch by batch, not by a dataset filter: pyarrow would compare the filter's
+    # string with the string_view statistics of delta-rs' files ("no kernel matching").
+    for low, high in zip(bounds, bounds[1:], strict=False):
+        kept = []
+        for batch in dataset.to_batches():
+            ids = batch.column("design_id")
+            keep = None
+            if low is not None:
+                keep = pc.greater_equal(ids, low)
+            if high is not None:
+                below = pc.less(ids, high)
+                keep = below if keep is None else pc.and_(keep, below)
+            kept.append(batch.filter(keep))
+        yield pa.Table.from_batches(kept, schema=file_schema).sort_by("design_id")
+
+
+def _write_files(
+    table_path: Path, folder: str, partition: dict, rows: pa.Table, group: list[DataFile], target_bytes: int
+) -> list[dict]:
+    """Write `rows` (sorted) into files of about target_bytes; their add actions."""
+    if rows.num_rows == 0:
+        return []
+    per_row = max(1.0, sum(f.size for f in group) / max(1, sum(_rows(table_path, f) for f in group)))
+    per_file = max(1, int(target_bytes / per_row))
+    actions = []
+    for start in range(0, rows.num_rows, per_file):
+        chunk = rows.slice(start, per_file)
+        name = f"part-00000-{uuid.uuid4()}-c000.zstd.parquet"
+        relative = f"{folder}/{name}" if folder else name
+        path = table_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(chunk, path, compression="zstd")
+        actions.append(
+            {
+                "path": relative,
+                "partitionValues": partition,
+                "size": path.stat().st_size,
+                "modificationTime": int(path.stat().st_mtime * 1000),
+                "dataChange": False,
+                "stats": json.dumps(_stats(chunk), separators=(",", ":")),
+            }
+        )
+    return actions
+
+
+def _rows(table_path: Path, f: DataFile) -> int:
+    return pq.ParquetFile(table_path / f.path).metadata.num_rows
+
+
+def _stats(rows: pa.Table) -> dict:
+    """The Delta statistics delta-rs keeps for this table: numRecords, and the minimum,
+    maximum and null count of the statistics columns."""
+    minimum, maximum, nulls = {}, {}, {}
+    for name in STATS_COLUMNS.split(","):
+        if name not in rows.column_names:
+            continue
+        column = rows.column(name)
+        nulls[name] = column.null_count
+        if column.null_count == len(column):
+            continue
+        if pa.types.is_string_view(column.type):
+            column = column.cast(pa.string())
+        low, high = pc.min_max(column).values()
+        if pa.types.is_timestamp(column.type):
+            # Milliseconds, as Delta keeps them: the minimum rounded down, the maximum up.
+            low_ms = low.as_py().replace(microsecond=low.as_py().microsecond // 1000 * 1000)
+            high_py = high.as_py()
+            high_ms = high_py.replace(microsecond=high_py.microsecond // 1000 * 1000)
+            if high_ms < high_py:
+                high_ms += timedelta(milliseconds=1)
+            minimum[name], maximum[name] = _timestamp(low_ms), _timestamp(high_ms)
+        else:
+            minimum[name], maximum[name] = low.as_py(), high.as_py()
+    return {"numRecords": rows.num_rows, "minValues": minimum, "maxValues": maximum, "nullCount": nulls}
+
+
+def _timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _commit(
+    table: DeltaTable, table_path: Path, removed: list[DataFile], added: list[dict], note: dict, target_bytes: int
+) -> None:
+    """Write the log entry of version table.version() + 1, or CommitFailedError if it exists."""
+    now = int(time.time() * 1000)
+    version = table.version() + 1
+    info = {
+        "timestamp": now,
+        "operation": OPERATION,
+        "operationParameters": {"strategy": STRATEGY, "targetSize": str(target_bytes)},
+        "readVersion": table.version(),
+        "isBlindAppend": False,
+        "operationMetrics": {"numFilesAdded": len(added), "numFilesRemoved": len(removed)},
+        **note,
+    }
+    lines = [{"commitInfo": info}]
+    lines += [
+        {
+            "remove": {
+                "path": f.path,
+                "dataChange": False,
+                "deletionTimestamp": now,
+                "extendedFileMetadata": True,
+                "partitionValues": dict(f.partition),
+                "size": f.size,
+            }
+        }
+        for f in removed
+    ]
+    lines += [{"add": action} for action in added]
+    log = table_path / LOG_DIR
+    staged = log / f".{version:020d}.{uuid.uuid4()}.json.tmp"
+    staged.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
+    try:
+        os.link(staged, log / f"{version:020d}.json")  # atomic: fails when the version exists
+    except FileExistsError:
+        raise CommitFailedError(f"version {version} of {table_path} was committed by another writer") from None
+    finally:
+        staged.unlink(missing_ok=True)
