@@ -275,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.add_argument(
         "--dry-run", action="store_true", help="change nothing: print the files and what the vacuum would remove"
     )
+    small = config_field("maintain_small_file_bytes").default
+    maintain.add_argument(
+        "--small-file-bytes",
+        type=int,
+        default=small,
+        metavar="N",
+        help=f"compact the data files smaller than N bytes, as a run's --maintain-small-file-bytes (default: {small})",
+    )
     maintain.add_argument(
         "--resort",
         action="store_true",
@@ -351,7 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.catalog.maintenance import maintain
 
         try:
-            report = maintain(args.out, retention_hours=args.retention_hours, dry_run=args.dry_run, resort=args.resort)
+            report = maintain(
+                args.out,
+                retention_hours=args.retention_hours,
+                dry_run=args.dry_run,
+                small_file_bytes=args.small_file_bytes,
+                resort=args.resort,
+            )
         except (FileNotFoundError, ValueError) as err:
             print(f"designs maintain: refused: {err}", file=sys.stderr)
             return EXIT_REFUSED

@@ -281,11 +281,11 @@ class ColourwayReport:
 
 def _parents(out: Path, version: int | None, where: str | None) -> list[dict[str, Any]]:
     """The ok, optimized designs (not colourways) the --where predicate selects, at the version."""
-    from pipeline.views.query import QueryError, check_read_only, connect  # DuckDB for --where, read-only
+    from pipeline.views.query import QueryError, check_read_only, connect, run_sql  # DuckDB for --where, read-only
 
     con = connect(out, version)
     try:
-        columns = {row[0] for row in con.sql("describe designs").fetchall()}
+        columns = set(run_sql(con, "describe designs").column("column_name").to_pylist())
         sql = "select design_id from designs where status = 'ok'"
         if "parent_design_id" in columns:  # tables made before colourways have none
             sql += " and parent_design_id is null"
@@ -293,7 +293,7 @@ def _parents(out: Path, version: int | None, where: str | None) -> list[dict[str
             sql += f" and ({where})"
         check_read_only(con, sql)  # a --where of "...); copy ..." would be a second statement
         try:
-            ids = sorted({r[0] for r in con.sql(sql + " order by design_id").fetchall()})
+            ids = sorted(set(run_sql(con, sql + " order by design_id").column("design_id").to_pylist()))
         except Exception as err:  # duckdb.Error: a bad --where
             raise QueryError(f"--where {where!r} failed: {str(err).splitlines()[0]}") from None
     finally:

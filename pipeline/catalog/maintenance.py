@@ -174,6 +174,10 @@ def maintain(
     check_out_path(out)
     if isinstance(retention_hours, bool) or not isinstance(retention_hours, int) or retention_hours < 0:
         raise ValueError(f"retention {retention_hours!r} hours is invalid; accepted: a whole number of hours >= 0")
+    if small_file_bytes is not None and (
+        isinstance(small_file_bytes, bool) or not isinstance(small_file_bytes, int) or small_file_bytes < 1
+    ):
+        raise ValueError(f"small file size {small_file_bytes!r} bytes is invalid; accepted: a whole number >= 1")
     catalog = DesignCatalog(out)
     if not catalog.exists():
         catalog.table()  # raises FileNotFoundError naming the path

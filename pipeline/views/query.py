@@ -28,6 +28,7 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import duckdb
 import pyarrow as pa
@@ -82,25 +83,30 @@ def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def designs_view_sql(con: duckdb.DuckDBPyConnection, table: DeltaTable) -> str:
-    """The version's data files read by DuckDB's own parquet reader, as the table's schema says.
+# The table's columns and types, and the same files read by column name (files written before
+# a column was added lack it), in the connection under these names.
+SCHEMA_TABLE = "designs_schema"
+BY_NAME_MACRO = "designs_by_name"
 
-    Not a registered pyarrow dataset: DuckDB reads the parquet files itself, skipping row
-    groups by their statistics and reading only the struct fields a query names (at 1M designs:
-    a point lookup 2 s against 16 s, a grouped scan 1.5 s against 4.2 s). The files may carry
-    older schemas (before a column or a params field was added): they are read by name, and
-    each column is cast to the table's type, so a missing column or field reads as null. The
-    tables have no deletion vectors: the files are the rows."""
-    files = "[" + ", ".join(_sql_text(uri) for uri in table.file_uris()) + "]"
-    partitions = table.metadata().partition_columns
-    hive = ", hive_partitioning = true, hive_types_autocast = false" if partitions else ""
-    scan = f"read_parquet({files}, union_by_name = true{hive})"
+
+def _designs_files(table: DeltaTable, table_path: Path) -> list[str]:
+    """The version's data files, newest first: the first file's schema is the one DuckDB reads
+    them all by, and the newest was written with the table's current schema."""
+    actions = pa.table(table.get_add_actions()).select(["path", "modification_time"])
+    newest = sorted(
+        zip(actions.column("modification_time").to_pylist(), actions.column("path").to_pylist(), strict=True),
+        reverse=True,
+    )
+    root = table_path.resolve()
+    return [str(root / unquote(path)) for _, path in newest]
+
+
+def _projection(con: duckdb.DuckDBPyConnection, scan: str) -> str:
+    """select of every column of the table's schema from `scan`: cast where the files' type
+    differs, null where no file has the column (a version made before it was written)."""
     have = {name: kind for name, kind, *_ in con.sql(f"describe select * from {scan}").fetchall()}
-    con.register("designs_schema", pa.schema(table.schema().to_arrow()).empty_table())
-    wanted = con.sql("describe designs_schema").fetchall()
-    con.unregister("designs_schema")
     columns = []
-    for name, kind, *_ in wanted:
+    for name, kind, *_ in con.sql(f"describe {SCHEMA_TABLE}").fetchall():
         quoted = '"' + name.replace('"', '""') + '"'
         if name not in have:
             columns.append(f"cast(null as {kind}) as {quoted}")
@@ -109,6 +115,47 @@ def designs_view_sql(con: duckdb.DuckDBPyConnection, table: DeltaTable) -> str:
         else:
             columns.append(quoted)
     return f"select {', '.join(columns)} from {scan}"
+
+
+def create_designs_view(con: duckdb.DuckDBPyConnection, table: DeltaTable, table_path: Path) -> None:
+    """`designs`: the version's data files read by DuckDB's own parquet reader, as the table's
+    schema says.
+
+    Not a registered pyarrow dataset: DuckDB reads the parquet files itself, skipping row
+    groups by their statistics and reading only the struct fields a query names (at 1M designs:
+    a point lookup 2 s against 16 s, a grouped scan 1.5 s against 4.2 s). The files are read
+    by the newest file's schema: a missing struct field reads as null. A file that lacks a
+    whole column makes DuckDB fail the scan ("schema mismatch"); run_sql then reads every file
+    by name instead (union_by_name), which opens every file's footer before the query
+    (3 s at 10M designs), so only when a query needs it. The tables have no deletion vectors:
+    the files are the rows."""
+    files = "[" + ", ".join(_sql_text(uri) for uri in _designs_files(table, table_path)) + "]"
+    partitions = table.metadata().partition_columns
+    hive = ", hive_partitioning = true, hive_types_autocast = false" if partitions else ""
+    con.register(SCHEMA_TABLE, pa.schema(table.schema().to_arrow()).empty_table())
+    # A table macro binds when called, so defining it reads nothing.
+    con.execute(
+        f"create macro {BY_NAME_MACRO}() as table select * from read_parquet({files}, union_by_name = true{hive})"
+    )
+    con.execute(f"create view designs as {_projection(con, f'read_parquet({files}{hive})')}")
+
+
+def _schema_mismatch(err: duckdb.Error) -> bool:
+    return "schema mismatch" in str(err)
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    """The result of `sql` on a connection from connect() (an empty table for a statement without
+    one); a scan that meets files of an older schema is run again with the files read by name."""
+    for by_name in (False, True):
+        try:
+            relation = con.sql(sql)
+            return pa.table({}) if relation is None else relation.to_arrow_table()
+        except duckdb.Error as err:
+            if by_name or not _schema_mismatch(err):
+                raise
+            con.execute(f"create or replace view designs as {_projection(con, f'{BY_NAME_MACRO}()')}")
+    raise AssertionError("unreachable")
 
 
 def connect(
@@ -139,7 +186,7 @@ def connect(
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "TimeZone": "UTC"})
     try:
         if table.file_uris():
-            con.execute(f"create view designs as {designs_view_sql(con, table)}")
+            create_designs_view(con, table, catalog.table_path)
         else:  # a table with no rows yet
             con.register("designs", pa.schema(table.schema().to_arrow()).empty_table())
     except duckdb.Error as err:  # a file unreadable, or removed since the check
@@ -161,10 +208,7 @@ def query(out: str | Path, sql: str, version: int | None = None, as_of: str | da
     con = connect(out, version, as_of)
     try:
         check_read_only(con, sql)
-        relation = con.sql(sql)
-        if relation is None:  # a statement without a result (CREATE VIEW, ...)
-            return pa.table({})
-        return relation.to_arrow_table()
+        return run_sql(con, sql)
     except duckdb.Error as err:
         # A file access, or a setting changed after the lock (DuckDB says so only in its message).
         refused = isinstance(err, duckdb.PermissionException) or "configuration has been locked" in str(err)

@@ -122,6 +122,20 @@ def test_designs_maintain_refuses_a_missing_catalog_or_a_short_retention(tmp_pat
     assert "no design catalog at" in capsys.readouterr().err
     assert main(["maintain", run.out, "--retention-hours", "1"]) == EXIT_REFUSED
     assert "under the table's minimum" in capsys.readouterr().err
+    assert main(["maintain", run.out, "--small-file-bytes", "0"]) == EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert "small file size 0 bytes is invalid" in err and len(err.splitlines()) == 1
+
+
+def test_designs_maintain_says_what_it_would_do_and_resorts_when_asked(run: Run, capsys):
+    assert main(["maintain", run.out, "--dry-run"]) == EXIT_OK
+    assert "would do a sorted compaction of small files" in capsys.readouterr().out
+    # Files under 1 byte: none is small, so only --resort rewrites them.
+    assert main(["maintain", run.out, "--small-file-bytes", "1"]) == EXIT_OK
+    assert "nothing to compact" in capsys.readouterr().out
+    assert main(["maintain", run.out, "--resort"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"{SHARDS} rewritten into 1 (z-order of the whole table)" in out and "1 sorted layer(s)" in out
 
 
 def test_designs_maintain_reports_a_damaged_log_as_exit_3(run: Run, capsys):
