@@ -83,10 +83,11 @@ def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-# The table's columns and types, and the same files read by column name (files written before
-# a column was added lack it), in the connection under these names.
+# The table's columns and types, the version's files, and the scan that reads them by column
+# name (files written before a column was added lack it), in the connection under these names.
 SCHEMA_TABLE = "designs_schema"
-BY_NAME_MACRO = "designs_by_name"
+BY_NAME_VARIABLE = "designs_by_name_scan"
+FILES_VARIABLE = "designs_files"
 
 
 def _designs_files(table: DeltaTable, table_path: Path) -> list[str]:
@@ -129,14 +130,15 @@ def create_designs_view(con: duckdb.DuckDBPyConnection, table: DeltaTable, table
     by name instead (union_by_name), which opens every file's footer before the query
     (3 s at 10M designs), so only when a query needs it. The tables have no deletion vectors:
     the files are the rows."""
-    files = "[" + ", ".join(_sql_text(uri) for uri in _designs_files(table, table_path)) + "]"
+    # The list as a variable, not a literal of thousands of paths in every statement.
+    con.execute(f"set variable {FILES_VARIABLE} = ?", [_designs_files(table, table_path)])
+    files = f"getvariable('{FILES_VARIABLE}')"
     partitions = table.metadata().partition_columns
     hive = ", hive_partitioning = true, hive_types_autocast = false" if partitions else ""
     con.register(SCHEMA_TABLE, pa.schema(table.schema().to_arrow()).empty_table())
-    # A table macro binds when called, so defining it reads nothing.
-    con.execute(
-        f"create macro {BY_NAME_MACRO}() as table select * from read_parquet({files}, union_by_name = true{hive})"
-    )
+    # What run_sql reads instead when a file lacks a column; kept as text, since a view or even
+    # a macro over it would open every file's footer now (2 s at 10M designs).
+    con.execute(f"set variable {BY_NAME_VARIABLE} = ?", [f"read_parquet({files}, union_by_name = true{hive})"])
     con.execute(f"create view designs as {_projection(con, f'read_parquet({files}{hive})')}")
 
 
@@ -154,7 +156,8 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
         except duckdb.Error as err:
             if by_name or not _schema_mismatch(err):
                 raise
-            con.execute(f"create or replace view designs as {_projection(con, f'{BY_NAME_MACRO}()')}")
+            [(by_name_scan,)] = con.sql(f"select getvariable('{BY_NAME_VARIABLE}')").fetchall()
+            con.execute(f"create or replace view designs as {_projection(con, by_name_scan)}")
     raise AssertionError("unreachable")
 
 
@@ -198,7 +201,7 @@ def connect(
     con.register("commits", pa.Table.from_pylist(commits, schema=COMMITS_SCHEMA))
     # The version's data files stay readable, nothing else is; the statements that could
     # write one are refused by check_read_only.
-    con.execute(f"SET allowed_paths = [{', '.join(_sql_text(uri) for uri in table.file_uris())}]")
+    con.execute("SET allowed_paths = ?", [table.file_uris()])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
