@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -184,3 +185,35 @@ def test_a_merge_that_read_a_compacted_file_does_not_lose_or_repeat_rows(tmp_pat
         catalog.commit([retry], "r2")
         frame = catalog.to_pandas().set_index("design_id")
     assert frame.loc[ids[20], "status"] == "ok" and frame.index.is_unique and len(frame) == 32
+
+
+def test_a_compaction_killed_before_its_log_entry_changes_nothing_and_its_files_are_vacuumed(tmp_path):
+    """kill -9 between writing the sorted files and linking the log entry into place."""
+    import subprocess
+    import sys
+    import textwrap
+
+    catalog = DesignCatalog(tmp_path / "out")
+    ids = hex_ids(60)
+    commit_shuffled(catalog, ids, 10)
+    version = catalog.version()
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pipeline.catalog import compaction
+        from pipeline.catalog.maintenance import maintain
+        compaction.os.link = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+        maintain({str(tmp_path / "out")!r}, small_file_bytes={SMALL})
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, check=False)
+    assert done.returncode == -9, done.stderr
+    assert catalog.version() == version and sorted(catalog.ok_design_ids()) == ids
+    written = {p.name for p in (catalog.table_path / "status=ok").iterdir()}
+    referenced = {Path(f.path).name for f in ok_files(catalog)}
+    assert len(written - referenced) >= 1, "the killed compaction's sorted files are there, in no version"
+    maintained(tmp_path, small_file_bytes=SMALL)
+    left = {p.name for p in (catalog.table_path / "status=ok").iterdir()}
+    assert left == {Path(f.path).name for f in ok_files(catalog)}
+    assert sorted(catalog.ok_design_ids()) == ids
