@@ -76,7 +76,9 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     for statement in statements:
         kind = statement.type.name
         if kind not in READ_STATEMENTS:
-            raise QueryError(f"query refused: {READ_ONLY}: a {kind} statement is not a read")
+            raise QueryError(
+                f"query refused: {READ_ONLY}: {kind} is not a read (SELECT, EXPLAIN, CREATE and PIVOT are)"
+            )
 
 
 def _sql_text(value: str) -> str:
