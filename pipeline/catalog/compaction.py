@@ -132,7 +132,7 @@ def compact_small_files(
     removed: list[DataFile] = []
     added: list[dict] = []
     try:
-        for partition, group in sorted(groups.items()):
+        for partition, group in sorted(groups.items(), key=lambda item: str(item[0])):
             folder = "/".join(f"{quote(name, safe='')}={quote(str(value), safe='')}" for name, value in partition)
             for sorted_rows in _sorted_passes(table_path, group, file_schema):
                 added += _write_files(table_path, folder, dict(partition), sorted_rows, group, target_bytes)
@@ -161,12 +161,12 @@ def _sorted_passes(table_path: Path, group: list[DataFile], file_schema: pa.Sche
     for low, high in zip(bounds, bounds[1:], strict=False):
         kept = []
         for batch in dataset.to_batches():
-            ids = batch.column("design_id")
+            batch_ids = batch.column("design_id")
             keep = None
             if low is not None:
-                keep = pc.greater_equal(ids, low)
+                keep = pc.greater_equal(batch_ids, low)
             if high is not None:
-                below = pc.less(ids, high)
+                below = pc.less(batch_ids, high)
                 keep = below if keep is None else pc.and_(keep, below)
             kept.append(batch.filter(keep))
         yield pa.Table.from_batches(kept, schema=file_schema).sort_by("design_id")
