@@ -217,3 +217,21 @@ def test_a_compaction_killed_before_its_log_entry_changes_nothing_and_its_files_
     left = {p.name for p in (catalog.table_path / "status=ok").iterdir()}
     assert left == {Path(f.path).name for f in ok_files(catalog)}
     assert sorted(catalog.ok_design_ids()) == ids
+
+
+def test_a_table_made_before_the_status_partitioning_is_compacted_in_place(tmp_path):
+    from deltalake import DeltaTable
+
+    from pipeline.catalog.designs import SCHEMA
+
+    catalog = DesignCatalog(tmp_path / "out")
+    DeltaTable.create(str(catalog.table_path), schema=SCHEMA)  # no partitions, as earlier versions made it
+    ids = hex_ids(30)
+    catalog.commit([row(i, "failed", key="k") if i == ids[0] else row(i) for i in ids[:10]], "r1")
+    commit_shuffled(catalog, ids[10:], 5)
+    report = maintained(tmp_path, small_file_bytes=SMALL)
+    assert report.strategy == STRATEGY and report.written_files == 1 and report.layers == 1
+    assert [f.partition for f in data_files(catalog.table())] == [()]
+    catalog.commit([row(hex_ids(1, seed=5)[0], key="k", run_id="r2")], "r2")  # supersedes the failed row
+    frame = catalog.to_pandas().set_index("design_id")
+    assert ids[0] not in frame.index and len(frame) == 30 and set(frame.status) == {"ok"}
