@@ -55,6 +55,7 @@ class DataFile:
 
     path: str  # relative to the table's folder, as the log names it
     size: int
+    rows: int | None  # numRecords of its statistics (None: the file has none)
     partition: tuple[tuple[str, str | None], ...]  # (column, value) pairs, the table's partition order
     min_id: str | None  # design_id statistics (None: the file has none)
     max_id: str | None
@@ -65,13 +66,14 @@ def data_files(table: DeltaTable) -> list[DataFile]:
     names = set(actions.column_names)
     partitions = table.metadata().partition_columns
     columns = {name: actions.column(name).to_pylist() for name in ("path", "size_bytes")}
-    for name in ("min.design_id", "max.design_id"):
+    for name in ("num_records", "min.design_id", "max.design_id"):
         columns[name] = actions.column(name).to_pylist() if name in names else [None] * actions.num_rows
     values = {p: actions.column(f"partition.{p}").to_pylist() for p in partitions}
     return [
         DataFile(
             path=columns["path"][i],
             size=columns["size_bytes"][i],
+            rows=columns["num_records"][i],
             partition=tuple((p, values[p][i]) for p in partitions),
             min_id=columns["min.design_id"][i],
             max_id=columns["max.design_id"][i],
@@ -202,7 +204,8 @@ def _write_files(
 
 
 def _rows(table_path: Path, f: DataFile) -> int:
-    return pq.ParquetFile(table_path / f.path).metadata.num_rows
+    """The file's rows: from its statistics, from its footer where it has none."""
+    return f.rows if f.rows is not None else pq.ParquetFile(table_path / f.path).metadata.num_rows
 
 
 def _stats(rows: pa.Table) -> dict:

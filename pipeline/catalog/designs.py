@@ -6,8 +6,8 @@ retry, so reruns add no duplicates. Every commit's metadata carries its run id.
 
 Commits stay cheap as the table grows: a shard's design ids are neighbours
 (planning sorts them), each merge names the id ranges it can touch, and
-`designs maintain` keeps the files sorted by id in small row groups, so delta-rs
-reads only the few row groups whose ids (min/max statistics) meet the shard's.
+`designs maintain` keeps the files sorted by id in a few layers of 8 MiB files, so
+delta-rs reads only the few files whose ids (min/max statistics) meet the shard's.
 The table is partitioned by `status`: planning reads the ok ids and a commit the
 failed rows of its pairings without opening the other partition.
 """
@@ -357,8 +357,8 @@ class DesignCatalog:
         ]
         source = _conform(pa.Table.from_pylist(rows + tombstones, schema=SCHEMA), rows + tombstones, table)
         metadata = {"run_id": run_id, "designs.note": note, "designs.rows": str(len(rows))}
-        # Naming the id ranges lets delta-rs skip every file, and every row group, whose ids
-        # (min/max statistics) lie outside them: without them a merge reads the whole table.
+        # Naming the id ranges lets delta-rs skip every file whose ids (min/max statistics)
+        # lie outside them: without them a merge reads the whole table.
         ranges = " OR ".join(
             f"(target.design_id >= {_sql_text(low)} AND target.design_id <= {_sql_text(high)})"
             for low, high in id_ranges([r["design_id"] for r in rows] + stale, MERGE_RANGES)

@@ -22,13 +22,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from pipeline.catalog.compaction import (
     MAX_LAYERS,
     STRATEGY,
+    DataFile,
     compact_small_files,
     data_files,
     layers,
@@ -117,11 +117,6 @@ def _size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-def _data_files(table: DeltaTable) -> pa.Table:
-    """path and size_bytes of every data file of the table's version."""
-    return pa.table(table.get_add_actions()).select(["path", "size_bytes"])
-
-
 def small_files(out: str | Path, below_bytes: int) -> int:
     """How many data files of the latest version are smaller than `below_bytes` (0 without a catalog).
     CatalogFault when the table cannot be read."""
@@ -129,10 +124,10 @@ def small_files(out: str | Path, below_bytes: int) -> int:
     if not catalog.exists():
         return 0
     try:
-        sizes = _data_files(catalog.table()).column("size_bytes").to_pylist()
+        files = data_files(catalog.table())
     except (DeltaError, OSError) as err:
         raise _fault(catalog, err) from None
-    return sum(1 for size in sizes if size < below_bytes)
+    return sum(1 for f in files if f.size < below_bytes)
 
 
 def minimum_retention_hours(table: DeltaTable) -> float | None:
@@ -192,9 +187,9 @@ def maintain(
                     f"retention {retention_hours} hours is under the table's minimum of {minimum:g} hours "
                     f"({RETENTION_PROPERTY}); accepted: {minimum:g} or more, so that no version inside it loses files"
                 )
-        before = _data_files(table)
+        before = data_files(table)
         small = small_file_bytes or config_field("maintain_small_file_bytes").default
-        strategy = _strategy(table, small, resort)
+        strategy = _strategy(table, before, small, resort)
         compacted = written = 0
         if not dry_run:
             # Concurrent merges refuse a compaction that removed files they read (and the reverse);
@@ -219,8 +214,8 @@ def maintain(
                             f"refused it {COMMIT_ATTEMPTS} times; run `designs maintain` again when fewer runs write"
                         ) from None
             table = catalog.table()
-        after = _data_files(table)
-        sorted_layers = layers(data_files(table)) if not dry_run else layers_after_compaction(data_files(table), small)
+        after = data_files(table) if not dry_run else before
+        sorted_layers = layers(after) if not dry_run else layers_after_compaction(before, small)
         vacuumed, freed = _vacuum(table, catalog, retention_hours, dry_run, enforce_retention, properties)
         checkpoint = None
         if not dry_run:
@@ -236,10 +231,10 @@ def maintain(
         table_path=str(catalog.table_path),
         dry_run=dry_run,
         retention_hours=retention_hours,
-        files_before=before.num_rows,
-        bytes_before=sum(before.column("size_bytes").to_pylist()),
-        files_after=after.num_rows,
-        bytes_after=sum(after.column("size_bytes").to_pylist()),
+        files_before=len(before),
+        bytes_before=sum(f.size for f in before),
+        files_after=len(after),
+        bytes_after=sum(f.size for f in after),
         compacted_files=compacted,
         written_files=written,
         strategy=strategy,
@@ -251,7 +246,14 @@ def maintain(
     )
 
 
-def _strategy(table: DeltaTable, small_file_bytes: int, resort: bool) -> str:
+def _lacks_narrow_statistics(table: DeltaTable) -> bool:
+    """A partitioned table made before its files' statistics were narrowed to STATS_COLUMNS
+    (older unpartitioned ones prune their status by statistics, so they keep them all)."""
+    settings = table.metadata().configuration
+    return "status" in table.metadata().partition_columns and STATS_PROPERTY not in settings
+
+
+def _strategy(table: DeltaTable, files: list[DataFile], small_file_bytes: int, resort: bool) -> str:
     """RESORT when asked, when the table's protocol wants more of a writer than compaction.py's
     plain log entries, or when compacting only the small files would leave more than
     MAX_LAYERS sorted layers; STRATEGY otherwise."""
@@ -259,10 +261,9 @@ def _strategy(table: DeltaTable, small_file_bytes: int, resort: bool) -> str:
     plain = protocol.min_writer_version <= PLAIN_WRITER_VERSION and not protocol.writer_features
     if resort or not plain:
         return RESORT
-    settings = table.metadata().configuration
-    if "status" in table.metadata().partition_columns and STATS_PROPERTY not in settings:
-        return RESORT  # a table made before the narrow statistics: rewritten once with them
-    return RESORT if layers_after_compaction(data_files(table), small_file_bytes) > MAX_LAYERS else STRATEGY
+    if _lacks_narrow_statistics(table):
+        return RESORT  # rewritten once, with the narrow statistics
+    return RESORT if layers_after_compaction(files, small_file_bytes) > MAX_LAYERS else STRATEGY
 
 
 def _compact(table: DeltaTable, target_size: int | None, properties: CommitProperties) -> tuple[int, int]:
@@ -276,11 +277,8 @@ def _compact(table: DeltaTable, target_size: int | None, properties: CommitPrope
     meet. Small files because delta-rs prunes a merge's reads by file, not by row group
     (measured: a 40k-row file costs the same read with 1 or 10 row groups).
     """
-    # A table made before the statistics were narrowed takes the property here, so the
-    # rewrite below writes files with the narrow statistics (partitioned tables only:
-    # older unpartitioned ones prune their status by statistics).
-    settings = table.metadata().configuration
-    if "status" in table.metadata().partition_columns and STATS_PROPERTY not in settings:
+    # Such a table takes the property here, so the rewrite below writes narrow statistics.
+    if _lacks_narrow_statistics(table):
         table.alter.set_table_properties(dict(TABLE_PROPERTIES), commit_properties=properties)
     metrics = table.optimize.z_order(
         ["design_id"],

@@ -81,10 +81,6 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             )
 
 
-def _sql_text(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 # The table's columns and types, the version's files, and the scan that reads them by column
 # name (files written before a column was added lack it), in the connection under these names.
 SCHEMA_TABLE = "designs_schema"
@@ -92,7 +88,7 @@ BY_NAME_VARIABLE = "designs_by_name_scan"
 FILES_VARIABLE = "designs_files"
 
 
-def _designs_files(table: DeltaTable, table_path: Path) -> list[str]:
+def designs_files(table: DeltaTable, table_path: Path) -> list[str]:
     """The version's data files, newest first: the first file's schema is the one DuckDB reads
     them all by, and the newest was written with the table's current schema."""
     actions = pa.table(table.get_add_actions()).select(["path", "modification_time"])
@@ -120,9 +116,9 @@ def _projection(con: duckdb.DuckDBPyConnection, scan: str) -> str:
     return f"select {', '.join(columns)} from {scan}"
 
 
-def create_designs_view(con: duckdb.DuckDBPyConnection, table: DeltaTable, table_path: Path) -> None:
-    """`designs`: the version's data files read by DuckDB's own parquet reader, as the table's
-    schema says.
+def create_designs_view(con: duckdb.DuckDBPyConnection, table: DeltaTable, files: list[str]) -> None:
+    """`designs`: the version's data `files` (newest first, from designs_files) read by DuckDB's
+    own parquet reader, as the table's schema says.
 
     Not a registered pyarrow dataset: DuckDB reads the parquet files itself, skipping row
     groups by their statistics and reading only the struct fields a query names (at 1M designs:
@@ -133,15 +129,15 @@ def create_designs_view(con: duckdb.DuckDBPyConnection, table: DeltaTable, table
     (3 s at 10M designs), so only when a query needs it. The tables have no deletion vectors:
     the files are the rows."""
     # The list as a variable, not a literal of thousands of paths in every statement.
-    con.execute(f"set variable {FILES_VARIABLE} = ?", [_designs_files(table, table_path)])
-    files = f"getvariable('{FILES_VARIABLE}')"
+    con.execute(f"set variable {FILES_VARIABLE} = ?", [files])
+    listed = f"getvariable('{FILES_VARIABLE}')"
     partitions = table.metadata().partition_columns
     hive = ", hive_partitioning = true, hive_types_autocast = false" if partitions else ""
     con.register(SCHEMA_TABLE, pa.schema(table.schema().to_arrow()).empty_table())
     # What run_sql reads instead when a file lacks a column; kept as text, since a view or even
     # a macro over it would open every file's footer now (2 s at 10M designs).
-    con.execute(f"set variable {BY_NAME_VARIABLE} = ?", [f"read_parquet({files}, union_by_name = true{hive})"])
-    con.execute(f"create view designs as {_projection(con, f'read_parquet({files}{hive})')}")
+    con.execute(f"set variable {BY_NAME_VARIABLE} = ?", [f"read_parquet({listed}, union_by_name = true{hive})"])
+    con.execute(f"create view designs as {_projection(con, f'read_parquet({listed}{hive})')}")
 
 
 def _schema_mismatch(err: duckdb.Error) -> bool:
@@ -179,7 +175,8 @@ def connect(
         raise QueryError(f"cannot read {catalog.table_path} at version {resolved}: {err}") from None
     # A version older than the last vacuum's retention names files that are gone: say so
     # before pyarrow fails on the first of them.
-    gone = sum(1 for uri in table.file_uris() if not os.path.exists(uri))
+    files = designs_files(table, catalog.table_path)  # newest first, as create_designs_view wants them
+    gone = sum(1 for path in files if not os.path.exists(path))
     if gone:
         which = "the latest version" if version is None and as_of is None else f"version {resolved}"
         raise QueryError(
@@ -190,8 +187,8 @@ def connect(
     # No extension downloads: a query naming one fails at once instead of waiting on the network.
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "TimeZone": "UTC"})
     try:
-        if table.file_uris():
-            create_designs_view(con, table, catalog.table_path)
+        if files:
+            create_designs_view(con, table, files)
         else:  # a table with no rows yet
             con.register("designs", pa.schema(table.schema().to_arrow()).empty_table())
     except duckdb.Error as err:  # a file unreadable, or removed since the check
@@ -203,7 +200,7 @@ def connect(
     con.register("commits", pa.Table.from_pylist(commits, schema=COMMITS_SCHEMA))
     # The version's data files stay readable, nothing else is; the statements that could
     # write one are refused by check_read_only.
-    con.execute("SET allowed_paths = ?", [table.file_uris()])
+    con.execute("SET allowed_paths = ?", [files])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
