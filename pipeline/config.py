@@ -193,7 +193,7 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        from pipeline.engine.vgg import LAYER_INDEX  # local: vgg imports torch
+        from pipeline.engine.vgg import LAYER_INDEX, MIN_SIDE  # local: vgg imports torch
 
         def bad(name: str, value: Any, accepted: str) -> ValueError:
             return ValueError(f"config {name}={value!r} is invalid; accepted: {accepted}")
@@ -214,8 +214,6 @@ class Config:
             raise bad("pooling", self.pooling, " or ".join(POOLINGS))
         if self.format not in FORMATS:
             raise bad("format", self.format, " or ".join(FORMATS))
-        if not 0 < self.style_scale <= MAX_STYLE_SCALE:
-            raise bad("style_scale", self.style_scale, f"a number > 0 and <= {MAX_STYLE_SCALE:g}, e.g. 0.5 or 2")
         if self.color not in COLORS:
             raise bad("color", self.color, " or ".join(COLORS))
         if self.adam_convention not in ADAM_CONVENTIONS:
@@ -236,6 +234,17 @@ class Config:
                 "scale_steps",
                 self.scale_steps,
                 f"empty, or {len(self.scales)} positive integers, one per entry of scales",
+            )
+        # The style at the coarsest scale must keep the pixels VGG19's four pools need.
+        coarsest = min(self.scales or (self.size,))
+        if not (self.style_scale <= MAX_STYLE_SCALE and round(coarsest * self.style_scale) >= MIN_SIDE):
+            raise bad(
+                "style_scale",
+                self.style_scale,
+                f"a number from {MIN_SIDE / coarsest:.4g} to {MAX_STYLE_SCALE:g} at "
+                + (f"--scales {','.join(map(str, self.scales))}" if self.scales else f"--size {self.size}")
+                + f" (the style's longest side, {coarsest} px x style_scale, must keep the {MIN_SIDE} px VGG19's "
+                "four pools need), e.g. 0.5 or 2",
             )
         if self.mask_feather < 0:
             raise bad("mask_feather", self.mask_feather, "an integer >= 0")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,19 @@ def test_identity_json_changes_only_with_identity_fields():
     )
     assert base.replace(style_weight=2e-2).identity_json() != base.identity_json()
     assert json.loads(base.identity_json())["style_layers"] == list(base.style_layers)
+
+
+def test_a_style_scale_too_small_is_refused_by_designs_generate_in_one_line(tmp_path, capsys):
+    from flows.cli import EXIT_REFUSED, main
+
+    out = tmp_path / "out"
+    catalog = Path(__file__).parents[1] / "data" / "sample" / "catalog.parquet"
+    args = ["generate", str(catalog), "--out", str(out), "--weights", "random"]
+    try:
+        code = main([*args, "--style-scale", "1e-9"])
+    except SystemExit as stop:  # argparse's own refusal
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == EXIT_REFUSED
+    assert "style_scale=1e-09 is invalid; accepted: a number from 0.03125 to 4 at --size 512" in err
+    assert "Traceback" not in err and not out.exists()

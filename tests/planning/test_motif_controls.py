@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_image_catalog
 
 from pipeline.catalog.inputs import load_input_catalog
 from pipeline.config import Config
@@ -47,8 +48,10 @@ def test_the_runner_sizes_the_style_by_the_style_scale(sample_catalog: Path):
         assert max(pairing.size) == 64  # the output keeps --size
 
 
-def test_a_style_too_small_at_its_scale_is_refused_naming_the_fix(sample_catalog: Path):
-    result = plan(sample_catalog, TINY.replace(size=32, style_scale=0.25))
+def test_a_style_too_small_at_its_scale_is_refused_naming_the_fix(tmp_path: Path):
+    # A wide style: its longest side keeps the 16 px the config asks for, its short side does not.
+    catalog = make_image_catalog(tmp_path, {"c": (64, 64)}, {"wide": (64, 24)})
+    result = plan(catalog, TINY.replace(size=64, style_scale=0.25))
     assert not result.todo and result.failed
     assert "style_scale 0.25" in result.failed[0].error and "--style-scale" in result.failed[0].error
 
@@ -73,7 +76,19 @@ def test_targets_differ_per_style_scale_and_pooling_and_are_cached_for_each():
     assert len(engine.targets.style) == 3
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, 5.0])
+@pytest.mark.parametrize("bad", [0.0, -1.0, 5.0, 1e-9, 0.03, float("nan")])
 def test_a_style_scale_out_of_range_is_refused(bad: float):
-    with pytest.raises(ValueError, match=rf"style_scale={bad!r} is invalid; accepted: a number > 0 and <= 4"):
+    with pytest.raises(
+        ValueError, match=rf"style_scale={bad!r} is invalid; accepted: a number from 0.03125 to 4 at --size 512"
+    ):
         Config(style_scale=bad)
+
+
+def test_the_least_style_scale_keeps_16_px_at_the_coarsest_scale():
+    assert Config(size=64, style_scale=0.25).style_side == 16
+    with pytest.raises(ValueError, match=r"from 0.25 to 4 at --size 64 \(the style's longest side, 64 px"):
+        Config(size=64, style_scale=0.2)
+    # Coarse-to-fine: the style shrinks with the coarsest scale, which bounds it.
+    Config(size=256, scales=(64, 256), style_scale=0.25)
+    with pytest.raises(ValueError, match=r"from 0.25 to 4 at --scales 64,256"):
+        Config(size=256, scales=(64, 256), style_scale=0.125)
