@@ -22,6 +22,7 @@ network's scale. Every design records which weights and preprocessing made it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -268,11 +269,12 @@ def load_features(source: WeightsSource, until_index: int | None = None) -> nn.S
         random_init_(features, source.seed)
         return features
     assert source.path is not None
+    expected = {key: tuple(value.shape) for key, value in features.state_dict().items()}
     if source.format == KERAS_HDF5:
-        state = _keras_state(source.path)
+        state = _keras_state(source.path, expected)
     else:
         state = _torch_state(source.path)
-    wanted = set(features.state_dict())
+    wanted = set(expected)
     kept = {k: v for k, v in state.items() if k in wanted}
     missing = sorted(wanted - set(kept), key=lambda k: int(k.split(".")[0]))
     if missing:
@@ -280,6 +282,19 @@ def load_features(source: WeightsSource, until_index: int | None = None) -> nn.S
             f"VGG19 weights {source.path!r} lack {len(missing)} tensor(s) of VGG19's layout, e.g. features.{missing[0]}; "
             f"expected features.N.weight/bias for N in {CONV_INDICES}"
         )
+    for key in sorted(kept, key=lambda k: int(k.split(".")[0])):  # one line for the first misfit
+        found = kept[key]
+        if not isinstance(found, torch.Tensor) or not found.is_floating_point():
+            what = found.dtype if isinstance(found, torch.Tensor) else type(found).__name__
+            raise WeightsError(
+                f"VGG19 weights {source.path!r} do not fit VGG19's layout: features.{key} is {what}, "
+                "expected a floating-point tensor"
+            )
+        if tuple(found.shape) != expected[key]:
+            raise WeightsError(
+                f"VGG19 weights {source.path!r} do not fit VGG19's layout: features.{key} has shape "
+                f"{tuple(found.shape)}, expected {expected[key]}"
+            )
     try:
         features.load_state_dict(kept)
     except RuntimeError as err:  # shape mismatch
@@ -311,43 +326,114 @@ def _load_error(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _keras_state(path: str) -> dict[str, torch.Tensor]:
+def _keras_state(path: str, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """Keras' HDF5 weights as features.N.* tensors: the root attribute `layer_names`
     lists the layers, each layer group's `weight_names` its datasets (kernel, then
-    bias); kernels are (3, 3, in, out) and become torch's (out, in, 3, 3)."""
+    bias); kernels are (3, 3, in, out) and become torch's (out, in, 3, 3).
+
+    `expected` holds the torch shape of each tensor wanted (N.weight, N.bias); only
+    those layers are read. Before any data is read, the file must be self-contained
+    (no soft or external link anywhere, no dataset stored in other files or virtual)
+    and every dataset read must declare its layer's shape: a file's SHA-256 then
+    covers all that is read, and a declared shape of (3, 3, 3, 2**25) is refused
+    instead of allocated."""
     import h5py  # local: only this format needs it
     import numpy as np
 
     try:
         with h5py.File(path, "r") as handle:
+            if problem := handle.visititems_links(_foreign_link):
+                raise WeightsError(f"VGG19 weights {path!r}: {problem}; {_SELF_CONTAINED}")
             group = handle["model_weights"] if "model_weights" in handle else handle
-            names = [_text(n) for n in group.attrs.get("layer_names", [])]
+            names = _name_list(group, "layer_names", path)
             if not names:
                 raise WeightsError(f"VGG19 weights {path!r}: an HDF5 file without Keras' `layer_names` attribute")
             state: dict[str, torch.Tensor] = {}
             for layer, index in LAYER_INDEX.items():  # conv{B}_{L} -> Keras' block{B}_conv{L}
+                conv_index = index - 1  # LAYER_INDEX points at the ReLU after the conv
+                if f"{conv_index}.weight" not in expected:
+                    continue  # a layer past the cut: not read
                 block, conv = layer[len("conv") :].split("_")
                 name = f"block{block}_conv{conv}"
-                if name not in names:
+                if name not in names or name not in group:
                     continue  # reported as missing by the caller
-                weight_names = [_text(n) for n in group[name].attrs.get("weight_names", [])]
+                weight_names = _name_list(group[name], "weight_names", path)
                 if len(weight_names) != 2:
                     raise WeightsError(
-                        f"VGG19 weights {path!r}: layer {name} lists {weight_names}, expected a kernel and a bias"
+                        f"VGG19 weights {path!r}: layer {name} lists {weight_names[:4]}, expected a kernel and a bias"
                     )
-                kernel = np.asarray(group[name][weight_names[0]], dtype=np.float32)
-                bias = np.asarray(group[name][weight_names[1]], dtype=np.float32)
-                if kernel.ndim != 4 or bias.ndim != 1:
-                    raise WeightsError(
-                        f"VGG19 weights {path!r}: layer {name} has a kernel of shape {kernel.shape} and a bias of shape "
-                        f"{bias.shape}, expected (3, 3, in, out) and (out,)"
-                    )
-                conv_index = index - 1  # LAYER_INDEX points at the ReLU after the conv
-                state[f"{conv_index}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
-                state[f"{conv_index}.bias"] = torch.from_numpy(bias)
+                out_c, in_c, kh, kw = expected[f"{conv_index}.weight"]
+                kernel = _dataset(group[name], weight_names[0], (kh, kw, in_c, out_c), f"{name}'s kernel", path)
+                bias = _dataset(group[name], weight_names[1], (out_c,), f"{name}'s bias", path)
+                kernel_array = np.asarray(kernel, dtype=np.float32)  # shapes checked: bounded reads
+                state[f"{conv_index}.weight"] = torch.from_numpy(
+                    np.ascontiguousarray(kernel_array.transpose(3, 2, 0, 1))
+                )
+                state[f"{conv_index}.bias"] = torch.from_numpy(np.asarray(bias, dtype=np.float32))
             return state
     except (OSError, KeyError, ValueError, TypeError) as err:  # h5py raises these for broken files
         raise WeightsError(f"cannot read VGG19 weights {path!r} as Keras HDF5: {err}") from None
+
+
+_SELF_CONTAINED = (
+    "accepted: a self-contained Keras HDF5 file (hard links only, each layer's kernel and bias "
+    "stored in the file itself at VGG19's shapes)"
+)
+MAX_NAMES = 1024  # entries of a `layer_names` or `weight_names` attribute: Keras' VGG19 has 27 and 2
+
+
+def _foreign_link(name: str, link: object) -> str | None:
+    """What is wrong with a link that is not a hard link inside the file (h5py's visititems_links)."""
+    import h5py
+
+    if isinstance(link, h5py.HardLink):
+        return None
+    if isinstance(link, h5py.ExternalLink):
+        return f"{name!r} is an external link to {link.filename!r}:{link.path!r}"
+    if isinstance(link, h5py.SoftLink):
+        return f"{name!r} is a soft link to {link.path!r}"
+    return f"{name!r} is a {type(link).__name__}, not a hard link"
+
+
+def _name_list(node: object, attribute: str, path: str) -> list[str]:
+    """A Keras name list attribute, its size checked before it is read."""
+    attrs = node.attrs  # type: ignore[attr-defined]
+    if attribute not in attrs:
+        return []
+    count = math.prod(attrs.get_id(attribute).shape or ())
+    if count > MAX_NAMES:
+        raise WeightsError(
+            f"VGG19 weights {path!r}: attribute {attribute} of {node.name!r} declares {count} names; "  # type: ignore[attr-defined]
+            f"accepted: at most {MAX_NAMES}"
+        )
+    value = attrs[attribute]
+    return [_text(n) for n in (value.reshape(-1) if hasattr(value, "reshape") else [value])]
+
+
+def _dataset(group: object, name: str, shape: tuple[int, ...], what: str, path: str) -> object:
+    """The dataset `name` of a layer group, refused unless stored in the file, floating point and of
+    `shape` (the chunk shape too: a chunk larger than its data would be decompressed whole).
+    Nothing is read: the caller reads it once it is known to be bounded."""
+    import h5py
+
+    node = group.get(name)  # type: ignore[attr-defined]
+    if node is None:
+        raise WeightsError(f"VGG19 weights {path!r}: {what} {name!r} is not in the file")
+    where = f"VGG19 weights {path!r}: {what} {node.name!r}"
+    if not isinstance(node, h5py.Dataset):
+        raise WeightsError(f"{where} is a {type(node).__name__}, expected a dataset; {_SELF_CONTAINED}")
+    if node.is_virtual:
+        raise WeightsError(f"{where} is a virtual dataset (its data lives in other files); {_SELF_CONTAINED}")
+    if node.external:
+        files = ", ".join(repr(_text(f[0])) for f in node.external[:3])
+        raise WeightsError(f"{where} stores its data in external file(s) {files}; {_SELF_CONTAINED}")
+    if node.shape != shape:
+        raise WeightsError(f"{where} declares shape {node.shape}, expected {shape}; {_SELF_CONTAINED}")
+    if node.dtype.kind != "f" or node.dtype.itemsize > 8:
+        raise WeightsError(f"{where} holds {node.dtype}, expected float32; {_SELF_CONTAINED}")
+    if node.chunks is not None and any(c > s for c, s in zip(node.chunks, shape, strict=True)):
+        raise WeightsError(f"{where} declares chunks {node.chunks} larger than its shape; {_SELF_CONTAINED}")
+    return node
 
 
 def _text(value: object) -> str:
