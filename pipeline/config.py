@@ -154,7 +154,10 @@ class Config:
         choices=("auto", "on", "off"),
     )
     allow_roots: tuple[str, ...] = _field((), "extra folders that absolute image paths may point into", identity=False)
-    dpi: int = _field(0, "DPI written into the design's files, PNG or TIFF (0: none)", identity=False)
+    # A print file without a resolution reads as 1 or 72 dpi; 300 is print's usual figure.
+    dpi: int = _field(
+        300, "DPI written into the design's files, PNG or TIFF (0: none, which readers take as 1 or 72)", identity=False
+    )
     max_image_pixels: int = _field(64_000_000, "refuse images declaring more pixels than this", identity=False)
     max_image_bytes: int = _field(
         512 * 1024 * 1024,

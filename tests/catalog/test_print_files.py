@@ -81,6 +81,18 @@ def test_a_tiff16_run_writes_tifs_with_the_design_id_and_verifies(sample_catalog
     assert not verify_catalog(out).problems
 
 
+def test_a_tiff16_run_without_dpi_writes_300_dpi(sample_catalog: Path, tmp_path: Path):
+    config = Config(weights="random", size=32, steps=2, loss_every=1, format="tiff16")
+    assert config.dpi == 300
+    weights = resolve_weights("random", 0)
+    inputs = load_input_catalog(sample_catalog)
+    job = plan_designs(inputs, config, weights.identity, set(), job_specs(inputs, config)).todo[0]
+    (row,) = run_shard([job], config, weights, "cpu", DesignCatalog(tmp_path / "out"), "r")
+    with Image.open(tmp_path / "out" / row["output_uri"]) as tiff:
+        assert tiff.info["dpi"] == (300.0, 300.0)
+        assert tiff.tag_v2[296] == 2  # inches
+
+
 def test_a_bad_format_is_refused():
     with pytest.raises(ValueError, match="format='jpeg' is invalid; accepted: png or tiff16"):
         Config(format="jpeg")
