@@ -16,7 +16,7 @@ from prefect.runtime import flow_run, task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import publish_run_artifacts
-from flows.progress import RunProgress
+from flows.progress import RunProgress, register, registered
 from flows.task_runners import THREAD_POOL_WORKERS, make_task_runner, shard_devices
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.inputs import InputCatalog, load_input_catalog
@@ -125,6 +125,11 @@ def run_shard_task(
     logger.info("shard %d: %d design(s) on %s (%s)", index, len(jobs), device, device_name(device))
     from flows.progress import StepLog
 
+    # The bar of the run when this thread is in the flow's process (the thread runner); on a
+    # Dask worker (another process) there is none and the bar moves when the shard ends.
+    live = registered(run_id)
+    bar_steps = live.shard(index, len(jobs)) if live is not None else None
+
     def log_step(progress: Progress) -> None:
         mean_loss = sum(progress.loss_total) / len(progress.loss_total)
         logger.info(
@@ -139,7 +144,12 @@ def run_shard_task(
     # Each batch's first and last sampled step, and at most one line every PROGRESS_LOG_SECONDS between.
     on_progress = StepLog(log_step, PROGRESS_LOG_SECONDS, config.loss_every)
 
-    rows = run_shard(jobs, config, weights, device, DesignCatalog(out), run_id, stop_when_asked(on_progress))
+    def on_step(progress: Progress) -> None:
+        on_progress(progress)
+        if bar_steps is not None:
+            bar_steps(progress)
+
+    rows = run_shard(jobs, config, weights, device, DesignCatalog(out), run_id, stop_when_asked(on_step))
     on_progress.close()  # the last batch's last step, if it was held back
     failed = [r for r in rows if r["status"] != "ok"]
     logger.info("shard %d: %d ok, %d failed", index, len(rows) - len(failed), len(failed))
@@ -197,6 +207,7 @@ def generate(
     )
 
     progress = RunProgress().start(len(planned.todo) + len(planned.failed))
+    register(run.run_id, progress)  # shard tasks in this process report their steps to it
     if planned.failed:
         fault_rows = run.input_fault_rows()
         commit_rows(run, fault_rows, "input-faults")
@@ -229,6 +240,7 @@ def generate(
         elif STOP.is_set():
             # Stopped on request: its designs are neither made nor failed; the next run makes them.
             logger.warning("shard %d on %s stopped; %d design(s) left for the next run", index, device, len(jobs))
+            progress.shard_done(index)
             continue
         else:
             # The task failed after its retries: its designs are recorded as failed.
@@ -236,8 +248,9 @@ def generate(
             logger.error("shard %d on %s failed: %s", index, device, message)
             shard_rows = run.failed_shard_rows(jobs, device, message)
         commit_rows(run, shard_rows, f"shard-{index}")
-        progress.advance_rows(shard_rows)
+        progress.advance_rows(shard_rows, shard=index)
     progress.close()
+    register(run.run_id, None)
 
     sheet = contact_sheet(run) if run.tally.rows else None
     if sheet:

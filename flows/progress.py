@@ -1,6 +1,10 @@
 """Watching a run: designs done of total, designs/s, ETA and failures so far;
 a rich progress bar on a terminal, plain lines otherwise (logs, cron mail);
-and which optimization steps of a shard its log shows (StepLog)."""
+and which optimization steps of a shard its log shows (StepLog).
+
+The bar counts designs-equivalents: the designs finished plus the share of
+the optimization steps done by the designs still in flight, so it and its
+ETA move with the steps, not only when a whole shard ends."""
 
 from __future__ import annotations
 
@@ -24,10 +28,38 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+class _ShardSteps:
+    """A running shard's designs-equivalents done, from its engine's Progress samples."""
+
+    def __init__(self, designs: int):
+        self.designs = designs
+        self.finished = 0  # designs of the batches that ended
+        self.batch = 0  # designs of the batch running
+        self.fraction = 0.0  # of its steps done
+        self.last_step = -1
+
+    def update(self, progress: Progress) -> None:
+        if progress.step <= self.last_step:
+            # The step went back: the previous batch ended (or a diverged design is retried,
+            # or a batch was halved; the cap in `value` absorbs those).
+            self.finished += self.batch
+        self.batch = progress.designs
+        self.fraction = min(1.0, (progress.step + 1) / max(1, progress.steps))
+        self.last_step = progress.step
+
+    @property
+    def value(self) -> float:
+        return min(float(self.designs), self.finished + self.batch * self.fraction)
+
+
 class RunProgress:
     """Designs done of total, designs/s, ETA, failures so far.
 
     progress = RunProgress(); progress.start(total); progress.advance(ok=3, failed=1); progress.close()
+
+    Designs in flight count too: `on_steps = progress.shard(key, designs)` gives a callback for
+    the engine's Progress samples of that shard, and `advance_rows(rows, shard=key)` replaces its
+    estimate by the rows when it ends. Redraws are at most one per `redraw_every` seconds.
 
     On a terminal it is a rich progress bar; on anything else (a file, a pipe,
     Prefect's served runs, cron) a plain line per `every` seconds and a last
@@ -36,18 +68,28 @@ class RunProgress:
     """
 
     def __init__(
-        self, stream: IO[str] | None = None, every: float = 30.0, enabled: bool = True, label: str = "designs"
+        self,
+        stream: IO[str] | None = None,
+        every: float = 30.0,
+        enabled: bool = True,
+        label: str = "designs",
+        redraw_every: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.stream = stream if stream is not None else sys.stderr
         self.every = every
+        self.redraw_every = redraw_every
         self.enabled = enabled
         self.label = label
+        self.clock = clock
         self.total = 0
         self.ok = 0
         self.failed = 0
+        self._in_flight: dict[Any, _ShardSteps] = {}
         self._started = 0.0
         self._last_line = -math.inf
-        self._last_counts: tuple[int, int] | None = None  # ok, failed of the last plain line
+        self._last_redraw = -math.inf
+        self._last_counts: tuple[int, int, float] | None = None  # ok, failed, in flight of the last plain line
         self._lock = threading.Lock()
         self._bar = None
         self._task = None
@@ -61,24 +103,36 @@ class RunProgress:
         return self.ok + self.failed
 
     @property
+    def in_flight(self) -> float:
+        """Designs-equivalents done by the running shards: their steps done over their steps."""
+        return min(sum(s.value for s in self._in_flight.values()), max(0.0, float(self.total - self.done)))
+
+    @property
+    def completed(self) -> float:
+        """Designs done plus the in-flight designs' share of their steps: what the bar shows."""
+        return self.done + self.in_flight
+
+    @property
     def elapsed(self) -> float:
-        return time.monotonic() - self._started if self._started else 0.0
+        return self.clock() - self._started if self._started else 0.0
 
     @property
     def rate(self) -> float:
-        """Designs per second since start (failures included: they take their turn too)."""
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+        """Designs(-equivalents) per second since start (failures included: they take their turn too)."""
+        return self.completed / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def eta(self) -> float | None:
         if self.done >= self.total:
             return 0.0
-        return (self.total - self.done) / self.rate if self.rate > 0 else None
+        return (self.total - self.completed) / self.rate if self.rate > 0 else None
 
     def line(self) -> str:
-        percent = 100.0 * self.done / self.total if self.total else 100.0
+        percent = 100.0 * self.completed / self.total if self.total else 100.0
+        in_flight = self.in_flight
+        steps = f", {in_flight:.1f} more in flight" if in_flight >= 0.05 else ""
         return (
-            f"{self.label} {self.done}/{self.total} ({percent:.0f}%), {self.failed} failed, "
+            f"{self.label} {self.done}/{self.total} ({percent:.0f}%){steps}, {self.failed} failed, "
             f"{self.rate:.2f} designs/s, elapsed {_duration(self.elapsed)}, ETA {_duration(self.eta)}"
         )
 
@@ -87,7 +141,8 @@ class RunProgress:
     def start(self, total: int) -> RunProgress:
         with self._lock:
             self.total, self.ok, self.failed = int(total), 0, 0
-            self._started = time.monotonic()
+            self._in_flight.clear()
+            self._started = self.clock()
             self._closed = False
             if not self.enabled:
                 return self
@@ -97,21 +152,63 @@ class RunProgress:
                 self._write(self.line())
         return self
 
-    def advance(self, ok: int = 0, failed: int = 0) -> None:
+    def advance(self, ok: int = 0, failed: int = 0, shard: Any = None) -> None:
+        """Count finished designs; with `shard`, they replace that shard's in-flight estimate."""
         with self._lock:
             self.ok += ok
             self.failed += failed
-            if not self.enabled or self._closed:
-                return
-            if self._bar is not None:
-                self._bar.update(self._task, completed=self.done, failed=self.failed, rate=self.rate)
-            elif time.monotonic() - self._last_line >= self.every:
-                self._write(self.line())
+            self._in_flight.pop(shard, None)
+            self._show(force=True)
 
-    def advance_rows(self, rows: list[dict[str, Any]]) -> None:
+    def advance_rows(self, rows: list[dict[str, Any]], shard: Any = None) -> None:
         """advance() by the status of a finished shard's rows."""
         ok = sum(1 for r in rows if r.get("status") == "ok")
-        self.advance(ok=ok, failed=len(rows) - ok)
+        self.advance(ok=ok, failed=len(rows) - ok, shard=shard)
+
+    def shard(self, key: Any, designs: int) -> Callable[[Progress], None]:
+        """The callback of a shard of `designs` designs now starting (again, on a retry) for the
+        engine's Progress samples: the bar moves with its steps. Thread-safe."""
+        steps = _ShardSteps(int(designs))
+        with self._lock:
+            self._in_flight[key] = steps
+
+        def on_steps(progress: Progress) -> None:
+            with self._lock:
+                if self._in_flight.get(key) is not steps:
+                    return  # the shard ended or started again since
+                steps.update(progress)
+                self._show(force=False)
+
+        return on_steps
+
+    def shard_done(self, key: Any) -> None:
+        """Drop a shard's in-flight estimate without counting designs (it stopped on request)."""
+        with self._lock:
+            self._in_flight.pop(key, None)
+            self._show(force=True)
+
+    def _show(self, force: bool) -> None:
+        """Under the lock: update the bar (at most once per redraw_every unless forced) or
+        write a plain line (at most once per `every`)."""
+        if not self.enabled or self._closed:
+            return
+        now = self.clock()
+        if self._bar is not None:
+            if force or now - self._last_redraw >= self.redraw_every:
+                self._last_redraw = now
+                self._update_bar()
+        elif now - self._last_line >= self.every:
+            self._write(self.line())
+
+    def _update_bar(self) -> None:
+        self._bar.update(
+            self._task,
+            completed=self.completed,
+            failed=self.failed,
+            rate=self.rate,
+            elapsed=_duration(self.elapsed),
+            eta=_duration(self.eta),
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -120,13 +217,13 @@ class RunProgress:
                 return
             self._closed = True
             if self._bar is not None:
-                self._bar.update(self._task, completed=self.done, failed=self.failed, rate=self.rate)
+                self._update_bar()
                 self._bar.stop()
                 self._bar = None
                 if self._pushed_theme is not None:
                     self._pushed_theme.pop_theme()
                     self._pushed_theme = None
-            elif self._last_counts != (self.ok, self.failed):
+            elif self._last_counts != self._counts():
                 # Not when the last periodic line already showed the final counts: the end is one line.
                 self._write(self.line())
 
@@ -145,9 +242,12 @@ class RunProgress:
         except ValueError:  # a closed stream
             return False
 
+    def _counts(self) -> tuple[int, int, float]:
+        return (self.ok, self.failed, round(self.in_flight, 1))
+
     def _write(self, text: str) -> None:
-        self._last_line = time.monotonic()
-        self._last_counts = (self.ok, self.failed)
+        self._last_line = self.clock()
+        self._last_counts = self._counts()
         try:
             self.stream.write(text + "\n")
             self.stream.flush()
@@ -168,30 +268,28 @@ class RunProgress:
         return console
 
     def _start_bar(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 
+        # M/N counts designs-equivalents (finished designs plus the steps done of those in flight);
+        # elapsed and ETA are this object's, from its clock, so the bar and the plain lines agree.
         self._bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TaskProgressColumn(),
             TextColumn("{task.fields[rate]:.2f} designs/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[elapsed]}"),
+            TextColumn("ETA {task.fields[eta]}"),
             TextColumn("[red]{task.fields[failed]} failed"),
             console=self._console(),
+            refresh_per_second=2,
             transient=False,
             redirect_stdout=False,
             redirect_stderr=False,
         )
-        self._task = self._bar.add_task(self.label, total=self.total, failed=0, rate=0.0)
+        self._task = self._bar.add_task(
+            self.label, total=self.total, failed=0, rate=0.0, elapsed=_duration(0), eta=_duration(None)
+        )
         self._bar.start()
 
 
@@ -239,6 +337,27 @@ class StepLog:
         self._held = None
         self._last_written = self.clock()
         self.write(progress)
+
+
+# The RunProgress of each run started in this process, by run id: a shard task running in a thread
+# of the flow's process finds it here and reports its steps. A Dask worker is another process,
+# where the run is not registered: there the bar moves per finished shard only.
+_LIVE: dict[str, RunProgress] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def register(run_id: str, progress: RunProgress | None) -> None:
+    """Make `progress` the one shard tasks of run_id report to (None: no longer any)."""
+    with _LIVE_LOCK:
+        if progress is None:
+            _LIVE.pop(run_id, None)
+        else:
+            _LIVE[run_id] = progress
+
+
+def registered(run_id: str) -> RunProgress | None:
+    with _LIVE_LOCK:
+        return _LIVE.get(run_id)
 
 
 def _prefect_console(stream: IO[str]):
