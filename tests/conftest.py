@@ -1,5 +1,6 @@
 """Test set-up: Prefect state inside the project, one temporary Prefect server
-for the whole session, the `slow` / `cuda` markers, and a one-torch-thread fixture."""
+for the whole session, the `slow` / `cuda` markers, a one-torch-thread fixture, and
+fp32 for precision 'auto' on every CPU (`cpu_without_native_bf16`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from helpers import SAMPLE
+
+from pipeline.engine.transfer import CPU_BF16_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +38,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_slow)
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_without_native_bf16():
+    """precision='auto' is fp32 in every test, whatever this CPU: bf16 autocast on a CPU with
+    AVX512-BF16 or AMX moves numbers that tests compare. Session-wide, so module fixtures
+    that run the engine see it too, and so do the processes a test starts (a child
+    `designs generate`, Dask workers). Tests about bf16 ask for both kinds of CPU
+    themselves (`native_bf16` in tests/engine/test_precision.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CPU_BF16_ENV, "0")
+        yield
 
 
 @pytest.fixture(scope="session")

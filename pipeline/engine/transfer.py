@@ -21,6 +21,7 @@ al. 2016) or colour matching, coarse-to-fine scales, and style blends.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -43,11 +44,23 @@ from pipeline.engine.weights import WeightsSource, load_features
 # native bf16 (AVX512-BF16, AMX), fp32 elsewhere. "bf16" is accepted on any CPU
 # (emulated, and slower than fp32, where it is not native; tests use it).
 PRECISIONS = ("auto", "fp32", "bf16")
+# Overrides the CPU check, in this process and the processes it starts (Dask workers,
+# a child `designs generate`): "0" makes 'auto' fp32 on every CPU, "1" bf16. Mixed
+# fleets use it to get the same arithmetic everywhere; the test suite sets "0".
+CPU_BF16_ENV = "NST_CPU_BF16"
+_CPU_BF16_VALUES = {"0": False, "1": True}
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 convolutions natively on this CPU. Looked up at
-    call time (not cached) so tests can patch it to cover both kinds of CPU."""
+    """Whether oneDNN runs bf16 convolutions natively on this CPU ($NST_CPU_BF16 when set).
+    Looked up at call time (not cached) so tests can patch it to cover both kinds of CPU."""
+    if (forced := os.environ.get(CPU_BF16_ENV, "")) != "":
+        if forced not in _CPU_BF16_VALUES:
+            raise ValueError(
+                f"{CPU_BF16_ENV}={forced!r} is invalid; accepted: 0 (precision auto is fp32 on the CPU), "
+                "1 (bf16), or unset (ask the CPU)"
+            )
+        return _CPU_BF16_VALUES[forced]
     try:
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return False

@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.catalog.designs import CatalogFault, DesignCatalog, check_out_path
 from pipeline.catalog.inputs import CatalogError, InputCatalog, load_input_catalog
 from pipeline.config import Config
+from pipeline.engine.transfer import cpu_has_native_bf16
 from pipeline.engine.weights import WeightsError, WeightsSource, load_features, resolve_weights
 from pipeline.execution.devices import DeviceError, resolve_devices
 from pipeline.planning.variants import JobSpecs, job_specs
@@ -50,6 +51,7 @@ def preflight(
         check_out_path(out)
         if devices:
             resolve_devices(config.devices)
+        cpu_has_native_bf16()  # a bad $NST_CPU_BF16 is refused here, not in every shard
         inputs = load_input_catalog(catalog, config.allow_roots, config.max_catalog_images)
         specs = job_specs(inputs, config, pairs, grid)
         weights = resolve_weights(config.weights, config.seed, preprocessing=config.preprocessing)

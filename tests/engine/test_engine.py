@@ -146,14 +146,26 @@ def test_batch_equals_single_runs(batch_run):
 
 def test_batch_matches_single_runs_at_the_caffe_scale():
     """The paper's weights and loss weights: a batch moves each design as its run alone does;
-    single pixels may differ by a flipped near-sign step (a few times the learning rate)."""
+    single pixels may differ by flipped near-sign steps (a few times the learning rate).
+
+    The float noise those flips grow from is the CPU's, even in fp32: oneDNN's AVX512 and
+    AVX2 convolutions sum in different orders, and a batch of 3 in another order than a
+    batch of 1. Over weight seeds 0-3 (12 designs) the mean difference measured up to
+    0.0054 (1.4/255) and the largest 0.071 (3.5 learning rates) on either kind of CPU
+    (an AVX512-BF16 EPYC, and the same with ONEDNN_MAX_CPU_ISA=AVX2), while every design
+    moved 0.06 on average; the bounds keep twice that margin. That noise cannot hide a
+    batch whose designs leak into each other's losses: their first losses, before any
+    step, agree to float precision (a style half mixed with another design's moves the
+    first total by 5e-4, the image by no more than the noise)."""
     config = Config(size=32, steps=12, loss_every=4, weights="random", seed=0)
     engine = _engine(config, preprocessing="caffe")
     batch = engine.run(_pairings())
     for pairing, together in zip(_pairings(), batch):
         (alone,) = engine.run([pairing])
-        assert (together.image - alone.image).abs().mean() < 1 / 255
-        assert (together.image - alone.image).abs().max() < 4 * config.learning_rate
+        for name in LOSS_NAMES:
+            assert together.loss_curves[name][0] == pytest.approx(alone.loss_curves[name][0], rel=1e-5, abs=1e-6)
+        assert (together.image - alone.image).abs().mean() < 3 / 255
+        assert (together.image - alone.image).abs().max() < 7 * config.learning_rate
         moved_together = float((together.image - pairing.content).abs().mean())
         moved_alone = float((alone.image - pairing.content).abs().mean())
         assert moved_together == pytest.approx(moved_alone, rel=0.05)

@@ -1,11 +1,16 @@
 """precision="auto": bf16 autocast on CUDA and on CPUs whose oneDNN has native bf16,
 fp32 on other CPUs. `cpu_has_native_bf16` is patched so that both kinds of CPU are
-covered on whichever this machine is; the bf16 path runs on any CPU (emulated where
-it is not native: slower, the same arithmetic)."""
+covered on whichever this machine is (never the real CPU's answer: the suite runs
+with $NST_CPU_BF16=0, tests/conftest.py); the bf16 path runs on any CPU (emulated
+where it is not native: slower, the same arithmetic)."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +22,9 @@ from benchmarks.common import make_pairings
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.config import Config
 from pipeline.engine import transfer
-from pipeline.engine.transfer import StyleTransfer, cpu_has_native_bf16, resolve_precision
+from pipeline.engine.transfer import CPU_BF16_ENV, StyleTransfer, cpu_has_native_bf16, resolve_precision
 from pipeline.engine.weights import resolve_weights
+from pipeline.execution.preflight import Refused, preflight
 from pipeline.execution.rows import RowContext
 from pipeline.execution.shard import run_shard
 
@@ -46,6 +52,42 @@ def test_auto_resolves_per_device(native_bf16):
     assert engine.precision == cpu and engine.channels_last is False
 
 
+def test_the_suite_runs_auto_as_fp32_whatever_the_cpu():
+    """tests/conftest.py pins it: numbers compared by tests must not move with the CPU."""
+    assert os.environ[CPU_BF16_ENV] == "0"
+    assert cpu_has_native_bf16() is False and resolve_precision("auto", "cpu") == "fp32"
+    assert StyleTransfer(Config(size=32, weights="random"), WEIGHTS, "cpu").precision == "fp32"
+
+
+@pytest.mark.parametrize("value, native", [("0", False), ("1", True)])
+def test_the_environment_overrides_the_cpu_check(monkeypatch, value, native):
+    """$NST_CPU_BF16 answers for the CPU, whatever oneDNN says, in this process and its children."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: not native)
+    monkeypatch.setenv(CPU_BF16_ENV, value)
+    assert cpu_has_native_bf16() is native
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert resolve_precision("auto", "cuda") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
+    child = subprocess.run(
+        [sys.executable, "-c", "from pipeline.engine.transfer import resolve_precision as r; print(r('auto', 'cpu'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.stdout.strip() == ("bf16" if native else "fp32")
+
+
+@pytest.mark.parametrize("value", ["yes", "2", " 1"])
+def test_a_bad_environment_value_is_refused_before_the_run(monkeypatch, value, sample_catalog: Path, tmp_path: Path):
+    monkeypatch.setenv(CPU_BF16_ENV, value)
+    message = f"{CPU_BF16_ENV}={value!r} is invalid; accepted: 0 (precision auto is fp32 on the CPU), 1 (bf16)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_precision("auto", "cpu")
+    with pytest.raises(Refused, match=re.escape(message)):
+        preflight(sample_catalog, tmp_path / "out", Config(weights="random", size=32, steps=1))
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unknown_precision_names_what_is_accepted():
     with pytest.raises(ValueError, match=r"precision='fp16' is invalid; accepted: auto, fp32, bf16"):
         resolve_precision("fp16", "cpu")
@@ -61,6 +103,7 @@ def test_an_unknown_precision_names_what_is_accepted():
     ],
 )
 def test_the_cpu_check_asks_onednn_and_the_bf16_instructions(monkeypatch, onednn, avx512_bf16, amx, native):
+    monkeypatch.delenv(CPU_BF16_ENV)  # the CPU's own answer, patched
     monkeypatch.setattr(transfer.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
@@ -70,6 +113,7 @@ def test_the_cpu_check_asks_onednn_and_the_bf16_instructions(monkeypatch, onednn
 
 
 def test_the_cpu_check_falls_back_to_fp32(monkeypatch):
+    monkeypatch.setenv(CPU_BF16_ENV, "")  # empty is unset: the CPU's own answer
     assert isinstance(cpu_has_native_bf16(), bool)  # this machine's answer, whichever it is
 
     def broken() -> bool:
