@@ -432,6 +432,7 @@ def run_generate(catalog: str, out: str, config: Config, pairs: str | None = Non
     configure_prefect_env()
     import flows.generate
     from flows.generate import STOP, generate_flow
+    from flows.server import start_temporary_server
     from flows.task_runners import workers_prefect_api
     from pipeline.catalog.inputs import CatalogError
     from pipeline.engine.weights import WeightsError
@@ -440,6 +441,7 @@ def run_generate(catalog: str, out: str, config: Config, pairs: str | None = Non
     flows.generate.LOG_SUMMARY = False  # printed below, once
     previous = signal.signal(signal.SIGINT, _stop_on_interrupt)
     try:
+        start_temporary_server()  # where no PREFECT_API_URL is set: one that Ctrl-C and kill -9 do not strand
         flow = generate_flow(config)
         with workers_prefect_api(config.runner, config.dask_address or None):
             summary = flow(catalog=catalog, out=out, config=config, pairs=pairs, grid=grid or None)

@@ -214,6 +214,124 @@ def test_two_concurrent_runs_on_one_catalog_both_finish_and_each_design_is_ok_on
     assert_consistent(out)
 
 
+def start_from_a_terminal(catalog: Path, out: Path, home: Path, *flags: str) -> subprocess.Popen:
+    """`designs generate` as a shell starts it: in a process group of its own (the foreground group
+    a terminal's Ctrl-C goes to), with no PREFECT_API_URL, so on Prefect's temporary server."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(home)  # a private database: other test runs may hold the project's
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "generate", str(catalog), "--out", str(out), *flags],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, pgrp, ...); None once gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")  # a zombie has ended
+
+
+def processes(where) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := proc_stat(int(entry.name))) and stat[0] not in ("Z", "X"):
+            if where(stat):
+                found.append(int(entry.name))
+    return found
+
+
+def wait_for_server_child(process: subprocess.Popen, timeout: float = 240.0) -> list[int]:
+    """The pids of the run's temporary Prefect server, once it has started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        children = processes(lambda stat: int(stat[1]) == process.pid)
+        servers = [
+            pid
+            for pid in children
+            if b"prefect.server.api.server:create_app" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        if servers:
+            return servers
+        time.sleep(0.1)
+    raise AssertionError(f"no temporary server started: {process.poll()=}")
+
+
+def wait_gone(pids: list[int], timeout: float = 60.0) -> list[int]:
+    """The pids still running after timeout (a guard against a hang, not a timing)."""
+    deadline = time.monotonic() + timeout
+    while (left := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_from_a_terminal_ends_the_run_and_its_server_with_the_finished_shards_committed(
+    sample_catalog: Path, tmp_path: Path
+):
+    """A terminal's Ctrl-C is SIGINT to the whole foreground process group, not to the command alone."""
+    from flows.cli import EXIT_STOPPED
+
+    out = tmp_path / "out"
+    flags = ["--weights", "random", "--size", "64", "--steps", "20", "--batch-size", "1", "--shard-size", "1"]
+    process = start_from_a_terminal(sample_catalog, out, tmp_path / "prefect", *flags)
+    group = os.getpgid(process.pid)
+    servers: list[int] = []
+    try:
+        servers = wait_for_server_child(process)
+        first_shard = out / "designs" / "_delta_log" / f"{1:020d}.json"
+        deadline = time.monotonic() + 300  # a guard against a hang, not a timing
+        while not first_shard.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert first_shard.exists(), process.communicate()[1]
+        os.killpg(group, signal.SIGINT)
+        try:
+            stdout, stderr = process.communicate(timeout=60)  # a guard against a hang, not a timing
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the run did not end after Ctrl-C") from None
+        assert process.returncode == EXIT_STOPPED, stderr
+        assert "Traceback" not in stderr
+        assert [line for line in stderr.splitlines() if line.startswith("designs generate: stopped:")]
+        assert wait_gone(servers) == [], "the temporary Prefect server outlived its run"
+        assert processes(lambda stat: int(stat[2]) == group) == [], "processes left in the run's group"
+    finally:
+        process.kill()
+        process.wait()
+        kill_leftovers(servers)
+    frame = DesignCatalog(out).to_pandas()
+    assert 1 <= len(frame) < SAMPLE_PAIRINGS and (frame.status == "ok").all()
+    assert_consistent(out)
+
+
+def test_kill_9_of_a_run_ends_its_temporary_prefect_server(sample_catalog: Path, tmp_path: Path):
+    process = start_from_a_terminal(sample_catalog, tmp_path / "out", tmp_path / "prefect", *CLI_FLAGS)
+    servers: list[int] = []
+    try:
+        servers = wait_for_server_child(process)
+        process.kill()
+        process.wait()
+        assert wait_gone(servers) == [], "the temporary Prefect server outlived its run"
+    finally:
+        process.kill()
+        process.wait()
+        kill_leftovers(servers)
+
+
 def test_verify_finds_missing_changed_and_orphan_pngs(sample_catalog: Path, tmp_path: Path):
     out = tmp_path / "out"
     config = Config(weights="random", size=32, steps=2, loss_every=1)
