@@ -15,7 +15,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install generate demo colourways test test-slow lint query gallery verify maintain runs logs ui sample-data clean help
+.PHONY: install generate demo colourways test test-slow lint query gallery verify maintain weights runs logs ui sample-data clean help
 
 help:
 	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [PAIRS=pairs.parquet] [ARGS='--flags']"
@@ -27,6 +27,7 @@ help:
 	@echo "make colourways [OUT=dir] ARGS='--palette FILE | --from-image IMG | --inks N [--where SQL]'"
 	@echo "make verify [OUT=dir] [ARGS=--fix]   # PNGs match the catalog; orphans listed"
 	@echo "make maintain [OUT=dir] [ARGS='--retention-hours H | --dry-run']   # compact, vacuum, checkpoint"
+	@echo "make weights [ARGS='--network vgg19 | --url URL']   # the VGG weights into the cache --weights auto reads"
 	@echo "make runs | make logs RUN=<id> | make ui   # past runs in Prefect"
 	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
 	@echo "make bench | bench-plan | bench-catalog | bench-scales | bench-max-size | bench-pipeline [ARGS=...]   # docs/BENCHMARKS.md"
@@ -91,6 +92,11 @@ verify: $(STAMP)
 # Compaction, vacuum (files no version of the last week reads), checkpoint.
 maintain: $(STAMP)
 	$(BIN)/designs maintain "$(OUT)" $(ARGS)
+
+# The VGG weights into the cache --weights auto reads, checksum checked; then what is where.
+weights: $(STAMP)
+	$(BIN)/designs weights fetch $(ARGS)
+	$(BIN)/designs weights list
 
 # Whole flow-run ids (Prefect's own table cuts them), for make logs RUN=<id>.
 runs: $(STAMP)

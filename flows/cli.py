@@ -289,7 +289,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewrite every data file sorted by design_id (a z-order), not only the small ones: its time and "
         "disk grow with the table, and the files it replaces stay for the retention",
     )
+    add_weights_parser(sub)
     return parser
+
+
+def add_weights_parser(sub: Any) -> None:
+    """`designs weights list|fetch`. The networks and files are pipeline.engine.weights' known
+    files; naming them here would import torch for --help."""
+    weights = sub.add_parser(
+        "weights",
+        allow_abbrev=False,
+        help="list the VGG weights files --weights auto finds, or fetch them ahead of a run",
+        description=(
+            "The VGG weights ahead of a run. `list`: every place --weights auto looks, in its order "
+            "($NST_VGG19_WEIGHTS, the Keras cache, the torch hub cache), what is there, its size and checksums, "
+            "and whether they are the published ones. `fetch`: download the network's published file into the "
+            "cache --weights auto looks in, checked against its published checksum (nothing is left behind when "
+            "it does not match). Exit 0: done; 2: refused (a network with no known file); 3: the download, its "
+            "checksum or the cache folder failed."
+        ),
+    )
+    actions = weights.add_subparsers(dest="weights_command", required=True, metavar="{list,fetch}")
+    actions.add_parser(
+        "list",
+        allow_abbrev=False,
+        help="where --weights auto looks, what is found, sizes and checksums",
+        description="Every place --weights auto looks, in its order, with each file's size, SHA-256 (and MD5 "
+        "where the published checksum is one) and whether it is the published file.",
+    )
+    fetch = actions.add_parser(
+        "fetch",
+        allow_abbrev=False,
+        help="download the weights into the cache --weights auto looks in, checksum checked",
+        description="Download the network's published weights file into the cache --weights auto looks in, "
+        "unless a file with the published checksum is already there. The download goes to a temporary file "
+        "beside it, is checked, then renamed: a failed or mismatching download leaves nothing behind. "
+        "Progress on stderr; the file's path on stdout.",
+    )
+    fetch.add_argument(
+        "--network",
+        default="vgg19",
+        metavar="NAME",
+        help="the network whose weights to fetch: one with a known file (those `designs weights list` shows); "
+        "default: vgg19",
+    )
+    fetch.add_argument(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="download from this mirror (an http, https or file URL) instead of the published address; "
+        "the published checksum is still checked",
+    )
 
 
 def package_version() -> str:
@@ -374,8 +424,72 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_ENVIRONMENT
         print("\n".join(report.lines()))
         return EXIT_OK
+    if args.command == "weights":
+        return run_weights(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_REFUSED
+
+
+def run_weights(args: argparse.Namespace) -> int:
+    """`designs weights list` and `designs weights fetch`."""
+    from pipeline.engine import weights
+
+    if args.weights_command == "list":
+        print("\n".join(weights_lines(weights.find_weights_files())))
+        return EXIT_OK
+    from flows.progress import DownloadProgress
+
+    try:
+        known = weights.fetch_file(args.network)
+    except ValueError as err:
+        print(f"designs weights fetch: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    progress = DownloadProgress(known.name)
+    try:
+        path, downloaded = weights.fetch_weights(known, args.url, progress)
+    except weights.DownloadError as err:
+        progress.close()
+        print(f"designs weights fetch: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    progress.close()
+    how = "downloaded" if downloaded else "already there"
+    print(f"{path}: {how}, {weights.expected_checksum(known)} as published; --weights auto finds it")
+    return EXIT_OK
+
+
+def weights_lines(found: list[Any]) -> list[str]:
+    """`designs weights list`: a line per place --weights auto looks, then what it does."""
+    from pipeline.engine.weights import DOWNLOAD_URL, expected_checksum
+
+    lines = []
+    used = None
+    for place in found:
+        what = f"{place.place}" + (f", {place.known.name} ({place.known.network})" if place.known else "")
+        if place.path is None:
+            lines.append(f"{what}: not set")
+            continue
+        if place.size is None:
+            lines.append(f"{what}: {place.path}: not found")
+            continue
+        sums = f"SHA-256 {place.sha256}" + (f", MD5 {place.md5}" if place.md5 else "")
+        if place.matches is None:
+            check = "taken as it is (an explicit file is not checked)"
+        elif place.matches:
+            check = f"matches the published {expected_checksum(place.known)}"
+        else:
+            check = f"does NOT match the published {expected_checksum(place.known)}"
+        lines.append(f"{what}: {place.path}: {place.size} bytes, {sums}, {check}")
+        if place.used:
+            used = place
+    if used is None:
+        lines.append(
+            f"--weights auto finds no file: a run downloads {DOWNLOAD_URL}; `designs weights fetch` does it ahead"
+        )
+    elif used.matches is False:
+        lines.append(f"--weights auto takes {used.path} and refuses it: delete it and run `designs weights fetch`")
+    else:
+        lines.append(f"--weights auto takes {used.path}")
+    return lines
 
 
 def run_colourways(args: argparse.Namespace) -> int:

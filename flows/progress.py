@@ -339,6 +339,58 @@ class StepLog:
         self.write(progress)
 
 
+class DownloadProgress:
+    """A download's bytes so far on `stream`: one line rewritten in place on a terminal (at
+    most `redraw_every` seconds apart), else a line every `every` seconds; always a last one.
+    Call it with (bytes done, total or None); close() when the download ends."""
+
+    def __init__(
+        self,
+        name: str,
+        stream: IO[str] | None = None,
+        every: float = 10.0,
+        redraw_every: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.name = name
+        self.stream = stream if stream is not None else sys.stderr
+        self.clock = clock
+        isatty = getattr(self.stream, "isatty", None)
+        self.terminal = bool(isatty and isatty())
+        self.every = redraw_every if self.terminal else every
+        self.done = 0
+        self.total: int | None = None
+        self._started = clock()
+        self._last = -math.inf
+        self._shown: int | None = None
+        self._connected = False  # nothing to show of a download that never started
+
+    def line(self) -> str:
+        elapsed = self.clock() - self._started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        of = f" of {self.total / 1e6:.1f} MB ({100.0 * self.done / self.total:.0f}%)" if self.total else " MB"
+        return f"{self.name}: {self.done / 1e6:.1f}{of}, {rate / 1e6:.1f} MB/s"
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self.done, self.total = done, total
+        self._connected = True
+        if self.clock() - self._last >= self.every:
+            self._show()
+
+    def close(self) -> None:
+        if self._connected and self._shown != self.done:
+            self._show()
+        if self.terminal and self._shown is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _show(self) -> None:
+        self._last = self.clock()
+        self._shown = self.done
+        self.stream.write(f"\r{self.line()}\x1b[K" if self.terminal else self.line() + "\n")
+        self.stream.flush()
+
+
 # The RunProgress of each run started in this process, by run id: a shard task running in a thread
 # of the flow's process finds it here and reports its steps. A Dask worker is another process,
 # where the run is not registered: there the bar moves per finished shard only.

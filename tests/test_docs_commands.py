@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A usage pattern, not a command: <id>, [optional], ..., or an all-caps word standing for a value.
 PLACEHOLDERS = re.compile(r"<[^>]+>|\.\.\.|\[|(?<![\w=/-])[A-Z][A-Z_]*(?![\w=])")
-SUBCOMMANDS = ("generate", "query", "gallery", "verify", "maintain", "colourways", "--version", "--help")
+SUBCOMMANDS = ("generate", "query", "gallery", "verify", "maintain", "colourways", "weights", "--version", "--help")
 
 
 def code_lines(text: str) -> list[tuple[str, bool]]:

@@ -21,12 +21,16 @@ network's scale. Every design records which weights and preprocessing made it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
 import pickle
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -59,6 +63,7 @@ class KnownFile:
     preprocessing: str
     md5: str | None = None  # the whole digest (Keras publishes MD5s)
     sha256_prefix: str | None = None  # torch.hub's name convention
+    network: str = "vgg19"  # the network it holds: what `designs weights fetch --network` names
 
     def matches(self, path: Path) -> tuple[bool, str]:
         """(whether the file has the published checksum, the digest found)."""
@@ -260,6 +265,177 @@ def how_to_provide(reason: str) -> str:
         f"or pass --weights /path/to/file, or set {WEIGHTS_ENV}=/path/to/file. "
         f"For tests and CPU demos only, --weights random uses seeded random weights."
     )
+
+
+# --- Ahead of a run: what --weights auto finds where (`designs weights list`), and a checked
+# download into the cache it looks in (`designs weights fetch`).
+
+MAX_DOWNLOAD_BYTES = 2 << 30  # the published files are 80 to 575 MB; a mirror sending more is cut off
+DOWNLOAD_TIMEOUT_S = 60.0  # per connection attempt and per read
+
+
+class DownloadError(WeightsError):
+    """A weights file could not be downloaded or did not have its published checksum: the
+    network, the mirror or the disk failed, not the command."""
+
+
+def networks() -> tuple[str, ...]:
+    """The networks some known file holds, in known_files() order: what `weights fetch --network` accepts."""
+    return tuple(dict.fromkeys(k.network for k in known_files()))
+
+
+def fetch_file(network: str) -> KnownFile:
+    """The file `weights fetch --network` downloads: the network's first known file, the one
+    --weights auto prefers (for vgg19, the Keras file --weights auto downloads itself).
+    ValueError naming the accepted networks otherwise."""
+    for known in known_files():
+        if known.network == network:
+            return known
+    raise ValueError(f"--network {network!r} has no known weights file; accepted: {', '.join(networks())}")
+
+
+def expected_checksum(known: KnownFile) -> str:
+    return f"MD5 {known.md5}" if known.md5 else f"SHA-256 starting with {known.sha256_prefix}"
+
+
+@dataclass(frozen=True)
+class FoundWeights:
+    """One place --weights auto looks, and what is there."""
+
+    place: str  # "$NST_VGG19_WEIGHTS", "Keras cache", "torch hub cache"
+    path: Path | None  # None: $NST_VGG19_WEIGHTS is not set
+    known: KnownFile | None  # the published file expected there; None for $NST_VGG19_WEIGHTS
+    size: int | None = None  # None: no file there
+    sha256: str | None = None
+    md5: str | None = None  # only for a file published with an MD5
+    matches: bool | None = None  # its published checksum; None: nothing to check against
+    used: bool = False  # the file --weights auto takes (the first there, in this order)
+
+
+def find_weights_files() -> list[FoundWeights]:
+    """Every place --weights auto looks, in its order, with each file's size and checksums."""
+    found: list[FoundWeights] = []
+    env = os.environ.get(WEIGHTS_ENV)
+    places: list[tuple[str, Path | None, KnownFile | None]] = [
+        (f"${WEIGHTS_ENV}", Path(env).expanduser() if env else None, None)
+    ]
+    places += [
+        ("Keras cache" if k.format == KERAS_HDF5 else "torch hub cache", cache_path(k), k) for k in known_files()
+    ]
+    used = False
+    for place, path, known in places:
+        if path is None or not path.is_file():
+            found.append(FoundWeights(place, path, known))
+            continue
+        sha256 = weights_sha256(path)
+        md5 = _md5_file(path) if known is not None and known.md5 else None
+        matches = None
+        if known is not None:
+            matches = md5 == known.md5 if known.md5 else sha256.startswith(known.sha256_prefix or "")
+        found.append(FoundWeights(place, path, known, path.stat().st_size, sha256, md5, matches, not used))
+        used = True
+    return found
+
+
+def fetch_weights(
+    known: KnownFile,
+    url: str | None = None,
+    on_bytes: Callable[[int, int | None], None] | None = None,
+    timeout: float = DOWNLOAD_TIMEOUT_S,
+) -> tuple[Path, bool]:
+    """Put `known` into the cache --weights auto looks in: (its path, whether it was downloaded).
+
+    A file already there with the published checksum is kept. Otherwise `url` (default: the
+    published one; http, https or file) is downloaded to a temporary file beside the target,
+    checked, and renamed over it: a failed or mismatching download leaves nothing behind, not
+    even the cache folders it made. on_bytes(done, total or None) follows the download.
+    DownloadError names the URL and what failed."""
+    target = cache_path(known)
+    if target.is_file() and known.matches(target)[0]:
+        return target, False
+    url = url or known.url
+    made: list[Path] = []
+    partial: Path | None = None
+    done = False
+    try:
+        made = _make_dirs(target.parent)
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{known.name}.", suffix=".partial")
+        partial = Path(name)
+        with os.fdopen(handle, "wb") as out:
+            md5, sha256 = _download(url, out, on_bytes, timeout)
+        ok = md5 == known.md5 if known.md5 else sha256.startswith(known.sha256_prefix or "")
+        if not ok:
+            found = f"MD5 {md5}" if known.md5 else f"SHA-256 {sha256}"
+            raise DownloadError(f"{url} gave a file with {found}, not the published {expected_checksum(known)}")
+        os.replace(partial, target)
+        done = True
+    except OSError as err:  # the cache folder: not writable, full
+        raise DownloadError(f"cannot write {known.name} into {str(target.parent)!r}: {err}") from None
+    finally:
+        if not done:
+            if partial is not None:
+                partial.unlink(missing_ok=True)
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):  # not empty: something else put a file there
+                    folder.rmdir()
+    return target, True
+
+
+def _make_dirs(folder: Path) -> list[Path]:
+    """mkdir -p, returning the folders it made, outermost first (to remove them on a failure)."""
+    missing: list[Path] = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    try:
+        for path in reversed(missing):
+            path.mkdir(exist_ok=True)
+            made.append(path)
+    except OSError:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+    return made
+
+
+def _download(
+    url: str, out: BinaryIO, on_bytes: Callable[[int, int | None], None] | None, timeout: float
+) -> tuple[str, str]:
+    """Stream `url` into `out`: (MD5, SHA-256) of what came. DownloadError naming the URL otherwise."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    md5 = hashlib.md5(usedforsecurity=False)
+    sha256 = hashlib.sha256()
+    done = 0
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "designs-weights-fetch"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            if on_bytes is not None:
+                on_bytes(0, total)
+            while block := response.read(1 << 20):
+                done += len(block)
+                if done > MAX_DOWNLOAD_BYTES:
+                    raise DownloadError(f"cannot download {url}: more than {MAX_DOWNLOAD_BYTES} bytes")
+                md5.update(block)
+                sha256.update(block)
+                out.write(block)
+                if on_bytes is not None:
+                    on_bytes(done, total)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(f"cannot download {url}: HTTP {err.code} {err.reason}") from None
+    except urllib.error.URLError as err:  # no network, no such host or file, refused
+        raise DownloadError(f"cannot download {url}: {err.reason}") from None
+    except (OSError, http.client.HTTPException, ValueError) as err:  # a cut connection, a timeout, a bad URL
+        raise DownloadError(f"cannot download {url}: {err or type(err).__name__}") from None
+    if total is not None and done != total:
+        raise DownloadError(f"cannot download {url}: got {done} of {total} bytes")
+    return md5.hexdigest(), sha256.hexdigest()
 
 
 def load_features(source: WeightsSource, until_index: int | None = None) -> nn.Sequential:
