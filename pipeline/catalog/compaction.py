@@ -18,15 +18,22 @@ actions name the small files and whose add actions carry the new files' statisti
 The remove actions are `dataChange: false`, as delta-rs' own OPTIMIZE writes them, so
 a merge that read a removed file fails its conflict check and retries, as it does
 against delta-rs' own compaction.
+
+Before writing a file, the compaction appends its name to a record under
+`_compaction/` (INTENT_DIR) and removes the record once its commit is in place or its
+files are deleted. A compaction killed in between leaves its record, and the vacuum
+(pipeline/catalog/vacuum.py) deletes exactly the files it names that no log entry
+does: the only files the vacuum deletes without a log entry naming them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +54,12 @@ MAX_LAYERS = 8
 SORT_PASS_BYTES = 512 * 2**20
 OPERATION = "OPTIMIZE"
 STRATEGY = "sorted compaction of small files"
+# Records of the files a compaction is writing, one per compaction, removed once it ends;
+# hidden from Delta readers (a folder whose name starts with "_").
+INTENT_DIR = "_compaction"
+INTENT_SUFFIX = ".intent"
+# The names compaction writes, the only ones a record may name (relative to the table's folder).
+WRITTEN_NAME = re.compile(r"(?:[^/]+/)*part-00000-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}-c000\.zstd\.parquet")
 
 
 @dataclass(frozen=True)
@@ -133,18 +146,49 @@ def compact_small_files(
     file_schema = pa.schema([f for f in schema if f.name not in partition_names])
     removed: list[DataFile] = []
     added: list[dict] = []
+    intent = _Intent(table_path)
     try:
         for partition, group in sorted(groups.items(), key=lambda item: str(item[0])):
             folder = "/".join(f"{quote(name, safe='')}={quote(str(value), safe='')}" for name, value in partition)
             for sorted_rows in _sorted_passes(table_path, group, file_schema):
-                added += _write_files(table_path, folder, dict(partition), sorted_rows, group, target_bytes)
+                added += _write_files(
+                    table_path, folder, dict(partition), sorted_rows, group, target_bytes, intent.record
+                )
             removed += group
         _commit(table, table_path, removed, added, note, target_bytes)
     except BaseException:
-        for action in added:
-            (table_path / action["path"]).unlink(missing_ok=True)
+        for relative in intent.paths:  # a file cut short by the error included
+            (table_path / relative).unlink(missing_ok=True)
         raise
+    finally:
+        intent.close()
     return len(removed), len(added)
+
+
+class _Intent:
+    """The record of the files one compaction writes: INTENT_DIR/<uuid>.intent, a name a line,
+    each synced before its file is created; removed by close()."""
+
+    def __init__(self, table_path: Path):
+        folder = table_path / INTENT_DIR
+        folder.mkdir(exist_ok=True)
+        self.path = folder / f"{uuid.uuid4()}{INTENT_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        self._fd: int | None = os.open(self.path, flags, 0o644)
+        self.paths: list[str] = []
+
+    def record(self, relative: str) -> None:
+        if self._fd is None or not WRITTEN_NAME.fullmatch(relative):
+            raise ValueError(f"{relative!r} is not a name compaction writes, or the record is closed")
+        os.write(self._fd, (relative + "\n").encode())
+        os.fsync(self._fd)  # on disk before the file it names
+        self.paths.append(relative)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
 
 
 def _sorted_passes(table_path: Path, group: list[DataFile], file_schema: pa.Schema) -> Iterator[pa.Table]:
@@ -175,9 +219,16 @@ def _sorted_passes(table_path: Path, group: list[DataFile], file_schema: pa.Sche
 
 
 def _write_files(
-    table_path: Path, folder: str, partition: dict, rows: pa.Table, group: list[DataFile], target_bytes: int
+    table_path: Path,
+    folder: str,
+    partition: dict,
+    rows: pa.Table,
+    group: list[DataFile],
+    target_bytes: int,
+    record: Callable[[str], None],
 ) -> list[dict]:
-    """Write `rows` (sorted) into files of about target_bytes; their add actions."""
+    """Write `rows` (sorted) into files of about target_bytes, each `record`ed before it is
+    created; their add actions."""
     if rows.num_rows == 0:
         return []
     per_row = max(1.0, sum(f.size for f in group) / max(1, sum(_rows(table_path, f) for f in group)))
@@ -189,6 +240,7 @@ def _write_files(
         relative = f"{folder}/{name}" if folder else name
         path = table_path / relative
         path.parent.mkdir(parents=True, exist_ok=True)
+        record(relative)
         pq.write_table(chunk, path, compression="zstd")
         actions.append(
             {
@@ -269,6 +321,11 @@ def _commit(
         for f in removed
     ]
     lines += [{"add": action} for action in added]
+    write_log_entry(table_path, version, lines)
+
+
+def write_log_entry(table_path: Path, version: int, lines: list[dict]) -> None:
+    """Write `lines` as the log entry of `version`, or CommitFailedError if that version exists."""
     log = table_path / LOG_DIR
     staged = log / f".{version:020d}.{uuid.uuid4()}.json.tmp"
     staged.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))

@@ -9,6 +9,10 @@ table when those sorted layers pile up (a z-order on design_id), deletes files t
 no version committed within the retention reads any more, and writes a checkpoint
 so readers start from one parquet file instead of replaying the whole log.
 
+The vacuum (pipeline/catalog/vacuum.py) deletes only files the table's log once named, or
+that a killed compaction recorded, inside the table's own folder and never through a link;
+a link where the table's folders or data files are is refused before anything is done.
+
 Time travel: a version stays readable while the commit that replaced its files
 is inside the retention. After a vacuum, `--version` / `--as-of` to an older
 version fails (its files are gone); every version committed within the
@@ -17,7 +21,6 @@ retention keeps working.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +45,7 @@ from pipeline.catalog.designs import (
     _first_line,
     check_out_path,
 )
+from pipeline.catalog.vacuum import refuse_links, vacuum
 from pipeline.config import MIN_RETENTION_HOURS, config_field
 
 NOTE = "maintain"  # designs.note of the compaction and vacuum commits, shown by `commits`
@@ -79,6 +83,8 @@ class MaintenanceReport:
     vacuumed_files: int
     vacuumed_bytes: int
     version: int  # the table's version when maintenance ended
+    links_left: int = 0  # symbolic links in the table's folder: nothing behind them is read or deleted
+    unnamed_left: int = 0  # files no log entry names (nor a killed compaction's record): left alone
 
     def lines(self) -> list[str]:
         if self.dry_run:
@@ -88,7 +94,7 @@ class MaintenanceReport:
                 f"maintenance would do a {self.strategy}",
                 "  checkpoint: none written",
                 f"  vacuum: would remove {self.vacuumed_files:,} file(s) ({_size(self.vacuumed_bytes)}) that no "
-                f"version of the last {self.retention_hours} h reads",
+                f"version of the last {self.retention_hours} h reads{self._left()}",
             ]
         compaction = (
             f"{self.compacted_files:,} rewritten into {self.written_files:,} ({self.strategy})"
@@ -102,8 +108,16 @@ class MaintenanceReport:
             f"{self.layers} sorted layer(s) by design_id",
             f"  checkpoint: version {self.checkpoint_version}",
             f"  vacuum: {self.vacuumed_files:,} file(s) removed, {_size(self.vacuumed_bytes)} freed; "
-            f"versions of the last {self.retention_hours} h stay readable",
+            f"versions of the last {self.retention_hours} h stay readable{self._left()}",
         ]
+
+    def _left(self) -> str:
+        left = []
+        if self.links_left:
+            left.append(f"{self.links_left:,} symbolic link(s), not followed")
+        if self.unnamed_left:
+            left.append(f"{self.unnamed_left:,} file(s) no log entry names")
+        return f"; left alone: {', '.join(left)}" if left else ""
 
 
 def _size(n: int) -> str:
@@ -163,7 +177,8 @@ def maintain(
     enforce_retention=False lifts the table's minimum retention: only for tests, since a
     retention under it can delete files that a run still writing or a reader still needs.
 
-    FileNotFoundError: no catalog at OUT. ValueError: a bad OUT or retention.
+    FileNotFoundError: no catalog at OUT. ValueError: a bad OUT or retention, or a symbolic link
+    where the table's folders or data files are (LinkRefused).
     CatalogFault: the disk or the log failed, or concurrent commits kept refusing the compaction.
     """
     check_out_path(out)
@@ -176,18 +191,25 @@ def maintain(
     catalog = DesignCatalog(out)
     if not catalog.exists():
         catalog.table()  # raises FileNotFoundError naming the path
+    refuse_links(catalog.table_path)  # before delta-rs reads the log through one
     properties = CommitProperties(custom_metadata={"designs.note": NOTE})
     try:
         table = catalog.table()
+        minimum = minimum_retention_hours(table)
         if enforce_retention:
-            minimum = minimum_retention_hours(table)
-            # An unreadable property is left to delta-rs' own check in vacuum().
-            if minimum is not None and retention_hours < minimum:
+            if minimum is None:
+                text = table.metadata().configuration.get(RETENTION_PROPERTY)
+                raise ValueError(
+                    f"the table's {RETENTION_PROPERTY} {text!r} is in a form this does not read; accepted: "
+                    "'interval <n> <weeks|days|hours|minutes|seconds>'; set it so, then run again"
+                )
+            if retention_hours < minimum:
                 raise ValueError(
                     f"retention {retention_hours} hours is under the table's minimum of {minimum:g} hours "
                     f"({RETENTION_PROPERTY}); accepted: {minimum:g} or more, so that no version inside it loses files"
                 )
         before = data_files(table)
+        refuse_links(catalog.table_path, table.metadata().partition_columns, (f.path for f in before))
         small = small_file_bytes or config_field("maintain_small_file_bytes").default
         strategy = _strategy(table, before, small, resort)
         compacted = written = 0
@@ -216,7 +238,15 @@ def maintain(
             table = catalog.table()
         after = data_files(table) if not dry_run else before
         sorted_layers = layers(after) if not dry_run else layers_after_compaction(before, small)
-        vacuumed, freed = _vacuum(table, catalog, retention_hours, dry_run, enforce_retention, properties)
+        swept = vacuum(
+            catalog.table_path,
+            (f.path for f in after),
+            retention_hours,
+            dry_run,
+            {"designs.note": NOTE},
+            minimum if minimum is not None else MIN_RETENTION_HOURS,
+            enforce_retention,
+        )
         checkpoint = None
         if not dry_run:
             table = catalog.table()
@@ -240,9 +270,11 @@ def maintain(
         strategy=strategy,
         layers=sorted_layers,
         checkpoint_version=checkpoint,
-        vacuumed_files=vacuumed,
-        vacuumed_bytes=freed,
+        vacuumed_files=swept.files,
+        vacuumed_bytes=swept.bytes,
         version=version,
+        links_left=swept.links,
+        unnamed_left=swept.unnamed,
     )
 
 
@@ -287,37 +319,6 @@ def _compact(table: DeltaTable, target_size: int | None, properties: CommitPrope
         commit_properties=properties,
     )
     return int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
-
-
-def _vacuum(
-    table: DeltaTable,
-    catalog: DesignCatalog,
-    retention_hours: int,
-    dry_run: bool,
-    enforce_retention: bool,
-    properties: CommitProperties,
-) -> tuple[int, int]:
-    """(files removed, bytes freed), or what a dry run would remove.
-
-    full=True: a checkpoint drops tombstones older than the table's minimum retention, and
-    vacuum's default mode finds files only through tombstones, so files removed before the
-    last checkpoints, and those of merges that crashed before committing, would stay forever.
-    The full mode lists the folder instead; it still keeps every file that a version within
-    the retention reads, and any file written within it (a run's merge not yet committed).
-    """
-    options = {"retention_hours": retention_hours, "enforce_retention_duration": enforce_retention, "full": True}
-    candidates = table.vacuum(dry_run=True, **options)
-    # Sized before deleting: the vacuum returns names only.
-    sizes = {}
-    for name in candidates:
-        try:
-            sizes[name] = os.stat(catalog.table_path / name).st_size
-        except FileNotFoundError:  # removed since the listing (another maintenance)
-            continue
-    if dry_run:
-        return len(sizes), sum(sizes.values())
-    removed = table.vacuum(dry_run=False, commit_properties=properties, **options) if sizes else []
-    return len(removed), sum(sizes.get(name, 0) for name in removed)
 
 
 def _fault(catalog: DesignCatalog, err: BaseException) -> CatalogFault:
