@@ -44,7 +44,7 @@ from pipeline.catalog.designs import LOG_DIR, CatalogFault
 
 _COMMIT = re.compile(r"(\d{20})\.json")
 # Classic, multi-part (part.parts) and v2 (uuid) checkpoints.
-_CHECKPOINT = re.compile(r"(\d{20})\.checkpoint(?:\.(\d{10})\.(\d{10})|\.[0-9a-fA-F-]{36})?\.(parquet|json)")
+_CHECKPOINT = re.compile(r"(\d{20})\.checkpoint(?:\.\d{10}\.\d{10}|\.[0-9a-fA-F-]{36})?\.(?:parquet|json)")
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _LOG_ATTEMPTS = 100  # versions a VACUUM log entry tries (it conflicts with nothing; others may take a version first)
 _INTENT_BYTES = 64 * 2**20  # a record names a compaction's files: far less than this
@@ -123,7 +123,7 @@ def vacuum(
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     cutoff = now_ms - retention_hours * 3_600_000
     commits, checkpoints = _listing(log_dir)
-    named = _replay(log_dir, commits, checkpoints)
+    named = _replay(commits, checkpoints)
     keep = {variant for path in active for variant in (path, unquote(path))}
     expired = [path for path, removed in named.items() if removed is not None and removed <= cutoff]
     targets = [variant for path in expired for variant in dict.fromkeys((path, unquote(path))) if variant not in keep]
@@ -162,28 +162,26 @@ def vacuum(
     return VacuumResult(files=removed if not dry_run else len(plan), bytes=freed, links=links, unnamed=unnamed)
 
 
-def _listing(log_dir: Path) -> tuple[dict[int, Path], dict[int, list[tuple[Path, re.Match]]]]:
+def _listing(log_dir: Path) -> tuple[dict[int, Path], dict[int, list[Path]]]:
     """The log's JSON entries and checkpoint files, by version."""
     commits: dict[int, Path] = {}
-    checkpoints: dict[int, list[tuple[Path, re.Match]]] = {}
+    checkpoints: dict[int, list[Path]] = {}
     with os.scandir(log_dir) as entries:
         for entry in entries:
             if match := _COMMIT.fullmatch(entry.name):
                 commits[int(match.group(1))] = Path(entry.path)
             elif match := _CHECKPOINT.fullmatch(entry.name):
-                checkpoints.setdefault(int(match.group(1)), []).append((Path(entry.path), match))
+                checkpoints.setdefault(int(match.group(1)), []).append(Path(entry.path))
     return commits, checkpoints
 
 
-def _replay(
-    log_dir: Path, commits: dict[int, Path], checkpoints: dict[int, list[tuple[Path, re.Match]]]
-) -> dict[str, int | None]:
+def _replay(commits: dict[int, Path], checkpoints: dict[int, list[Path]]) -> dict[str, int | None]:
     """Every path an add or remove action names: None where the last version replayed reads
-    it, else when it stopped being read (ms since the epoch; a bound no earlier than that).
+    it, else when it stopped being read (ms since the epoch).
 
-    Every JSON entry is replayed in order; a checkpoint only where entries before it are
-    missing (removed by the log's cleanup), for the state at its version: a path the state
-    reads that a complete checkpoint does not name was removed at its version or before."""
+    Every JSON entry is replayed in order, and a checkpoint where entries before it are
+    missing (removed by the log's cleanup) for the adds and tombstones it holds. A path
+    whose remove action is in no file left stays read as far as this knows: kept."""
     state: dict[str, int | None] = {}
     through = -1  # every version up to this one is in the state
     for version in sorted(set(commits) | set(checkpoints)):
@@ -192,37 +190,19 @@ def _replay(
             if version == through + 1:
                 through = version
         if version in checkpoints and version > through:
-            files = checkpoints[version]
-            seen: set[str] = set()
-            for path, _ in files:
-                seen |= _apply(state, _checkpoint_actions(path, _mtime_ms(path)))
-            if _complete(files):
-                bound = max(_mtime_ms(path) for path, _ in files)  # written after its version's commit
-                for path, removed in state.items():
-                    if removed is None and path not in seen:
-                        state[path] = bound
-                through = version
+            for path in checkpoints[version]:
+                _apply(state, _checkpoint_actions(path, _mtime_ms(path)))
+            through = version
     return state
 
 
-def _apply(state: dict[str, int | None], actions: Iterator[tuple[str, str, int]]) -> set[str]:
-    seen = set()
+def _apply(state: dict[str, int | None], actions: Iterator[tuple[str, str, int]]) -> None:
     for kind, path, when in actions:
-        seen.add(path)
         if kind == "add":
             state[path] = None
         else:
             before = state.get(path)
             state[path] = when if before is None else max(before, when)
-    return seen
-
-
-def _complete(files: list[tuple[Path, re.Match]]) -> bool:
-    """A classic checkpoint, or every part of a multi-part one (a v2 checkpoint may keep its
-    files in sidecars: its actions count, its silence does not)."""
-    parts = {(int(m.group(2)), int(m.group(3))) for _, m in files if m.group(2)}
-    classic = any(m.group(0).endswith(".checkpoint.parquet") for _, m in files)
-    return classic or any({p for p, n in parts if n == total} == set(range(1, total + 1)) for _, total in parts)
 
 
 def _commit_actions(path: Path) -> Iterator[tuple[str, str, int]]:
