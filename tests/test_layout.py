@@ -123,6 +123,7 @@ def test_the_engine_imports_only_torch_numpy_and_pillow():
         "typing",
         "math",
         "urllib",
+        "http",
         "zipfile",
         "io",
         "contextlib",
