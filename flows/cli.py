@@ -10,6 +10,7 @@ committed; the same command makes the rest).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -140,13 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run SQL (DuckDB) over the design catalog. Tables: `designs` (one row per design, at the chosen version), "
             "`runs` (one row per run: counts, timings, throughput, devices) and `commits` (the table's versions). "
-            "Exit 0: done; 2: refused (bad SQL, no catalog, no such version, bad output)."
+            "DuckDB opens no file: it reads the tables Python hands it and writes nothing (-o FILE is written "
+            "by Python). Exit 0: done; 2: refused (bad SQL, more than one statement, no catalog, no such version, "
+            "bad output, stopped by --timeout)."
         ),
     )
-    query.add_argument("sql", metavar="SQL")
+    # [OUT] SQL: one word is the SQL, two are OUT then SQL (argparse gives the one to SQL).
     query.add_argument(
-        "--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})"
+        "out_positional", metavar="OUT", nargs="?", default=None, help=f"design catalog folder (default: {DEFAULT_OUT})"
     )
+    query.add_argument("sql", metavar="SQL", help="one DuckDB statement")
+    query.add_argument("--out", default=None, metavar="DIR", help="the same as OUT")
     when = query.add_mutually_exclusive_group()
     when.add_argument(
         "--version", type=int, default=None, metavar="N", help="read table version N instead of the latest"
@@ -185,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument(
         "-o", "--output", default=None, metavar="FILE", help="the HTML file to write (default: OUT/gallery.html)"
     )
+    add_timeout_flag(query, "the query")
 
     verify = sub.add_parser(
         "verify",
@@ -243,10 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     colourways.add_argument(
         "--where",
         default=None,
-        metavar="SQL",
-        help="recolour only the designs this DuckDB predicate over the designs table selects, e.g. "
-        "\"content_id = 'dress'\" (default: all)",
+        metavar="EXPR",
+        help="recolour only the designs this DuckDB expression over the designs table's columns selects, e.g. "
+        "\"content_id = 'dress'\": one expression, applied as a filter of its own (default: all)",
     )
+    add_timeout_flag(colourways, "the selection of the designs (--where)")
     maintain = sub.add_parser(
         "maintain",
         allow_abbrev=False,
@@ -342,6 +349,29 @@ def add_weights_parser(sub: Any) -> None:
     )
 
 
+def seconds(text: str) -> float:
+    """A --timeout value: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0, e.g. 60 or 0.5")
+    return value
+
+
+def add_timeout_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    from pipeline.views.timeout import DEFAULT_TIMEOUT_S
+
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"stop {what} after this many seconds (exit 2) (default: {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
 def package_version() -> str:
     try:
         return metadata.version("designs")
@@ -376,8 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "query":
         from pipeline.views.query import run_query
 
+        if args.out_positional is not None and args.out is not None:
+            print(
+                f"designs query: OUT given twice ({args.out_positional!r} and --out {args.out!r}); give one",
+                file=sys.stderr,
+            )
+            return EXIT_REFUSED
+        out = args.out_positional or args.out or DEFAULT_OUT
         try:
-            run_query(args.out, args.sql, args.version, args.as_of, args.format, args.output)
+            run_query(out, args.sql, args.version, args.as_of, args.format, args.output, args.timeout)
         except (FileNotFoundError, ValueError) as err:
             print(f"designs query: {err}", file=sys.stderr)
             return EXIT_REFUSED
@@ -514,7 +551,7 @@ def run_colourways(args: argparse.Namespace) -> int:
             palette = inks_palette(args.inks)
         else:
             raise ColourwayError("no colours given; accepted: --palette FILE, --from-image IMG or --inks N")
-        report = make_colourways(args.out, palette, version=args.version, where=args.where)
+        report = make_colourways(args.out, palette, version=args.version, where=args.where, timeout_s=args.timeout)
     except (FileNotFoundError, ValueError) as err:  # ColourwayError and QueryError are ValueErrors
         print(f"designs colourways: refused: {err}", file=sys.stderr)
         return EXIT_REFUSED

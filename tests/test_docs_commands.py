@@ -1,7 +1,7 @@
 """Every command and flag the README and docs/ spell: `designs ...` lines parse
 with the real parser, `make X` names a Makefile target (with its ARGS parsing as
-`designs generate` flags), every flag of the options table exists, and the cheap
-commands run for real."""
+`designs generate` flags), every flag of the options table exists, the cheap
+commands run for real, and every Python snippet runs against a small real catalog."""
 
 from __future__ import annotations
 
@@ -145,3 +145,43 @@ def test_the_cheap_commands_run(command):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+# --- Python snippets: every ```python block of the README and docs/ runs ---
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    return [
+        (doc.name, code)
+        for doc in DOCS
+        for code in re.findall(r"^```python\n(.*?)^```", doc.read_text(), flags=re.S | re.M)
+    ]
+
+
+PYTHON = python_blocks()
+
+
+def test_the_docs_have_python_snippets():
+    assert {doc for doc, _ in PYTHON} >= {"README.md", "ANALYSTS.md"}
+
+
+@pytest.fixture(scope="module")
+def catalog_out(tmp_path_factory) -> Path:
+    from analyst_catalog import analyst_catalog_out
+
+    return analyst_catalog_out(tmp_path_factory)
+
+
+def snippet_id(doc: str, code: str) -> str:
+    return doc + ":" + re.sub(r"\W+", "-", code.splitlines()[0])[:40]
+
+
+@pytest.mark.parametrize(("doc", "code"), PYTHON, ids=[snippet_id(d, c) for d, c in PYTHON])
+def test_every_python_snippet_runs(catalog_out: Path, doc: str, code: str, monkeypatch, capsys):
+    """Run from the folder holding data/catalog, as a reader in the project's root would."""
+    if "import polars" in code:
+        pytest.importorskip("polars")
+    monkeypatch.chdir(catalog_out.parent.parent)
+    exec(compile(code, doc, "exec"), {"__name__": "__snippet__"})
+    if "print(" in code or ".show()" in code:
+        assert capsys.readouterr().out.strip(), "the snippet prints something"

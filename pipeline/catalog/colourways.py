@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.catalog.designs import DesignCatalog, _text_field, params_type
+from pipeline.catalog.designs import DesignCatalog, params_type
 from pipeline.catalog.images import (
     DEFAULT_MAX_BYTES,
     ImageLoadError,
@@ -54,6 +54,7 @@ from pipeline.engine.losses import seam_score
 from pipeline.execution.rows import versions
 from pipeline.files import write_atomic
 from pipeline.views.contact_sheet import CONTACT_SHEET, write_contact_sheet
+from pipeline.views.timeout import DEFAULT_TIMEOUT_S
 
 MAX_INKS = 16  # a screen per ink: more than a print table holds
 DEFAULT_IMAGE_INKS = 6
@@ -279,31 +280,36 @@ class ColourwayReport:
         return lines
 
 
-def _parents(out: Path, version: int | None, where: str | None) -> list[dict[str, Any]]:
-    """The ok, optimized designs (not colourways) the --where predicate selects, at the version."""
-    from pipeline.views.query import QueryError, check_read_only, connect, run_sql  # DuckDB for --where, read-only
+def _parents(out: Path, version: int | None, where: str | None, timeout_s: float | None) -> list[dict[str, Any]]:
+    """The ok, optimized designs (not colourways) the --where expression selects, at the version.
+
+    --where is never pasted into SQL: it is a filter of its own on the ok, not-a-colourway
+    rows, which DuckDB parses alone as one expression, so it can only narrow them (a `)` that
+    would close a predicate, a second statement or `... from ...` are parse errors). The
+    connection opens no file (pipeline/views/query.py); `timeout_s` bounds the selection."""
+    import duckdb
+
+    from pipeline.views.query import QueryError, connect, one_line, with_timeout
 
     con = connect(out, version)
     try:
-        columns = set(run_sql(con, "describe designs").column("column_name").to_pylist())
-        sql = "select design_id from designs where status = 'ok'"
-        if "parent_design_id" in columns:  # tables made before colourways have none
-            sql += " and parent_design_id is null"
-        if where:
-            sql += f" and ({where})"
-        check_read_only(con, sql)  # a --where of "...); copy ..." would be a second statement
+        designs = con.table("designs")
+
+        def select() -> pa.Table:
+            chosen = designs.filter("status = 'ok'")
+            if "parent_design_id" in designs.columns:  # tables made before colourways have none
+                chosen = chosen.filter("parent_design_id is null")
+            if where:
+                chosen = chosen.filter(where)
+            return chosen.order("design_id").to_arrow_table()
+
         try:
-            ids = sorted(set(run_sql(con, sql + " order by design_id").column("design_id").to_pylist()))
-        except Exception as err:  # duckdb.Error: a bad --where
-            raise QueryError(f"--where {where!r} failed: {str(err).splitlines()[0]}") from None
+            table = with_timeout(con, timeout_s, "the selection of designs (--where)", select)
+        except duckdb.Error as err:  # a bad --where
+            raise QueryError(f"--where {where!r} failed: {one_line(err)}") from None
     finally:
         con.close()
-    if not ids:
-        return []
-    catalog = DesignCatalog(out)
-    dataset = catalog.table(version).to_pyarrow_dataset()
-    table = dataset.to_table(filter=_text_field("design_id").isin(pa.array(ids, pa.string())))
-    return sorted(table.to_pylist(), key=lambda r: r["design_id"])
+    return table.to_pylist()
 
 
 def _read_design(path: Path) -> np.ndarray:
@@ -312,12 +318,16 @@ def _read_design(path: Path) -> np.ndarray:
 
 
 def make_colourways(
-    out: str | Path, palette: Palette, version: int | None = None, where: str | None = None
+    out: str | Path,
+    palette: Palette,
+    version: int | None = None,
+    where: str | None = None,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
 ) -> ColourwayReport:
     """Recolour every selected design of the catalog at OUT into `palette`; commit the new rows at once."""
     out = Path(out)
     catalog = DesignCatalog(out)
-    parents = _parents(out, version, where)
+    parents = _parents(out, version, where, timeout_s)
     existing = catalog.done_ids()
     started = datetime.now(UTC)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-colourways"

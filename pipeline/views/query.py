@@ -1,43 +1,49 @@
 """SQL over the design catalog with DuckDB (`designs query`, `make query`).
 
-DuckDB's delta extension would need a download, so `designs` is a view over the
-version's data files (deltalake lists them, for any version), read by DuckDB's own
-parquet reader. Next to
-it: `runs` (one row per run, pipeline/catalog/history.py) and `commits` (the table's
-commit history, one row per version, with the run_id of each commit).
+DuckDB's delta extension would need a download, so `designs` is the version's
+data files (deltalake lists them, for any version) as a pyarrow dataset
+registered in the connection. Next to it: `runs` (one row per run,
+pipeline/catalog/history.py) and `commits` (the table's commit history, one row
+per version, with the run_id of each commit).
 
 Time travel: `version=N`, or `as_of=<ISO 8601 timestamp>` (the latest version
 committed at or before it). `runs` and `commits` always describe the whole
 history: filter them on `first_version`/`version` to match.
 
-The connection is read-only for the SQL it runs: once the three tables are
-there, DuckDB's file system access is switched off but for the version's data
-files, and its configuration locked; statements other than reads (COPY, EXPORT,
-ATTACH, LOAD, SET, PRAGMA, CALL) are refused before they run. So a query reads
-no other file, writes none (`COPY ... TO`, the table's own `_delta_log`) and
-cannot switch them back on. `--output` files are written by Python, after the query.
+Read-only by construction, not by a list of statement words: DuckDB's file system
+access is off before anything runs (no path allowed at all, no temporary folder,
+no extension or secret folder) and its configuration is locked, so no statement
+can read or write a file; the three tables are Arrow objects Python hands it.
+The data files are checked before pyarrow opens them: a file whose real path
+(symlinks resolved) leaves the table's folder is refused. One statement per
+query, stopped after a timeout. `--output` files are written by Python, after the query.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlparse
 
 import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
-from pipeline.catalog.designs import DesignCatalog, _first_line
+from pipeline.catalog.designs import DesignCatalog
 
 # QueryError, parse_as_of and resolve_version live in runs.py (the gallery uses them without DuckDB);
 # they are imported from here too.
@@ -50,119 +56,232 @@ from pipeline.catalog.history import (  # noqa: F401
     runs_table,
 )
 from pipeline.files import write_output
+from pipeline.views.timeout import DEFAULT_TIMEOUT_S, with_timeout
 
 READ_ONLY = (
     "designs query reads only the tables designs, runs and commits "
-    "(no other files, no writes, no settings; -o FILE saves a result)"
+    "(no files, no writes, no settings; -o FILE saves a result)"
 )
 FORMATS = ("table", "csv", "json", "parquet")
 SUFFIX_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet", ".txt": "table"}
+# DuckDB's share of the machine's memory (its default is 80%); the Arrow scan's buffers are
+# outside it, and with no temporary folder nothing spills to disk.
+MEMORY_LIMIT = "50%"
+
+# Set when the connection opens. The folders are not paths ("none"), so `current_setting` shows
+# no home folder and nothing could be written there; TimeZone loads the built-in ICU.
+_CONFIG = {
+    "autoinstall_known_extensions": False,
+    "allow_persistent_secrets": False,
+    "python_enable_replacements": False,  # no reading of the caller's Python variables as tables
+    "home_directory": "",
+    "temp_directory": "",
+    "secret_directory": "none",
+    "extension_directory": "none",
+    "memory_limit": MEMORY_LIMIT,
+    "TimeZone": "UTC",
+}
 
 
-# Statements a query may run: reads, and views or macros in the connection's own memory.
-# COPY, EXPORT, ATTACH, LOAD/INSTALL, SET, PRAGMA and CALL are refused before DuckDB sees them:
-# the version's data files are readable (allowed_paths), and a COPY TO one of them would
-# overwrite it.
-READ_STATEMENTS = frozenset({"SELECT", "EXPLAIN", "MULTI", "CREATE"})
+def _plain_type(kind: pa.DataType) -> pa.DataType:
+    """`kind` with string_view as string (and binary_view as binary), nested types too: delta-rs
+    writes views, and DuckDB pushes no filter into an Arrow scan of a string_view column."""
+    if pa.types.is_string_view(kind) or pa.types.is_large_string(kind):
+        return pa.string()
+    if pa.types.is_binary_view(kind) or pa.types.is_large_binary(kind):
+        return pa.binary()
+    if pa.types.is_struct(kind):
+        return pa.struct([field.with_type(_plain_type(field.type)) for field in kind])
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_list_view(kind):
+        return pa.list_(kind.value_field.with_type(_plain_type(kind.value_type)))
+    if pa.types.is_fixed_size_list(kind):
+        return pa.list_(kind.value_field.with_type(_plain_type(kind.value_type)), kind.list_size)
+    if pa.types.is_map(kind):
+        return pa.map_(_plain_type(kind.key_type), kind.item_field.with_type(_plain_type(kind.item_type)))
+    return kind
 
 
-def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """QueryError unless every statement of `sql` is one of READ_STATEMENTS (a parse error is left
-    to the query itself, which names it)."""
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error:
-        return
-    for statement in statements:
-        kind = statement.type.name
-        if kind not in READ_STATEMENTS:
-            raise QueryError(
-                f"query refused: {READ_ONLY}: {kind} is not a read (SELECT, EXPLAIN, CREATE and PIVOT are)"
-            )
+def designs_schema(table: DeltaTable) -> pa.Schema:
+    """The version's schema as the `designs` dataset reads every file: views as plain strings."""
+    schema = pa.schema(table.schema().to_arrow())
+    return pa.schema([field.with_type(_plain_type(field.type)) for field in schema])
 
 
-# The table's columns and types, the version's files, and the scan that reads them by column
-# name (files written before a column was added lack it), in the connection under these names.
-SCHEMA_TABLE = "designs_schema"
-BY_NAME_VARIABLE = "designs_by_name_scan"
-FILES_VARIABLE = "designs_files"
+def _local_path(root: Path, path: str) -> str:
+    """An add action's path (relative and URL-encoded, or an absolute URI) as a local path."""
+    if "://" in path:
+        parsed = urlparse(path)
+        return unquote(parsed.path) if parsed.scheme == "file" else path
+    return os.path.join(root, unquote(path))
 
 
-def designs_files(table: DeltaTable, table_path: Path) -> list[str]:
-    """The version's data files, newest first: the first file's schema is the one DuckDB reads
-    them all by, and the newest was written with the table's current schema."""
-    actions = pa.table(table.get_add_actions()).select(["path", "modification_time"])
-    newest = sorted(
-        zip(actions.column("modification_time").to_pylist(), actions.column("path").to_pylist(), strict=True),
-        reverse=True,
-    )
-    root = table_path.resolve()
-    return [str(root / unquote(path)) for _, path in newest]
+def _has_views(kind: pa.DataType) -> bool:
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        return True
+    if pa.types.is_struct(kind):
+        return any(_has_views(field.type) for field in kind)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _has_views(kind.value_type)
+    if pa.types.is_map(kind):
+        return _has_views(kind.key_type) or _has_views(kind.item_type)
+    return False
 
 
-def _projection(con: duckdb.DuckDBPyConnection, scan: str) -> str:
-    """select of every column of the table's schema from `scan`: cast where the files' type
-    differs, null where no file has the column (a version made before it was written)."""
-    have = {name: kind for name, kind, *_ in con.sql(f"describe select * from {scan}").fetchall()}
-    columns = []
-    for name, kind, *_ in con.sql(f"describe {SCHEMA_TABLE}").fetchall():
-        quoted = '"' + name.replace('"', '""') + '"'
-        if name not in have:
-            columns.append(f"cast(null as {kind}) as {quoted}")
-        elif have[name] != kind:
-            columns.append(f"cast({quoted} as {kind}) as {quoted}")
-        else:
-            columns.append(quoted)
-    return f"select {', '.join(columns)} from {scan}"
+# A parquet footer's key-value entry "ARROW:schema" in Thrift's compact protocol: field 1 (the
+# key, 12 bytes), then the header of field 2 (the value, a length and base64 text).
+_ARROW_SCHEMA_ENTRY = b"\x18\x0cARROW:schema\x18"
 
 
-def create_designs_view(con: duckdb.DuckDBPyConnection, table: DeltaTable, files: list[str]) -> None:
-    """`designs`: the version's data `files` (newest first, from designs_files) read by DuckDB's
-    own parquet reader, as the table's schema says.
+def _stored_arrow_schema(path: str) -> bytes | None:
+    """The Arrow schema pyarrow reads a parquet file by (the footer's ARROW:schema entry, base64
+    text), or None when the footer has none; ValueError or IndexError when the footer is not as
+    expected. A few reads instead of parsing the whole footer (the metadata of every column
+    chunk): a tenth of a millisecond a file against one, for every file of every query."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        file.seek(max(0, size - 8))
+        tail = file.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if len(tail) != 8 or tail[4:] != b"PAR1" or length > size - 12:
+            raise ValueError(f"{path}: not a parquet file")
+        file.seek(size - 8 - length)
+        footer = file.read(length)
+    at = footer.rfind(_ARROW_SCHEMA_ENTRY)
+    if at < 0:
+        if b"ARROW:schema" in footer:
+            raise ValueError(f"{path}: ARROW:schema entry not as expected")
+        return None
+    start, size, shift = at + len(_ARROW_SCHEMA_ENTRY), 0, 0
+    while True:  # the value's length, a varint
+        byte = footer[start]
+        start += 1
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return footer[start : start + size]
 
-    Not a registered pyarrow dataset: DuckDB reads the parquet files itself, skipping row
-    groups by their statistics and reading only the struct fields a query names (at 1M designs:
-    a point lookup 2 s against 16 s, a grouped scan 1.5 s against 4.2 s). The files are read
-    by the newest file's schema: a missing struct field reads as null. A file that lacks a
-    whole column makes DuckDB fail the scan ("schema mismatch"); run_sql then reads every file
-    by name instead (union_by_name), which opens every file's footer before the query
-    (3 s at 10M designs), so only when a query needs it. The tables have no deletion vectors:
-    the files are the rows."""
-    # The list as a variable, not a literal of thousands of paths in every statement.
-    con.execute(f"set variable {FILES_VARIABLE} = ?", [files])
-    listed = f"getvariable('{FILES_VARIABLE}')"
-    partitions = table.metadata().partition_columns
-    hive = ", hive_partitioning = true, hive_types_autocast = false" if partitions else ""
-    con.register(SCHEMA_TABLE, pa.schema(table.schema().to_arrow()).empty_table())
-    # What run_sql reads instead when a file lacks a column; kept as text, since a view or even
-    # a macro over it would open every file's footer now (2 s at 10M designs).
-    con.execute(f"set variable {BY_NAME_VARIABLE} = ?", [f"read_parquet({listed}, union_by_name = true{hive})"])
-    con.execute(f"create view designs as {_projection(con, f'read_parquet({listed}{hive})')}")
 
+def _views_reader() -> Callable[[ds.FileFragment], bool]:
+    """Whether pyarrow reads a column of a file as a view type: from its stored schema (see
+    _stored_arrow_schema; the files of a table share a few, each decoded once), or from
+    pyarrow's own reading of a footer that one does not understand."""
+    known: dict[bytes, bool] = {}
 
-def _schema_mismatch(err: duckdb.Error) -> bool:
-    return "schema mismatch" in str(err)
-
-
-def run_sql(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
-    """The result of `sql` on a connection from connect() (an empty table for a statement without
-    one); a scan that meets files of an older schema is run again with the files read by name."""
-    for by_name in (False, True):
+    def views(fragment: ds.FileFragment) -> bool:
         try:
-            relation = con.sql(sql)
-            return pa.table({}) if relation is None else relation.to_arrow_table()
-        except duckdb.Error as err:
-            if by_name or not _schema_mismatch(err):
-                raise
-            [(by_name_scan,)] = con.sql(f"select getvariable('{BY_NAME_VARIABLE}')").fetchall()
-            con.execute(f"create or replace view designs as {_projection(con, by_name_scan)}")
-    raise AssertionError("unreachable")
+            stored = _stored_arrow_schema(fragment.path)
+            if stored is None:
+                return False  # no stored schema: pyarrow reads plain strings
+            if stored not in known:
+                schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(stored, validate=True)))
+                known[stored] = any(_has_views(field.type) for field in schema)
+            return known[stored]
+        except (ValueError, IndexError, pa.ArrowException):
+            return any(_has_views(field.type) for field in fragment.physical_schema)
+
+    return views
+
+
+@dataclass(frozen=True)
+class DesignsFiles:
+    """The version's data files as two pyarrow datasets of the table's current schema (a file
+    written before a column or a params field was added reads it as null), split by how DuckDB
+    can read them.
+
+    scanned: the files with plain string columns (those maintenance writes: nearly all rows of
+    a maintained catalog). DuckDB hands its filters and columns to pyarrow's scan, which skips
+    files by the log's partition values (`status`) and `design_id` ranges and row groups by
+    their statistics, and reads only the columns a query names.
+    streamed: the files with string_view columns (what delta-rs wrote for the shards committed
+    since the last maintenance). pyarrow compares no string with a string_view statistic
+    and filters no string_view column, so these are read whole, as plain strings, and DuckDB
+    filters them itself."""
+
+    scanned: ds.Dataset
+    streamed: ds.Dataset
+
+
+class _Stream:
+    """A dataset DuckDB reads through the Arrow stream protocol: a fresh scan each time it asks
+    (a query may read the table twice), with no filter pushed into pyarrow."""
+
+    def __init__(self, dataset: ds.Dataset):
+        self.dataset = dataset
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+        return self.dataset.scanner().to_reader().__arrow_c_stream__(requested_schema)
+
+
+def designs_files(table: DeltaTable, table_path: Path, which: str = "the latest version") -> DesignsFiles:
+    """The version's data files (the log's add actions), checked and split as DesignsFiles says.
+    The tables have no deletion vectors: the files are the rows.
+
+    QueryError for a file whose real path, symlinks resolved, is outside the table's folder
+    (nothing of it is read), for files that are gone (a vacuum removed them) and for a file
+    whose footer cannot be read."""
+    root = Path(os.path.realpath(table_path))
+    actions = pa.table(table.get_add_actions(flatten=True))
+    columns = {name: actions.column(name).to_pylist() for name in actions.column_names}
+    schema = designs_schema(table)
+    fmt = ds.ParquetFileFormat()
+    local = pafs.LocalFileSystem()
+    fragments, gone = [], 0
+    low, high = columns.get("min.design_id"), columns.get("max.design_id")
+    nulls = columns.get("null_count.design_id")
+    for i, path in enumerate(columns["path"]):
+        real = os.path.realpath(_local_path(table_path, path))
+        if os.path.commonpath([root, real]) != str(root):
+            raise QueryError(
+                f"{which} of {table_path} lists a data file outside its folder: {path!r} resolves to a path "
+                f"outside {root} (a symlink?); refused, nothing read. Put the file back, or run `designs verify`"
+            )
+        if not os.path.isfile(real):
+            gone += 1
+            continue
+        guarantee = ds.scalar(True)
+        for name in table.metadata().partition_columns:
+            value = columns[f"partition.{name}"][i]
+            field = ds.field(name)
+            guarantee &= field.is_null() if value is None else field == pa.scalar(value, schema.field(name).type)
+        if low and high and nulls and low[i] is not None and high[i] is not None and nulls[i] == 0:
+            # Bounds, not values (delta-rs truncates a long max upwards): enough to skip a file.
+            guarantee &= (ds.field("design_id") >= low[i]) & (ds.field("design_id") <= high[i])
+        fragments.append(fmt.make_fragment(real, filesystem=local, partition_expression=guarantee))
+    if gone:
+        raise QueryError(
+            f"{which} of {table_path} can no longer be read: {gone} of its data files are gone, removed "
+            "by a vacuum (`designs maintain` keeps only what the versions of its retention read) or by hand; "
+            "query a later version, or the latest"
+        )
+
+    views = _views_reader()
+    try:
+        streamed = [views(fragment) for fragment in fragments]
+    except (pa.ArrowException, OSError) as err:
+        raise QueryError(f"cannot read {which} of {table_path}: {one_line(err)}") from None
+    split = {kind: [f for f, s in zip(fragments, streamed, strict=True) if s == kind] for kind in (False, True)}
+    return DesignsFiles(
+        ds.FileSystemDataset(split[False], schema, fmt, local), ds.FileSystemDataset(split[True], schema, fmt, local)
+    )
+
+
+def register_designs(con: duckdb.DuckDBPyConnection, files: DesignsFiles) -> None:
+    """`designs` in `con`: the scanned files, the streamed ones, or a view of both."""
+    scanned, streamed = bool(files.scanned.files), bool(files.streamed.files)
+    if scanned and streamed:
+        con.register("designs_scanned", files.scanned)
+        con.register("designs_streamed", _Stream(files.streamed))
+        con.execute("create view designs as select * from designs_scanned union all select * from designs_streamed")
+    else:
+        con.register("designs", _Stream(files.streamed) if streamed else files.scanned)
 
 
 def connect(
     out: str | Path, version: int | None = None, as_of: str | datetime | None = None
 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with `designs` (the table at the chosen version), `runs` and `commits`."""
+    """A DuckDB connection with `designs` (the table at the chosen version), `runs` and `commits`,
+    that can open no file: run statements on it with run_sql (one statement, a timeout)."""
     catalog = DesignCatalog(out)
     # Time travel reads the commit history to find its version; the views reuse it.
     commits = commit_history(catalog) if version is not None or as_of is not None else None
@@ -173,48 +292,68 @@ def connect(
         raise
     except (DeltaError, OSError) as err:  # a damaged log
         raise QueryError(f"cannot read {catalog.table_path} at version {resolved}: {err}") from None
-    # A version older than the last vacuum's retention names files that are gone: say so
-    # before pyarrow fails on the first of them.
-    files = designs_files(table, catalog.table_path)  # newest first, as create_designs_view wants them
-    gone = sum(1 for path in files if not os.path.exists(path))
-    if gone:
-        which = "the latest version" if version is None and as_of is None else f"version {resolved}"
-        raise QueryError(
-            f"{which} of {catalog.table_path} can no longer be read: {gone} of its data files are gone, removed "
-            "by a vacuum (`designs maintain` keeps only what the versions of its retention read) or by hand; "
-            "query a later version, or the latest"
-        )
-    # No extension downloads: a query naming one fails at once instead of waiting on the network.
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "TimeZone": "UTC"})
-    try:
-        if files:
-            create_designs_view(con, table, files)
-        else:  # a table with no rows yet
-            con.register("designs", pa.schema(table.schema().to_arrow()).empty_table())
-    except duckdb.Error as err:  # a file unreadable, or removed since the check
-        con.close()
-        raise QueryError(f"cannot read {catalog.table_path} at version {resolved}: {_first_line(err)}") from None
+    which = "the latest version" if version is None and as_of is None else f"version {resolved}"
+    files = designs_files(table, catalog.table_path, which)
     if commits is None:  # read after the table, so the views cover at least its version
         commits = commit_history(catalog)
-    con.register("runs", runs_table(out, commits))
-    con.register("commits", pa.Table.from_pylist(commits, schema=COMMITS_SCHEMA))
-    # The version's data files stay readable, nothing else is; the statements that could
-    # write one are refused by check_read_only.
-    con.execute("SET allowed_paths = ?", [files])
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    runs = runs_table(out, commits)
+    con = duckdb.connect(config=_CONFIG)
+    try:
+        # Off before anything runs. Not in the connect config: DuckDB then allows its in-memory
+        # database's would-be files (<cwd>/:memory:.wal, ...), and a COPY could write them.
+        con.execute("SET enable_external_access = false")
+        register_designs(con, files)
+        con.register("runs", runs)
+        con.register("commits", pa.Table.from_pylist(commits, schema=COMMITS_SCHEMA))
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
-def query(out: str | Path, sql: str, version: int | None = None, as_of: str | datetime | None = None) -> pa.Table:
-    con = connect(out, version, as_of)
+def one_line(err: BaseException) -> str:
+    """DuckDB's message in one line: without the LINE n: echo of the SQL and its caret."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    kept = [line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"}]
+    return " ".join(kept) or type(err).__name__
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str, timeout_s: float | None = DEFAULT_TIMEOUT_S) -> pa.Table:
+    """The result of `sql`, one statement, on a connection from connect() (an empty table for a
+    statement without one), stopped after `timeout_s` seconds. QueryError in one line when it is
+    not one statement, fails, is refused (a file, a setting) or runs out of time."""
     try:
-        check_read_only(con, sql)
-        return run_sql(con, sql)
+        statements = con.extract_statements(sql)
+    except duckdb.Error as err:
+        raise QueryError(f"query failed: {one_line(err)}") from None
+    if len(statements) != 1:
+        raise QueryError(f"query refused: one statement per query; this is {len(statements)}")
+
+    def work() -> pa.Table:
+        relation = con.sql(sql)
+        return pa.table({}) if relation is None else relation.to_arrow_table()
+
+    try:
+        return with_timeout(con, timeout_s, "query", work)
     except duckdb.Error as err:
         # A file access, or a setting changed after the lock (DuckDB says so only in its message).
         refused = isinstance(err, duckdb.PermissionException) or "configuration has been locked" in str(err)
-        raise QueryError(f"query refused: {READ_ONLY}: {err}" if refused else f"query failed: {err}") from None
+        raise QueryError(
+            f"query refused: {READ_ONLY}: {one_line(err)}" if refused else f"query failed: {one_line(err)}"
+        ) from None
+
+
+def query(
+    out: str | Path,
+    sql: str,
+    version: int | None = None,
+    as_of: str | datetime | None = None,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+) -> pa.Table:
+    con = connect(out, version, as_of)
+    try:
+        return run_sql(con, sql, timeout_s)
     finally:
         con.close()
 
@@ -337,9 +476,10 @@ def run_query(
     as_of: str | None = None,
     fmt: str | None = None,
     output: str | Path | None = None,
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
 ) -> pa.Table:
     """What `designs query` does: check the output choice first, run the SQL, print or write the result."""
     chosen = format_for(fmt, output)
-    table = query(out, sql, version, as_of)
+    table = query(out, sql, version, as_of, timeout_s)
     write_result(table, chosen, output)
     return table

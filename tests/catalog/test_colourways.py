@@ -144,13 +144,46 @@ def test_the_cli_refuses_in_one_line(designs: Path, tmp_path: Path, capsys):
     assert "'#12345' is not a hex colour" in err and err.strip().count("\n") == 0
     assert main(["colourways", str(designs), "--inks", "3", "--where", "no_such_column = 1"]) == 2
     assert "--where" in capsys.readouterr().err
-    # A --where that closes the predicate and starts a second statement is refused before it runs.
+    # A --where that closes the predicate and starts a second statement is a parse error: it is one expression.
     escape = f"true); copy (select 1 as a) to '{tmp_path / 'leak.csv'}'; select (1"
     assert main(["colourways", str(designs), "--inks", "3", "--where", escape]) == 2
-    assert "not a read" in capsys.readouterr().err and not (tmp_path / "leak.csv").exists()
+    assert "syntax error" in capsys.readouterr().err and not (tmp_path / "leak.csv").exists()
     assert main(["colourways", str(tmp_path / "none"), "--inks", "3"]) == 2
     assert main(["colourways", str(designs), "--inks", "2", "--where", "content_id = 'tshirt'"]) == 0
     assert "1 made" in capsys.readouterr().out
+
+
+def test_where_is_one_expression_that_only_narrows(designs: Path, tmp_path: Path, capsys):
+    """--where cannot close the ok-and-not-a-colourway filter, start a statement, or write a file."""
+    assert main(["colourways", str(designs), "--inks", "3"]) == 0  # three colourways to not recolour
+    capsys.readouterr()
+    catalog = DesignCatalog(designs)
+    version = catalog.version()
+    files = [Path(uri) for uri in catalog.table().file_uris()]
+    before = {path: path.read_bytes() for path in files}
+    target = files[0]
+    attacks = [
+        "1=1) or (1=1",
+        f"true); explain analyze copy (select 'PWNED' as x) to '{target}' (format csv, use_tmp_file false); "
+        "select design_id from designs where (true",
+        "true from designs where true",
+        "true; select 1",
+    ]
+    for where in attacks:
+        assert main(["colourways", str(designs), "--inks", "2", "--where", where]) == 2, where
+        err = capsys.readouterr().err
+        assert err.startswith("designs colourways: refused: --where") and err.count("\n") == 1, err
+    assert catalog.version() == version and {path: path.read_bytes() for path in files} == before
+    # An expression that is true everywhere still selects only the three ok designs, not their colourways.
+    report = make_colourways(
+        designs, inks_palette(2), where="parent_design_id is not null or status = 'failed' or true"
+    )
+    assert report.parents == 3 and len(report.made) == 3
+    # The selection has a time limit.
+    endless = "(select count(*) from range(100000000000000)) > 0"
+    assert main(["colourways", str(designs), "--inks", "4", "--timeout", "0.5", "--where", endless]) == 2
+    err = capsys.readouterr().err
+    assert err == "designs colourways: refused: the selection of designs (--where) stopped after 0.5 s (--timeout)\n"
 
 
 def test_a_table_made_before_colourways_takes_the_new_columns(designs: Path, tmp_path: Path):
