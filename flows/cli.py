@@ -5,22 +5,29 @@ are committed); 2 the run was refused before any work (bad catalog, flags,
 devices or weights); 3 the environment failed the design catalog (a damaged
 log entry, a read-only or full disk); 130 stopped by Ctrl-C (finished shards
 committed; the same command makes the rest).
+
+Every command: 2 for a bad flag or value (one line, then where the help is);
+141 when the reader of its output left first (`designs ... | head`), as for a
+Unix tool that SIGPIPE ends, with no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
 import os
 import signal
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pipeline.config import DEFAULT_OUT, Config, coerce, config_field, config_fields, element_type, field_type
 
 EXIT_OK, EXIT_FAILED_DESIGNS, EXIT_REFUSED, EXIT_ENVIRONMENT, EXIT_STOPPED = 0, 1, 2, 3, 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell shows for a writer whose reader left
 # Flags whose names read better than the field's.
 FLAG_NAMES = {"allow_roots": "--allow-root"}
 
@@ -89,9 +96,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config(**values)
 
 
+class Parser(argparse.ArgumentParser):
+    """A bad flag or value: its one line and where the help is, not the whole usage before it.
+    Subparsers are made of the same class (argparse's default), so every command answers so."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_REFUSED, f"{self.prog}: error: {message}\nsee {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: `--step 20` must not pass for `--steps 20`.
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="designs",
         description="Mass style-transfer design generation into a versioned design catalog.",
         allow_abbrev=False,
@@ -380,7 +395,7 @@ def package_version() -> str:
 
 
 def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    """The parser of one command, whose usage a bad flag value should print."""
+    """The parser of one command, whose name a bad flag value's error should carry."""
     for action in parser._subparsers._group_actions:  # argparse keeps no public handle
         if isinstance(action, argparse._SubParsersAction):
             return action.choices[name]
@@ -388,6 +403,46 @@ def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentPa
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`designs`. With argv (tests, other Python code): run the command and return its exit status.
+    Without (the console script, `python -m flows.cli`): the process's own command line, and the
+    process ends here, with the status settled once the output is written (exit_process)."""
+    if argv is not None:
+        return run_command(argv)
+    try:
+        try:
+            code = run_command(None)
+        except SystemExit as stop:  # argparse: --help, --version, a bad flag
+            code = stop.code if isinstance(stop.code, int) else EXIT_OK if stop.code is None else 1
+            if stop.code is not None and not isinstance(stop.code, int):  # printed and 1, as Python does
+                print(stop.code, file=sys.stderr)
+        sys.stdout.flush()  # a reader that left shows up here at the latest, while it can be handled
+    except BrokenPipeError:
+        # `designs ... | head`: the rest of the output has nowhere to go; say so by the status alone.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so no later flush raises again
+        code = EXIT_BROKEN_PIPE
+    exit_process(code)
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with `code` after what a normal exit does before the interpreter's teardown
+    (threads joined, atexit functions: Prefect's temporary server stopped, logging flushed; stdout and
+    stderr flushed), but without that teardown. pyarrow's I/O threads may still be releasing Python
+    buffers then (deltalake reads through a Python filesystem); a thread that asks for the GIL during
+    the teardown is ended with pthread_exit, whose unwinding through their C++ frames calls
+    std::terminate: `terminate called without an active exception` and exit 134 after the command
+    had printed its result (`designs verify`, about 1 run in 10 on a busy machine)."""
+    threading._shutdown()  # what the interpreter's exit calls first: threading's atexit, then joins
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader gone, a stream closed: nothing more to write
+            pass
+    os._exit(code)
+
+
+def run_command(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "generate":

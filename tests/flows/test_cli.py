@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import EXIT_FAILED_DESIGNS, EXIT_OK, EXIT_REFUSED, build_parser, config_from_args, main
+from flows.cli import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED_DESIGNS,
+    EXIT_OK,
+    EXIT_REFUSED,
+    build_parser,
+    config_from_args,
+    main,
+)
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.config import Config
 
@@ -204,11 +212,95 @@ def test_flags_are_never_abbreviated_and_booleans_take_no_value(capsys):
     assert config_from_args(build_parser().parse_args(["generate", "c.parquet", "--no-tile"])).tile is False
 
 
-def test_a_bad_config_value_prints_the_generate_usage(capsys):
-    with pytest.raises(SystemExit):
-        main(["generate", "c.parquet", "--steps", "0"])
-    err = capsys.readouterr().err
-    assert err.startswith("usage: designs generate") and "steps=0" in err
+@pytest.mark.parametrize(
+    ("argv", "prog", "needle"),
+    [
+        (["generate", "c.parquet", "--steps", "0"], "designs generate", "steps=0"),  # Config's check
+        (["generate", "c.parquet", "--size", "big"], "designs generate", "'big'"),  # argparse's type
+        (["verify", "--fixx"], "designs", "unrecognized arguments: --fixx"),
+        (["frobnicate"], "designs", "'frobnicate'"),
+    ],
+)
+def test_a_bad_flag_or_value_prints_its_error_and_where_the_help_is_not_the_usage(argv, prog, needle, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == EXIT_REFUSED
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error, see = captured.err.splitlines()
+    assert error.startswith(f"{prog}: error: ") and needle in error
+    assert see == f"see {prog} --help"
+
+
+def one_design_catalog(out: Path) -> Path:
+    """A design catalog of one ok design with its PNG, made without Prefect."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    catalog = DesignCatalog(out)
+    png = b"\x89PNG stand-in"
+    uri = catalog.image_relpath("d1", hashlib.sha256(png).hexdigest())
+    (out / uri).parent.mkdir(parents=True)
+    (out / uri).write_bytes(png)
+    row = {"design_id": "d1", "pairing_key": "k1", "run_id": "r", "created_at": datetime.now(UTC), "status": "ok"}
+    row |= {"content_id": "c", "style_id": "s", "output_uri": uri, "output_sha256": hashlib.sha256(png).hexdigest()}
+    catalog.commit([row], "r")
+    return out
+
+
+def test_a_reader_that_left_ends_the_command_quietly_with_status_141(tmp_path: Path):
+    """`designs verify OUT | head`: a pipe whose reader has gone (closed before the command writes)."""
+    out = one_design_catalog(tmp_path / "out")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "verify", str(out)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (EXIT_BROKEN_PIPE, "")
+
+
+# Stands for a C++ thread (pyarrow's I/O) that touches Python during the interpreter's teardown:
+# std::terminate, exit 134, after the command had printed its result.
+TEARDOWN_ABORTS = """
+import os, sys
+import flows.cli
+
+class AbortsInTeardown:
+    def __del__(self, abort=os.abort):
+        abort()
+
+flows.cli.aborts_in_teardown = AbortsInTeardown()
+sys.argv = ["designs", *sys.argv[1:]]
+sys.exit(flows.cli.main())  # as the console script does
+"""
+
+
+def test_the_exit_status_is_the_commands_whatever_the_interpreter_teardown_does(tmp_path: Path):
+    out = one_design_catalog(tmp_path / "out")
+    result = subprocess.run(
+        [sys.executable, "-c", TEARDOWN_ABORTS, "verify", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    assert result.stdout.startswith(f"{out}: table version 1, 1 ok row(s), 0 problem(s)")
+    (out / "images" / "orphan.png").write_bytes(b"not in the catalog")
+    result = subprocess.run(
+        [sys.executable, "-c", TEARDOWN_ABORTS, "verify", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == EXIT_FAILED_DESIGNS, result.stderr
+    assert "orphan.png" in result.stdout
+
+
+def test_an_in_process_call_returns_its_status_and_the_process_goes_on(tmp_path: Path, capsys):
+    out = one_design_catalog(tmp_path / "out")
+    assert main(["verify", str(out)]) == EXIT_OK
+    assert "0 problem(s)" in capsys.readouterr().out
 
 
 def test_version(capsys):
