@@ -59,7 +59,9 @@ class Config:
         choices=ADAM_CONVENTIONS,
     )
     lbfgs_learning_rate: float = _field(1.0, "L-BFGS step length")
-    content_weight: float = _field(1e4, "weight of the content loss")
+    content_weight: float = _field(
+        1e4, "weight of the content loss (0: pattern mode, from seeded noise and the style alone, as a null content_id)"
+    )
     style_weight: float = _field(1e-2, "weight of the style loss")
     tv_weight: float = _field(30.0, "weight of the total-variation loss")
     content_layers: tuple[str, ...] = _field(DEFAULT_CONTENT_LAYERS, "VGG19 layers for the content loss")

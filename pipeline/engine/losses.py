@@ -83,16 +83,24 @@ def tv_loss(image: torch.Tensor, repeat: str = "none", mask: torch.Tensor | None
 
 
 def seam_score(image: torch.Tensor, repeat: str = "block") -> float:
-    """Mean absolute difference across the tile's edges, each edge pixel against the
-    neighbour the repeat puts beside it, over the mean between interior neighbouring
-    rows and columns: about 1.0 when the image is seamless under that repeat."""
+    """How the tile's edges compare with its inside, under `repeat`: the mean absolute
+    difference across the edges (each edge pixel against the neighbour the repeat puts
+    beside it) and the mean between interior neighbouring rows and columns, the larger
+    over the smaller. 1.0 is seamless; it grows either way a repeat shows: a seam (more
+    change across the edges than inside) or a flat border (less: the tile's edge is plain
+    ground, which the fabric shows as bands between the motifs).
+
+    Before the larger-over-smaller, a flat border scored far below 1 and read as seamless."""
     image = image.float()
     dy, dx = neighbour_differences(image.unsqueeze(0), repeat)
-    across = torch.cat([dy[0, :, 0, :].abs().flatten(), dx[0, :, :, 0].abs().flatten()])
+    across = torch.cat([dy[0, :, 0, :].abs().flatten(), dx[0, :, :, 0].abs().flatten()]).mean()
     inside = torch.cat(
         [(image[:, 1:, :] - image[:, :-1, :]).abs().flatten(), (image[:, :, 1:] - image[:, :, :-1]).abs().flatten()]
-    )
-    return float(across.mean() / inside.mean().clamp_min(1e-8))
+    ).mean()
+    # A floor far under one 8-bit level (1/255): an all-flat tile is seamless (1.0), a flat border
+    # round an active inside scores high instead of dividing by zero.
+    floor = 1e-4
+    return float(torch.maximum(across, inside).clamp_min(floor) / torch.minimum(across, inside).clamp_min(floor))
 
 
 @lru_cache(maxsize=64)

@@ -24,7 +24,7 @@ PAIRS_COLUMNS = ("content_id", "style_ids", "style_mix")
 class JobSpec:
     """One design before hashing: its inputs and its resolved config."""
 
-    content: ImageRef | None  # None: pattern mode from the style(s) alone
+    content: ImageRef | None  # None: pattern mode from the style(s) alone (also when content_weight is 0)
     styles: tuple[ImageRef, ...]
     style_mix: tuple[float, ...]  # empty: equal weights
     config: Config
@@ -32,6 +32,16 @@ class JobSpec:
 
 # `tile` (the flag `repeat` replaced) stays accepted in pairs files and grids: true is repeat=block.
 ALIASES = ("tile",)
+
+
+def pattern_config(config: Config) -> Config:
+    """Pattern mode's config: Gatys texture synthesis from the style alone, from seeded
+    noise. A null content_id and a content weight of 0 are this one mode: the content
+    (and its mask) is dropped, and params record init noise and content_weight 0, so both
+    spellings make, hash and record the same design."""
+    if config.init == "noise" and config.content_weight == 0:
+        return config
+    return config.replace(init="noise", content_weight=0.0)
 
 
 def _overridable() -> dict[str, Any]:
@@ -139,6 +149,7 @@ class JobSpecs:
         self.rows = rows  # a pairs file's (content, styles, mix, overrides); None: the cross product
         self.variants = variants
         self._configs: dict[tuple, Config] = {}
+        self._patterns: dict[Config, Config] = {}
 
     def __len__(self) -> int:
         return (len(self.rows) if self.rows is not None else self.catalog.pairing_count()) * len(self.variants)
@@ -147,13 +158,36 @@ class JobSpecs:
         if self.rows is None:
             # No per-row overrides: one config per variant (job_specs checked them all).
             configs = [self._resolved(variant) if variant else self.config for variant in self.variants]
+            patterns = [self._pattern(c) if c.content_weight == 0 else None for c in configs]
             for content, style in self.catalog.iter_pairings():
-                for config in configs:
-                    yield JobSpec(content, (style,), (), config)
+                for config, pattern in zip(configs, patterns):
+                    # Content weight 0: every content gives the same pattern, one design (plan counts the rest as duplicates).
+                    yield JobSpec(None, (style,), (), pattern) if pattern else JobSpec(content, (style,), (), config)
             return
         for content, styles, mix, overrides in self.rows:
             for variant in self.variants:
-                yield JobSpec(content, styles, mix, self._config_of({**overrides, **variant}, content, styles))
+                config = self._config_of({**overrides, **variant}, content, styles)
+                if content is None or config.content_weight == 0:
+                    yield JobSpec(None, styles, mix, self._pattern(config))
+                else:
+                    yield JobSpec(content, styles, mix, config)
+
+    def configs(self) -> list[Config]:
+        """Every distinct config the specs take (a pairs file's rows resolved now, which
+        checks their overrides), without iterating the pairings."""
+        if self.rows is None:
+            return list({(self._resolved(v) if v else self.config): None for v in self.variants})
+        found = {
+            self._config_of({**overrides, **variant}, content, styles): None
+            for content, styles, _, overrides in self.rows
+            for variant in self.variants
+        }
+        return list(found)
+
+    def _pattern(self, config: Config) -> Config:
+        if config not in self._patterns:
+            self._patterns[config] = pattern_config(config)
+        return self._patterns[config]
 
     def _config_of(self, changes: dict[str, Any], content: ImageRef | None, styles: tuple[ImageRef, ...]) -> Config:
         try:
@@ -187,8 +221,13 @@ def job_specs(
         )
     for variant in variants:
         try:
-            if variant:
-                specs._resolved(variant)  # checked now, and kept for iterating
+            resolved = specs._resolved(variant) if variant else config  # checked now, and kept for iterating
         except ValueError as err:
             raise CatalogError(f"--grid {variant}: {err}") from None
+        if resolved.content_weight == 0 and resolved.color != "style":
+            where = f"--grid {variant}: " if variant else ""
+            raise CatalogError(
+                f"{where}content_weight=0 is pattern mode (from the style alone, no content) and color={resolved.color!r} "
+                "needs a content; accepted: --color style with --content-weight 0, or a content weight above 0"
+            )
     return specs

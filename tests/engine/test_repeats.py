@@ -66,6 +66,26 @@ def test_seam_score_reads_the_repeats_own_edges():
     assert seam_score(turned, "brick") == pytest.approx(1.0, abs=0.05) and seam_score(turned, "block") > 5
 
 
+@pytest.mark.parametrize("repeat", TILED)
+def test_a_flat_border_is_not_read_as_seamless(repeat: str):
+    """A textured inside on plain ground (a garment on its background) repeats as bands of
+    ground between the motifs: it scores as far from 1 as a hard seam does, not below 1."""
+    gen = torch.Generator().manual_seed(5)
+    seamless = torch.rand(3, 64, 64, generator=gen)  # i.i.d. pixels: the edges look like the inside
+    flat_border = torch.full((3, 32, 32), 0.9)
+    flat_border[:, 6:26, 6:26] = torch.rand(3, 20, 20, generator=gen)
+    hard_seam = torch.linspace(0, 1, 32).expand(3, 32, 32).clone()  # a ramp: the wrap jumps 0 -> 1
+    hard_seam = hard_seam if repeat != "brick" else hard_seam.transpose(1, 2).contiguous()
+    assert seam_score(seamless, repeat) == pytest.approx(1.0, abs=0.1)
+    assert seam_score(flat_border, repeat) > 5
+    assert seam_score(hard_seam, repeat) > 5
+    # Barely active edges (1/255 of change) round an active inside still read as a visible repeat.
+    faint = flat_border + torch.rand(3, 32, 32, generator=gen) / 255
+    assert seam_score(faint, repeat) > 5
+    # A tile with no change at all has no seam either.
+    assert seam_score(torch.full((3, 32, 32), 0.5), repeat) == 1.0
+
+
 @pytest.mark.parametrize("repeat", ["half-drop", "brick"])
 def test_an_optimized_tile_is_seamless_under_its_repeat_only(repeat: str):
     engine = StyleTransfer(BASE, resolve_weights("random", 0), "cpu")

@@ -58,7 +58,7 @@ def test_a_repeating_motif_stays_seamless_when_tiled():
 
 
 def test_seam_score_is_only_set_where_a_repeat_was_asked_for():
-    # A garment on a plain background: its edges match, so its seam score would read as seamless.
+    # A garment on a plain background is not meant to repeat: no seam score, whatever it would read.
     garment = torch.full((3, 32, 32), 0.9)
     garment[:, 6:26, 10:22] = torch.tensor([0.2, 0.3, 0.6]).view(3, 1, 1)
     job = [Pairing("g", "garment", garment, "s", STYLE)]

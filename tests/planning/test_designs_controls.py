@@ -167,3 +167,44 @@ def test_repeat_files_are_seamless_laid_out_as_their_repeat(sample_catalog: Path
         assert row["seam_score"] == pytest.approx(seam_score(tile, repeat), abs=0.05)
         assert row["seam_score"] < 1.2
         assert fabric_seams(fabric(tile, repeat), 32, 32) < 1.2
+
+
+def test_content_weight_0_is_the_pattern_mode_of_a_null_content_id(sample_catalog: Path, tmp_path: Path):
+    """Both spellings make the same designs: from seeded noise, no content, no mask, recorded as such."""
+    inputs = load_input_catalog(sample_catalog)
+    zero = TINY.replace(content_weight=0.0, repeat="block")
+    cross = plan_designs(inputs, zero, WEIGHTS.identity, set(), job_specs(inputs, zero))
+    styles = sorted(s.image_id for s in inputs.styles)
+    # Every content gives the same pattern: one design per style, the rest counted as duplicates.
+    assert sorted(j.style.image_id for j in cross.todo) == styles
+    assert cross.duplicates == SAMPLE_PAIRINGS - len(styles)
+    assert all(j.content is None and j.mask_sha256 is None for j in cross.todo)
+    assert all((j.config.init, j.config.content_weight) == ("noise", 0.0) for j in cross.todo)
+
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist([{"content_id": None, "style_ids": [s]} for s in styles]), pairs)
+    tiled = TINY.replace(repeat="block")  # the run's content weight: unused by a null content_id
+    rows_plan = plan_designs(inputs, tiled, WEIGHTS.identity, set(), job_specs(inputs, tiled, str(pairs)))
+    assert {j.design_id for j in rows_plan.todo} == {j.design_id for j in cross.todo}
+
+    out = tmp_path / "out"
+    design_catalog = DesignCatalog(out)
+    rows = run_shard(list(cross.todo)[:1], zero, WEIGHTS, "cpu", design_catalog, "r")
+    (row,) = rows
+    assert row["status"] == "ok" and row["content_id"] is None
+    assert (row["params"]["init"], row["params"]["content_weight"]) == ("noise", 0.0)
+    assert (row["width"], row["height"]) == (32, 32)  # a square repeat, not a garment's outline
+
+
+def test_designs_with_a_content_keep_their_ids_and_init(sample_catalog: Path):
+    inputs = load_input_catalog(sample_catalog)
+    plan = plan_designs(inputs, TINY, WEIGHTS.identity, set(), job_specs(inputs, TINY))
+    assert len(plan.todo) == SAMPLE_PAIRINGS and all(j.content is not None and j.config is None for j in plan.todo)
+
+
+def test_content_weight_0_with_a_content_colour_is_refused_before_planning(sample_catalog: Path):
+    inputs = load_input_catalog(sample_catalog)
+    with pytest.raises(CatalogError, match="content_weight=0 is pattern mode .* color='keep' needs a content"):
+        job_specs(inputs, TINY.replace(content_weight=0.0, color="keep"))
+    with pytest.raises(CatalogError, match=r"--grid \{'content_weight': 0.0\}: content_weight=0 is pattern mode"):
+        job_specs(inputs, TINY.replace(color="match"), None, parse_grid(["content_weight=0,1e4"]))
