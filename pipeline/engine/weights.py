@@ -243,19 +243,28 @@ def resolve_weights(spec: str, seed: int, allow_download: bool = True, preproces
     if not allow_download:
         raise WeightsError(how_to_provide("downloads are disabled"))
     target = cache_path(KERAS_FILE)
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
+    made: list[Path] = []
     try:
+        made = _make_dirs(target.parent)  # taken back below unless the file lands in them
         torch.hub.download_url_to_file(DOWNLOAD_URL, str(partial), progress=False)
-    except (OSError, RuntimeError) as err:  # URLError is an OSError
-        partial.unlink(missing_ok=True)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; so is a cache folder that cannot be made
+        _take_back(partial, made)
         raise WeightsError(how_to_provide(f"download failed: {err}")) from None
     ok, found = KERAS_FILE.matches(partial)
     if not ok:
-        partial.unlink(missing_ok=True)
+        _take_back(partial, made)
         raise WeightsError(how_to_provide(f"the download of {DOWNLOAD_URL} has {found}, not MD5 {KERAS_FILE.md5}"))
     os.replace(partial, target)
     return _source(target, "a download", preprocessing, KERAS_FILE)
+
+
+def _take_back(partial: Path, made: list[Path]) -> None:
+    """A refused download leaves nothing: its partial file, the cache folders made for it."""
+    partial.unlink(missing_ok=True)
+    for folder in reversed(made):
+        with contextlib.suppress(OSError):  # not empty: something else put a file there
+            folder.rmdir()
 
 
 def how_to_provide(reason: str) -> str:

@@ -268,8 +268,19 @@ def test_offline_without_weights_lists_the_three_files_and_where_each_goes(clean
     assert "--weights" in message and WEIGHTS_ENV in message
     assert "download failed" in message
     assert "--weights random" in message
-    assert not cache_path(KERAS_FILE).exists()
-    assert list(cache_path(KERAS_FILE).parent.iterdir()) == []  # no partial download left behind
+    assert not cache_path(KERAS_FILE).parent.exists()  # no partial download, no empty cache folder left behind
+
+
+def test_a_refused_download_leaves_no_keras_folder_in_home(tmp_path, monkeypatch):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(weights_mod, "DOWNLOAD_URL", f"http://127.0.0.1:9/{KERAS_FILE.name}")
+    assert cache_path(KERAS_FILE) == tmp_path / ".keras" / "models" / KERAS_FILE.name
+    with pytest.raises(WeightsError, match="download failed"):
+        resolve_weights("auto", 0)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_download_is_checked_against_the_published_md5(tmp_path, clean_env, monkeypatch):
@@ -277,7 +288,7 @@ def test_a_download_is_checked_against_the_published_md5(tmp_path, clean_env, mo
     monkeypatch.setattr(weights_mod, "DOWNLOAD_URL", served.as_uri())
     with pytest.raises(WeightsError, match=f"not MD5 {KERAS_FILE.md5}"):
         resolve_weights("auto", 0)
-    assert not cache_path(KERAS_FILE).exists()
+    assert not cache_path(KERAS_FILE).parent.exists()
     monkeypatch.setattr(
         weights_mod, "KERAS_FILE", dataclasses.replace(KERAS_FILE, md5=hashlib.md5(served.read_bytes()).hexdigest())
     )
