@@ -5,12 +5,14 @@ Prefect server starts, so a refusal is one line and a fast exit.
 the pairings (pairs file, grid, the pairing limit), the devices, the design
 catalog's folder and table, and finds and loads the weights once. It raises
 `Refused` (exit 2: the run's inputs or flags) or `CatalogFault` (exit 3: the
-environment). The flow checks the same again inside (a deployment starts no
+environment). A run whose designs need more memory than a device has (estimated
+from VGG19's layer shapes, pipeline/engine/memory.py) is refused with the figure. The flow checks the same again inside (a deployment starts no
 CLI), so this is a fast path, not the only guard.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,10 @@ from typing import Any
 from pipeline.catalog.designs import CatalogFault, DesignCatalog, check_out_path
 from pipeline.catalog.inputs import CatalogError, InputCatalog, load_input_catalog
 from pipeline.config import Config
-from pipeline.engine.transfer import cpu_has_native_bf16
+from pipeline.engine.memory import MemoryEstimate, estimate_memory, gib
+from pipeline.engine.transfer import cpu_has_native_bf16, resolve_precision
 from pipeline.engine.weights import WeightsError, WeightsSource, load_features, resolve_weights
-from pipeline.execution.devices import DeviceError, resolve_devices
+from pipeline.execution.devices import CPU_BATCH_SIZE, DeviceError, resolve_devices
 from pipeline.planning.variants import JobSpecs, job_specs
 
 __all__ = ["CatalogFault", "Checked", "Refused", "preflight"]
@@ -49,14 +52,89 @@ def preflight(
     """`devices=False` skips resolving config.devices (a Dask cluster's workers resolve theirs)."""
     try:
         check_out_path(out)
-        if devices:
-            resolve_devices(config.devices)
+        used = resolve_devices(config.devices) if devices else []
         cpu_has_native_bf16()  # a bad $NST_CPU_BF16 is refused here, not in every shard
         inputs = load_input_catalog(catalog, config.allow_roots, config.max_catalog_images)
         specs = job_specs(inputs, config, pairs, grid)
+        check_memory(specs.configs(), used)
         weights = resolve_weights(config.weights, config.seed, preprocessing=config.preprocessing)
         load_features(weights)  # a file that cannot be loaded is refused before anything is written
     except (CatalogError, WeightsError, DeviceError, ValueError) as err:
         raise Refused(str(err)) from None
     version = DesignCatalog(out).check()
     return Checked(inputs, specs, weights, version)
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes a run may still take on `device`: CUDA's free memory, or the CPU's available
+    RAM (MemAvailable, bounded by a cgroup v2 limit when there is one); None: unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit.isdigit():
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def design_memory(config: Config, device: str) -> tuple[MemoryEstimate, str]:
+    """The estimated memory of one batch of `config`'s largest designs (a square output
+    at --size) on `device`, and the precision it runs in."""
+    precision = resolve_precision(config.precision, device)
+    batch = config.batch_size or (CPU_BATCH_SIZE if device == "cpu" else 1)  # a GPU's auto batch fits its memory
+    estimate = estimate_memory(
+        config.size,
+        config.size,
+        config.style_side,
+        batch,
+        content_layers=config.content_layers,
+        style_layers=config.style_layers,
+        precision=precision,
+        repeat=config.repeat,
+        pooling=config.pooling,
+        optimizer=config.optimizer,
+        content=config.content_weight > 0,
+    )
+    return estimate, precision
+
+
+def check_memory(configs: list[Config], devices: list[str]) -> None:
+    """Refuse (one line: the estimate, what is available, the flags that lower it) a run
+    whose largest batch would not fit on one of its devices."""
+    for device in devices:
+        available = available_memory(device)
+        if available is None:
+            continue
+        for config in configs:
+            estimate, precision = design_memory(config, device)
+            if estimate.peak <= available:
+                continue
+            styles = estimate.style_targets > estimate.loop
+            fixes = ["--style-scale", "--size"] if styles else ["--size"]
+            if estimate.batch > 1:
+                fixes.append("--batch-size")
+            scale = f" --style-scale {config.style_scale:g}" if config.style_scale != 1 else ""
+            raise Refused(
+                f"--size {config.size}{scale} needs about {gib(estimate.peak)} of memory on {device} ({precision}, "
+                f"batches of {estimate.batch}: the optimization {gib(estimate.loop)}, the style targets at "
+                f"{config.style_side} px {gib(estimate.style_targets)}, the weights {gib(estimate.weights)}) and "
+                f"{gib(available)} is available; lower {', '.join(fixes[:-1]) + ' or ' if len(fixes) > 1 else ''}"
+                f"{fixes[-1]}"
+            )
