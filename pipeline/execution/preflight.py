@@ -5,9 +5,10 @@ Prefect server starts, so a refusal is one line and a fast exit.
 the pairings (pairs file, grid, the pairing limit), the devices, the design
 catalog's folder and table, and finds and loads the weights once. It raises
 `Refused` (exit 2: the run's inputs or flags) or `CatalogFault` (exit 3: the
-environment). A run whose designs need more memory than a device has (estimated
-from VGG19's layer shapes, pipeline/engine/memory.py) is refused with the figure. The flow checks the same again inside (a deployment starts no
-CLI), so this is a fast path, not the only guard.
+environment). A run whose designs need more memory than a device has left
+(estimated from VGG19's layer shapes, pipeline/engine/memory.py) is refused with
+the figure. The flow checks the same again inside (a deployment starts no CLI),
+so this is a fast path, not the only guard; the memory check is made here alone.
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def available_memory(device: str) -> int | None:
     if device.startswith("cuda"):
         import torch
 
-        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        except RuntimeError:  # a GPU the driver cannot open: the run itself says so
+            return None
     available = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
