@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ from pipeline.catalog.images import (
     DEFAULT_MAX_BYTES,
     ImageLoadError,
     decode_rgb,
+    decode_rgb_reduced,
     design_file_bytes,
     read_image_bytes,
 )
@@ -61,6 +64,9 @@ DEFAULT_IMAGE_INKS = 6
 KMEANS_SAMPLE = 1 << 16  # pixels k-means fits on; every pixel is then assigned
 KMEANS_ITERATIONS = 40
 MAX_PIXELS: int = config_field("max_image_pixels").default
+MAX_PALETTE_BYTES = 1 << 20  # a palette is a few lines of hex colours; checked before reading
+PALETTE_IMAGE_PIXELS = 1 << 18  # --from-image is decoded down to about this many: k-means fits on 1 << 16
+QUOTED = 80  # characters of a bad value an error line quotes
 _HEX = re.compile(r"#?([0-9A-Fa-f]{6})\b")
 
 
@@ -195,26 +201,72 @@ def parse_palette(text: str, name: str) -> tuple[str, ...]:
             elif token == "#":
                 break  # a comment: "#" then a space
             else:
-                raise ColourwayError(f"palette {name}: {token!r} is not a hex colour; accepted: #RRGGBB, e.g. #1f6fb4")
+                raise ColourwayError(
+                    f"palette {name}: {_quote(token)} is not a hex colour; accepted: #RRGGBB, e.g. #1f6fb4"
+                )
     if len(set(colours)) != len(colours):
         raise ColourwayError(f"palette {name}: a colour is listed twice; accepted: distinct #RRGGBB colours")
     _check_inks(len(colours), f"palette {name}: colour count")
     return tuple(colours)
 
 
-def palette_from_file(path: str | Path) -> Palette:
+def _quote(value: str) -> str:
+    """repr(value), cut to QUOTED characters: an error line never echoes a whole file."""
+    return repr(value) if len(value) <= QUOTED else repr(value[:QUOTED]) + f"... ({len(value)} characters)"
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file that is not a regular file is, for the refusal; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"))
+    kinds += ((stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), f"file type {stat.S_IFMT(mode):o}")
+
+
+def read_palette_text(path: str | Path, max_bytes: int = MAX_PALETTE_BYTES) -> str:
+    """The text of a palette file: a regular file of at most `max_bytes`, both checked before
+    reading (a FIFO would block, /dev/zero never ends), UTF-8 with or without a BOM."""
+    name = repr(str(path))
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ColourwayError(f"palette {str(path)!r}: cannot read: {getattr(err, 'strerror', None) or err}") from None
-    return Palette("palette", parse_palette(text, repr(str(path))), source=str(path))
+        # stat before open: opening a FIFO waits for a writer.
+        if kind := _not_regular(os.stat(path).st_mode):
+            raise ColourwayError(f"palette {name} is {kind}; accepted: a regular text file of hex colours")
+        # O_NONBLOCK: should a FIFO replace the file after the stat, the open does not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as err:
+        raise ColourwayError(f"palette {name}: cannot read: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as handle:
+        found = os.fstat(handle.fileno())  # the file opened, in case it was swapped after the stat
+        if kind := _not_regular(found.st_mode):
+            raise ColourwayError(f"palette {name} is {kind}; accepted: a regular text file of hex colours")
+        if found.st_size > max_bytes:
+            raise ColourwayError(f"palette {name}: {found.st_size} bytes; accepted: at most {max_bytes} bytes")
+        try:
+            data = handle.read(max_bytes + 1)  # bounded even if the file grew after the stat
+        except OSError as err:
+            raise ColourwayError(f"palette {name}: cannot read: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise ColourwayError(f"palette {name}: more than {max_bytes} bytes; accepted: at most {max_bytes} bytes")
+    try:
+        return data.decode("utf-8-sig")  # a BOM, as some editors save, is not a colour
+    except UnicodeDecodeError as err:
+        raise ColourwayError(
+            f"palette {name}: not UTF-8 text (byte {err.start}); accepted: a text file of hex colours"
+        ) from None
+
+
+def palette_from_file(path: str | Path) -> Palette:
+    return Palette("palette", parse_palette(read_palette_text(path), repr(str(path))), source=str(path))
 
 
 def palette_from_image(path: str | Path, inks: int) -> Palette:
     _check_inks(inks, "--inks")
     try:
         data = read_image_bytes(Path(path), DEFAULT_MAX_BYTES)
-        image = decode_rgb(data, str(path), MAX_PIXELS)
+        # Decoded reduced (JPEG's DCT scaling, then a nearest-pixel resize): a 62-megapixel photo
+        # would otherwise take gigabytes for colours that a quarter-million pixels show as well.
+        image = decode_rgb_reduced(data, str(path), MAX_PIXELS, PALETTE_IMAGE_PIXELS)
     except ImageLoadError as err:
         raise ColourwayError(f"--from-image: {err}") from None
     rgb = np.asarray(image, dtype=np.float64).reshape(-1, 3) / 255
@@ -385,8 +437,8 @@ def make_colourways(
             final_loss=None,
             seam_score=seam_score(image, repeat) if repeat != "none" else None,
             mask_leakage=None,
-            device=None,
-            device_name=None,
+            device="cpu",  # the recolouring runs here, in numpy
+            device_name="cpu",
             batch_size=None,
             timings={"load_s": load_s, "write_s": write_s, "total_s": load_s + write_s},
             versions=dict(versions()),
