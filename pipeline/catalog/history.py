@@ -4,8 +4,10 @@ A run leaves `OUT/runs/<run_id>/config.json` before its first commit and
 `summary.json` when it finishes; every Delta commit it makes carries its
 `run_id` in the commit metadata. A run that crashed (or is still running) has
 no summary: it is still listed, from its config.json, with nulls where the
-summary would be. A run whose folder is gone is listed from the commit history
-alone.
+summary would be. A `designs colourways` run keeps only its contact sheet in
+`OUT/runs/<run_id>/` and commits once, at its end: it is listed from that
+commit (its rows are its colourways, all ok). A run whose folder is gone is
+listed from the commit history alone.
 
 The commit history also gives `resolve_version`: the table version that
 `--version`/`--as-of` name (`designs query`, `designs gallery`).
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
 FINISHED = "finished"  # summary.json written
 UNFINISHED = "unfinished"  # config.json only: crashed, killed, or still running
 HISTORY_ONLY = "history-only"  # no runs/<run_id> folder; known from its Delta commits
+COLOURWAYS = "colourways"  # a `designs colourways` run: its folder and its one commit
+COLOURWAYS_NOTE = "colourways:"  # how its commits' notes begin (pipeline.catalog.colourways)
+RUN_ID_TIME = "%Y%m%dT%H%M%SZ"  # how a run id begins: the time it started
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 RUNS_SCHEMA = pa.schema(
@@ -210,6 +215,8 @@ def run_records(out: str | Path, commits: list[dict[str, Any]] | None = None) ->
         config = _read_json(folder / "config.json")
         summary = _read_json(folder / "summary.json")
         if config is None and summary is None:
+            if _colourways_commits(by_run.get(folder.name, [])):
+                records[folder.name] = _colourways_record(folder.name, by_run[folder.name])
             continue
         run_id = str((summary or config or {}).get("run_id") or folder.name)
         records[run_id] = _record(run_id, config or {}, summary)
@@ -260,6 +267,33 @@ def _record(
         "catalog": str(config.get("catalog") or summary_or_empty.get("catalog") or "") or None,
         "flow_run_id": str(summary_or_empty.get("flow_run_id") or config.get("flow_run_id") or "") or None,
     }
+
+
+def _colourways_commits(commits: list[dict[str, Any]]) -> bool:
+    return bool(commits) and all(str(c["note"] or "").startswith(COLOURWAYS_NOTE) for c in commits)
+
+
+def _colourways_record(run_id: str, commits: list[dict[str, Any]]) -> dict[str, Any]:
+    """A colourways run from its commits: started at its id's time, ended at its last commit,
+    its committed rows its colourways (the ones it could not make are not committed)."""
+    record = _record(run_id, {}, None, state=COLOURWAYS)
+    try:
+        started = datetime.strptime(run_id[: len("20260101T000000Z")], RUN_ID_TIME).replace(tzinfo=UTC)
+    except ValueError:
+        started = None
+    ended = max((c["committed_at"] for c in commits if c["committed_at"] is not None), default=None)
+    rows = [c["rows"] for c in commits]
+    ok = sum(rows) if all(isinstance(n, int) for n in rows) else None
+    wall = (ended - started).total_seconds() if started is not None and ended is not None else None
+    record.update(
+        started_at=started,
+        finished_at=ended if wall is not None else None,
+        ok=ok,
+        wall_seconds=wall,
+        designs_per_hour=ok / wall * 3600 if ok is not None and wall else None,
+        devices=["cpu"],  # the recolouring runs in the process, on the CPU
+    )
+    return record
 
 
 def runs_table(out: str | Path, commits: list[dict[str, Any]] | None = None) -> pa.Table:
