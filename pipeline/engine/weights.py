@@ -193,6 +193,10 @@ def detect_format(path: Path) -> str:
 
 def _source(path: Path, origin: str, preprocessing: str, known: KnownFile | None = None) -> WeightsSource:
     if not path.is_file():
+        if path.exists():  # a folder, a FIFO, a device: reading it would fail, block or never end
+            raise WeightsError(
+                f"VGG19 weights {str(path)!r} (from {origin}) is not a regular file; accepted: a weights file"
+            )
         raise WeightsError(f"VGG19 weights file {str(path)!r} (from {origin}) does not exist")
     fmt = detect_format(path)
     digest = weights_sha256(path)

@@ -4,6 +4,7 @@ declared shape that is not VGG19's; the .pth path checks its tensors' shapes too
 
 from __future__ import annotations
 
+import os
 import resource
 from pathlib import Path
 
@@ -142,3 +143,12 @@ def test_a_state_dict_of_integers_is_refused(tmp_path: Path):
     path = tmp_path / "vgg19.pth"
     torch.save(state, path)
     assert "features.0.bias is torch.int64, expected a floating-point tensor" in _refusal(path)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device"])
+def test_weights_that_are_not_a_regular_file_are_refused_as_such(kind: str, tmp_path: Path):
+    path = {"folder": tmp_path, "fifo": tmp_path / "fifo", "device": Path("/dev/zero")}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    with pytest.raises(WeightsError, match="is not a regular file; accepted: a weights file"):
+        resolve_weights(str(path), 0)
