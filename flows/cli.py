@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument(
         "-o", "--output", default=None, metavar="FILE", help="write the result to FILE instead of the terminal"
     )
+    add_timeout_flag(query, "the query")
+    parse_intermixed(query)  # `designs query OUT --timeout 5 SQL`: OUT and SQL around flags
 
     gallery = sub.add_parser(
         "gallery",
@@ -205,7 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument(
         "-o", "--output", default=None, metavar="FILE", help="the HTML file to write (default: OUT/gallery.html)"
     )
-    add_timeout_flag(query, "the query")
 
     verify = sub.add_parser(
         "verify",
@@ -373,6 +374,26 @@ def seconds(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0, e.g. 60 or 0.5")
     return value
+
+
+def parse_intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let `parser` take its positionals before, between and after its flags. argparse hands the
+    positionals out per run of words between flags: `OUT --timeout 5 SQL` would give OUT to SQL,
+    then find SQL left over. Its intermixed parse takes the flags first, then the positionals;
+    it calls parse_known_args itself, hence the flag."""
+    plain = parser.parse_known_args
+    inside = threading.local()
+
+    def parse_known_args(args: Any = None, namespace: Any = None) -> Any:
+        if getattr(inside, "active", False):
+            return plain(args, namespace)
+        inside.active = True
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            inside.active = False
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def add_timeout_flag(parser: argparse.ArgumentParser, what: str) -> None:

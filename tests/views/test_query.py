@@ -477,12 +477,60 @@ def test_settings_reveal_no_folder(out: Path, capsys, tmp_path: Path, monkeypatc
 
 def test_out_is_positional_or_a_flag(out: Path, capsys):
     count = "select count(*) as n from designs"
-    for args in ([str(out), count], ["--out", str(out), count], ["--version", "2", str(out), count]):
+    for args in (
+        [str(out), count],
+        ["--out", str(out), count],
+        ["--version", "2", str(out), count],
+        [str(out), "--version", "2", count],
+    ):
         code, text, err = cli(capsys, *args)
         assert code == EXIT_OK, (args, err)
         assert text.split() == ["n", "6" if "--version" in args else "16"]
     code, text, err = cli(capsys, str(out), count, "--out", str(out))
     assert (code, text) == (EXIT_REFUSED, "") and "OUT given twice" in err
+
+
+def test_maintained_files_and_newer_commits_read_as_one_table(out: Path, tmp_path: Path):
+    """After a maintenance (files of plain strings, read with filters pushed into pyarrow), a commit
+    adds a file of string_view columns (read whole, filtered by DuckDB): one table either way."""
+    from pipeline.catalog.maintenance import maintain
+    from pipeline.views.query import connect, run_sql
+
+    copy = catalog_copy(out, tmp_path)
+    maintain(copy, resort=True)
+    catalog = DesignCatalog(copy)
+    newer = [
+        {**row, "design_id": f"newer-{i}", "run_id": "newer-run"}
+        for i, row in enumerate(catalog.table().to_pyarrow_table(filters=[("status", "=", "ok")]).to_pylist()[:3])
+    ]
+    catalog.commit(newer, "newer-run")
+    con = connect(copy)
+    try:
+        tables = {
+            name
+            for (name,) in con.sql(
+                "select table_name from duckdb_tables() union select view_name from duckdb_views()"
+            ).fetchall()
+        }
+        assert {"designs_scanned", "designs_streamed"} <= tables, "both kinds of file"
+        assert (
+            run_sql(con, "select * from designs limit 0").column_names
+            == DesignCatalog(copy).table().schema().to_arrow().names
+        )
+    finally:
+        con.close()
+    assert rows(copy, "select status, count(*) as n from designs group by 1 order by 1") == [
+        {"status": "failed", "n": 6},
+        {"status": "ok", "n": 13},
+    ]
+    assert rows(copy, "select count(*) as n from designs where run_id = 'newer-run' and content_id is not null") == [
+        {"n": 3}
+    ]
+    old_id = rows(out, "select min(design_id) as d from designs where status = 'ok'")[0]["d"]
+    for design_id in (old_id, "newer-1"):
+        assert rows(copy, f"select design_id from designs where design_id = '{design_id}'") == [
+            {"design_id": design_id}
+        ]
 
 
 def test_files_of_an_older_schema_read_as_the_table_says(tmp_path: Path):
