@@ -69,7 +69,7 @@ def synthetic_rows(ids: np.ndarray, rng: np.random.Generator, run_id: str, faile
     hashes; one row in `failed_every` failed (no image, no curves), as bad inputs leave them."""
     import pyarrow as pa
 
-    from pipeline.catalog.designs import SCHEMA, params_value
+    from pipeline.catalog.schema import SCHEMA, params_value
     from pipeline.config import Config
 
     n = len(ids)

@@ -72,7 +72,8 @@ def run_plan_bench(
     def write_design_catalog(out: Path, ok_ids: list[str]):
         from deltalake import write_deltalake
 
-        from pipeline.catalog.designs import SCHEMA, DesignCatalog
+        from pipeline.catalog.designs import DesignCatalog
+        from pipeline.catalog.schema import SCHEMA
 
         design_catalog = DesignCatalog(out)
         table = design_catalog.ensure_table()

@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.catalog.designs import DesignCatalog, params_type
+from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.images import (
     DEFAULT_MAX_BYTES,
     ImageLoadError,
@@ -52,6 +52,7 @@ from pipeline.catalog.images import (
     design_file_bytes,
     read_image_bytes,
 )
+from pipeline.catalog.schema import params_type
 from pipeline.config import Config, config_field
 from pipeline.engine.losses import seam_score
 from pipeline.execution.rows import versions

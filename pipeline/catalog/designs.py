@@ -14,7 +14,6 @@ failed rows of its pairings without opening the other partition.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -33,7 +32,8 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from pipeline.config import Config, element_type, field_type
+from pipeline.catalog.ids import DesignIds, id_ranges
+from pipeline.catalog.schema import SCHEMA, conform_params
 
 TABLE_DIR = "designs"
 IMAGES_DIR = "images"
@@ -55,7 +55,6 @@ _COMMITTED = re.compile(r"\d{20}\.(json|checkpoint(\.[^/]+)?\.(parquet|json))")
 
 logger = logging.getLogger(__name__)
 
-_ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 # delta-rs reads a path with a scheme, or with %-escapes, as a URL: the table would land
 # in one place and the PNGs (plain paths) in another.
 _URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:|%[0-9A-Fa-f]{2}")
@@ -74,115 +73,6 @@ def check_out_path(out: str | Path) -> None:
             f"--out {text!r} reads as a URL (a scheme such as file:// or s3://, or a %-escape): the design "
             "catalog takes local paths only; give a plain folder path"
         )
-
-
-def params_type() -> pa.StructType:
-    """Every Config field, as resolved (weights: the identity of the file used)."""
-    fields = []
-    for f in dataclasses.fields(Config):
-        kind = field_type(f)
-        arrow = pa.list_(_ARROW_TYPES[element_type(f)]) if kind is tuple else _ARROW_TYPES[kind]
-        fields.append(pa.field(f.name, arrow))
-    return pa.struct(fields)
-
-
-LOSS_FIELDS = ("total", "content", "style", "tv")
-TIMING_FIELDS = ("load_s", "targets_s", "optimize_s", "write_s", "total_s", "steps_per_second")
-
-SCHEMA = pa.schema(
-    [
-        pa.field("design_id", pa.string(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
-        pa.field("error", pa.string()),
-        pa.field("notes", pa.string()),  # e.g. a retry at a lower learning rate
-        pa.field("content_id", pa.string()),  # null: a pattern made from the style(s) alone
-        pa.field("style_id", pa.string(), nullable=False),  # a blend's ids joined by "+"
-        pa.field("style_ids", pa.list_(pa.string())),
-        pa.field("style_mix", pa.list_(pa.float64())),  # a blend's normalised weights
-        pa.field("content_uri", pa.string()),
-        pa.field("style_uri", pa.string()),
-        pa.field("content_sha256", pa.string()),
-        pa.field("style_sha256", pa.string()),
-        pa.field("mask_sha256", pa.string()),
-        pa.field("collection", pa.string()),
-        # The same pairing, config and weights whatever the input bytes: a later ok
-        # design of the same pairing_key supersedes the failed rows under it.
-        pa.field("pairing_key", pa.string()),
-        pa.field("output_uri", pa.string()),  # relative to OUT
-        pa.field("output_sha256", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("params", params_type()),
-        pa.field("weights_source", pa.string()),
-        pa.field("loss_every", pa.int32()),
-        pa.field("loss_total", pa.list_(pa.float32())),
-        pa.field("loss_content", pa.list_(pa.float32())),
-        pa.field("loss_style", pa.list_(pa.float32())),
-        pa.field("loss_tv", pa.list_(pa.float32())),
-        pa.field("final_loss", pa.struct([pa.field(n, pa.float64()) for n in LOSS_FIELDS])),
-        pa.field("timings", pa.struct([pa.field(n, pa.float64()) for n in TIMING_FIELDS])),
-        pa.field("seam_score", pa.float64()),  # tile designs only: wrap-edge / interior neighbour difference
-        pa.field("mask_leakage", pa.float64()),  # mean |output - content| outside the garment mask
-        pa.field("device", pa.string()),
-        pa.field("device_name", pa.string()),
-        pa.field("batch_size", pa.int32()),
-        pa.field("tags", pa.list_(pa.string())),
-        pa.field("content_extra", pa.string()),  # JSON of the input catalog's extra columns
-        pa.field("style_extra", pa.string()),
-        pa.field("versions", pa.struct([pa.field(n, pa.string()) for n in ("package", "torch", "python")])),
-        # Colourways (pipeline/catalog/colourways.py): the design recoloured, and the inks it is printed in.
-        pa.field("parent_design_id", pa.string()),  # null: an optimized design
-        pa.field("palette", pa.list_(pa.string())),  # "#rrggbb" colours, darkest first
-    ]
-)
-
-
-def params_value(
-    config: Config, weights_identity: str, preprocessing: str, precision: str | None = None
-) -> dict[str, Any]:
-    """The config as it made the design: the weights file's identity, the preprocessing
-    that fed it and the precision it ran in (both resolved from 'auto') in place of what
-    was asked for. `precision` None: the config's (a design no device has run)."""
-    values = config.to_dict()
-    values["weights"] = weights_identity
-    values["preprocessing"] = preprocessing
-    if precision is not None:
-        values["precision"] = precision
-    return values
-
-
-# params fields a Config no longer has, derived for tables whose params still carry them.
-_LEGACY_PARAMS = {"tile": lambda params: params.get("repeat") == "block"}
-
-
-def _conform(source: pa.Table, records: list[dict[str, Any]], table: DeltaTable) -> pa.Table:
-    """The merge's source with every params field the table has: a table made by an earlier
-    version keeps fields the Config has since dropped (`tile`, now `repeat`), and delta-rs
-    cannot merge a struct that lacks some of the target's fields. Values are derived from
-    the rows' params where _LEGACY_PARAMS says how, else null."""
-    target = pa.schema(table.schema().to_arrow()).field("params").type
-    params = source.column("params").combine_chunks()
-    missing = [f for f in target if params.type.get_field_index(f.name) < 0]
-    if not missing:
-        return source
-
-    def value(record: dict[str, Any], name: str) -> Any:
-        params = record.get("params")
-        return _LEGACY_PARAMS[name](params) if params and name in _LEGACY_PARAMS else None
-
-    extra = [pa.array([value(r, f.name) for r in records], f.type) for f in missing]
-    children = [params.field(i) for i in range(params.type.num_fields)] + extra
-    widened = pa.StructArray.from_arrays(children, fields=[*params.type, *missing], mask=params.is_null())
-    return source.set_column(source.schema.get_field_index("params"), pa.field("params", widened.type), widened)
-
-
-def _text_field(name: str) -> pc.Expression:
-    """A string column in a scan filter. delta-rs writes string_view columns while the
-    table schema says string, and pyarrow, pruning files by their statistics, has no
-    string/string_view comparison ("no kernel matching"): the cast keeps both sides string."""
-    return pc.field(name).cast(pa.string())
 
 
 class DesignCatalog:
@@ -355,7 +245,9 @@ class DesignCatalog:
             }
             for d in stale
         ]
-        source = _conform(pa.Table.from_pylist(rows + tombstones, schema=SCHEMA), rows + tombstones, table)
+        records = rows + tombstones
+        params = pa.schema(table.schema().to_arrow()).field("params").type
+        source = conform_params(pa.Table.from_pylist(records, schema=SCHEMA), records, params)
         metadata = {"run_id": run_id, "designs.note": note, "designs.rows": str(len(rows))}
         # Naming the id ranges lets delta-rs skip every file whose ids (min/max statistics)
         # lie outside them: without them a merge reads the whole table.
@@ -477,73 +369,6 @@ class DesignCatalog:
         return path
 
 
-class DesignIds:
-    """A sorted array of design ids as fixed-width bytes, tested with a binary search.
-    Design ids are 32 hex digits; other lengths (hand-made rows) widen the array."""
-
-    def __init__(self, ids: np.ndarray):
-        self._ids = np.sort(ids)
-
-    @classmethod
-    def from_owned(cls, ids: np.ndarray) -> DesignIds:
-        """From an array no one else holds: sorted in place, without a copy."""
-        self = cls.__new__(cls)
-        ids.sort()
-        self._ids = ids
-        return self
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self._ids
-
-    @classmethod
-    def from_arrow(cls, column: pa.ChunkedArray, sort: bool = True) -> DesignIds:
-        column = column.cast(pa.string())  # delta-rs reads string_view
-        if len(column) == 0:
-            return cls(np.array([], dtype="S32"))
-        width = max(1, pc.max(pc.binary_length(column)).as_py())
-        parts = []
-        for chunk in column.chunks:
-            if len(chunk) == 0:
-                continue
-            if chunk.null_count == 0 and width == 32 and pc.min(pc.binary_length(chunk)).as_py() == 32:
-                # Equal lengths: the data buffer is the ids back to back, read without a copy per id.
-                offsets = np.frombuffer(
-                    chunk.buffers()[1], dtype=np.int32, count=len(chunk) + 1, offset=chunk.offset * 4
-                )
-                data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-                parts.append(data.view("S32"))
-            else:
-                parts.append(np.array([v or "" for v in chunk.to_pylist()], dtype=f"S{width}"))
-        ids = np.concatenate(parts).astype(f"S{width}") if parts else np.array([], dtype="S32")
-        return cls.from_owned(ids) if sort else cls.__unsorted(ids)
-
-    @classmethod
-    def __unsorted(cls, ids: np.ndarray) -> DesignIds:
-        self = cls.__new__(cls)
-        self._ids = ids
-        return self
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def __contains__(self, design_id: object) -> bool:
-        if not isinstance(design_id, str) or not len(self._ids):
-            return False
-        key = design_id.encode()
-        if len(key) > self._ids.dtype.itemsize:
-            return False
-        i = int(np.searchsorted(self._ids, key))
-        return i < len(self._ids) and self._ids[i] == key
-
-    def __iter__(self):
-        return (v.decode() for v in self._ids)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self._ids.nbytes)
-
-
 def _rows_of_status(table: DeltaTable, status: str, columns: list[str]) -> Iterator[pa.Table]:
     """`columns` (as string) of the rows with this status, a file and a batch at a time: the
     status partition's files, or in a table made before the partitioning those whose
@@ -557,25 +382,6 @@ def _rows_of_status(table: DeltaTable, status: str, columns: list[str]) -> Itera
             # Cast first: pyarrow has no filter kernel for the string_view columns delta-rs writes.
             rows = pa.table({name: batch.column(name).cast(pa.string()) for name in read})
             yield rows if partitioned else rows.filter(pc.equal(rows.column("status"), status))
-
-
-def id_ranges(ids: list[str], limit: int) -> list[tuple[str, str]]:
-    """The ids as at most `limit` inclusive (first, last) ranges that cover them all, split
-    at the widest gaps between neighbours. Gaps are measured on hex ids as numbers; other
-    ids (hand-made rows) make one range."""
-    ordered = sorted(set(ids))
-    if not ordered:
-        return []
-    try:
-        values = [int(i, 16) for i in ordered] if len({len(i) for i in ordered}) == 1 else None
-    except ValueError:
-        values = None
-    if values is None or limit < 2 or len(ordered) == 1:
-        return [(ordered[0], ordered[-1])]
-    gaps = sorted(range(1, len(values)), key=lambda i: values[i] - values[i - 1], reverse=True)[: limit - 1]
-    starts = [0, *sorted(gaps)]
-    ends = [*(i - 1 for i in sorted(gaps)), len(ordered) - 1]
-    return [(ordered[a], ordered[b]) for a, b in zip(starts, ends, strict=True)]
 
 
 def _sql_text(value: str) -> str:

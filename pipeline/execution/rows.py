@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from pipeline.catalog.designs import DesignCatalog, params_value
+from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.images import design_file_bytes
+from pipeline.catalog.schema import params_value
 from pipeline.config import Config
 from pipeline.engine.transfer import DesignResult, resolve_precision
 from pipeline.engine.weights import WeightsSource

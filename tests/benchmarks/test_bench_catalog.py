@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from benchmarks import catalog as bench_catalog
-from pipeline.catalog.designs import SCHEMA
+from pipeline.catalog.schema import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 

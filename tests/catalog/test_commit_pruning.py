@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.catalog.designs import DesignCatalog, id_ranges
+from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.ids import id_ranges
 from pipeline.catalog.maintenance import maintain
 
 
@@ -126,7 +127,7 @@ def test_maintenance_clusters_the_ok_files_by_design_id(tmp_path):
 def test_a_table_made_before_the_status_partitioning_still_commits_and_supersedes(tmp_path):
     from deltalake import DeltaTable
 
-    from pipeline.catalog.designs import SCHEMA
+    from pipeline.catalog.schema import SCHEMA
 
     catalog = DesignCatalog(tmp_path / "out")
     DeltaTable.create(str(catalog.table_path), schema=SCHEMA)  # no partitions, as earlier versions made it
@@ -146,7 +147,7 @@ def test_a_table_whose_params_carry_a_dropped_config_field_still_takes_new_desig
     import pyarrow as pa
     from deltalake import DeltaTable, write_deltalake
 
-    from pipeline.catalog.designs import SCHEMA, params_value
+    from pipeline.catalog.schema import SCHEMA, params_value
     from pipeline.config import Config
 
     params = SCHEMA.field("params").type
@@ -170,7 +171,8 @@ def test_a_table_whose_params_carry_a_dropped_config_field_still_takes_new_desig
 def test_files_carry_statistics_only_for_the_columns_that_prune(tmp_path):
     from deltalake import DeltaTable
 
-    from pipeline.catalog.designs import SCHEMA, STATS_COLUMNS
+    from pipeline.catalog.designs import STATS_COLUMNS
+    from pipeline.catalog.schema import SCHEMA
 
     catalog = DesignCatalog(tmp_path / "out")
     catalog.commit([row(i) for i in hex_ids(4)], "r1")

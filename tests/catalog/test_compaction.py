@@ -169,7 +169,7 @@ def test_a_merge_that_read_a_compacted_file_does_not_lose_or_repeat_rows(tmp_pat
     maintain(tmp_path / "out", small_file_bytes=SMALL)  # the week's retention keeps the files it read
     retry = row(ids[20], run_id="r2", key="k20")
     retry["created_at"] = datetime.now(UTC)
-    from pipeline.catalog.designs import SCHEMA
+    from pipeline.catalog.schema import SCHEMA
 
     source = pa.Table.from_pylist([retry], schema=SCHEMA)
     merge = stale.merge(source, "target.design_id = source.design_id", source_alias="source", target_alias="target")
@@ -222,7 +222,7 @@ def test_a_compaction_killed_before_its_log_entry_changes_nothing_and_its_files_
 def test_a_table_made_before_the_status_partitioning_is_compacted_in_place(tmp_path):
     from deltalake import DeltaTable
 
-    from pipeline.catalog.designs import SCHEMA
+    from pipeline.catalog.schema import SCHEMA
 
     catalog = DesignCatalog(tmp_path / "out")
     DeltaTable.create(str(catalog.table_path), schema=SCHEMA)  # no partitions, as earlier versions made it

@@ -8,7 +8,7 @@ import hashlib
 import pyarrow as pa
 import pytest
 
-from pipeline.catalog.designs import DesignIds
+from pipeline.catalog.ids import DesignIds
 
 
 def ids(n: int, seed: int = 0) -> list[str]:

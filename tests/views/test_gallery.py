@@ -20,7 +20,8 @@ import pytest
 from analyst_catalog import CONTENTS, HOSTILE, HOSTILE_QUOTES, MISSING, analyst_catalog_out
 
 from flows.cli import EXIT_OK, EXIT_REFUSED, main
-from pipeline.catalog.designs import SCHEMA, DesignCatalog, params_type
+from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.schema import SCHEMA, params_type
 from pipeline.views.gallery import build_gallery, image_href, loss_curve_svg
 
 SCREENSHOT_COPY = Path("/tmp/gallery.png")  # for a person to look at

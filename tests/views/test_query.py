@@ -537,7 +537,7 @@ def test_files_of_an_older_schema_read_as_the_table_says(tmp_path: Path):
     """Files written before a column or a params field was added read those as null."""
     from deltalake import DeltaTable, write_deltalake
 
-    from pipeline.catalog.designs import SCHEMA
+    from pipeline.catalog.schema import SCHEMA
 
     params = SCHEMA.field("params").type
     old_params = pa.struct([f for f in params if f.name != "pooling"])
