@@ -506,7 +506,7 @@ def run_command(argv: list[str] | None) -> int:
         print(report.line())
         return EXIT_OK
     if args.command == "verify":
-        from pipeline.views.verify import verify_catalog
+        from pipeline.catalog.verify import verify_catalog
 
         try:
             report = verify_catalog(args.out, fix=args.fix)

@@ -20,7 +20,7 @@ from pipeline.engine.weights import resolve_weights
 from pipeline.execution.shard import run_shard
 from pipeline.planning.plan import plan_designs
 from pipeline.planning.variants import job_specs
-from pipeline.views.verify import verify_catalog
+from pipeline.catalog.verify import verify_catalog
 
 
 def tiff_samples(data: bytes) -> np.ndarray:

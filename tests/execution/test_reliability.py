@@ -25,7 +25,7 @@ from pipeline.engine.weights import resolve_weights
 from pipeline.execution.shard import _retry_diverged, run_shard
 from pipeline.files import write_atomic
 from pipeline.planning.plan import plan_designs
-from pipeline.views.verify import verify_catalog
+from pipeline.catalog.verify import verify_catalog
 
 CLI_FLAGS = ["--weights", "random", "--size", "32", "--steps", "12", "--batch-size", "2", "--shard-size", "2"]
 
