@@ -214,14 +214,25 @@ def _child(kind: str, out: Path, shards: int = 0, seed: int = 0, night: int = 0,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _full_merges():
+    from pipeline.catalog.designs import DesignCatalog
+
+    class FullMerges(DesignCatalog):
+        """The baseline: merges that name no id ranges, so each reads the whole table."""
+
+        def merge_ranges(self, design_ids: list[str]) -> None:
+            return None
+
+    return FullMerges
+
+
 def _child_main(argv: list[str]) -> None:
     kind, out, shards, seed, night = argv[0], Path(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
     from pipeline.catalog.designs import DesignCatalog
 
-    catalog = DesignCatalog(out)
+    catalog = _full_merges()(out) if "--full-merge" in argv else DesignCatalog(out)
     result: dict[str, Any] = {}
     if kind == "commit":
-        catalog.prune_merges = "--full-merge" not in argv
         rng = np.random.default_rng(seed)
         tonight = Night(night, rng)
         shard_rows = [_rows_as_dicts(synthetic_rows(tonight.shard(), rng, "timed", 10**9)) for _ in range(shards)]

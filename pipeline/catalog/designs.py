@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +54,7 @@ LOG_DIR = "_delta_log"
 _COMMITTED = re.compile(r"\d{20}\.(json|checkpoint(\.[^/]+)?\.(parquet|json))")
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # delta-rs reads a path with a scheme, or with %-escapes, as a URL: the table would land
 # in one place and the PNGs (plain paths) in another.
@@ -79,7 +80,6 @@ class DesignCatalog:
     def __init__(self, out: str | Path):
         self.out = Path(out)
         self.table_path = self.out / TABLE_DIR
-        self.prune_merges = True  # False: every merge reads the whole table (the bench's baseline)
 
     # --- paths ---
 
@@ -199,7 +199,7 @@ class DesignCatalog:
         against the new version, so each design stays ok exactly once.
         """
         try:
-            return self._retrying(lambda: self._merge(rows, run_id, note))
+            return self.retrying(lambda: self._merge(rows, run_id, note))
         except CommitFailedError:
             raise
         except (DeltaError, OSError) as err:  # a damaged log, a full or read-only disk
@@ -208,8 +208,9 @@ class DesignCatalog:
                 "the folder, then run again (committed designs are kept, the rest are remade)"
             ) from None
 
-    def _retrying(self, attempt_commit: Callable[[], int | None]) -> int | None:
-        """attempt_commit() until it is not refused by a concurrent commit; each try re-reads the table."""
+    def retrying(self, attempt_commit: Callable[[], T]) -> T:
+        """attempt_commit() until it is not refused by a concurrent commit (CommitFailedError, raised
+        again after COMMIT_ATTEMPTS tries); each try re-reads the table."""
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 return attempt_commit()
@@ -217,7 +218,11 @@ class DesignCatalog:
                 if attempt == COMMIT_ATTEMPTS - 1:
                     raise
                 time.sleep(random.uniform(0.05, 0.2) * 2 ** min(attempt, 5))
-        return None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def merge_ranges(self, design_ids: list[str]) -> list[tuple[str, str]] | None:
+        """The id ranges a merge of these ids names (None: none, the merge reads the whole table)."""
+        return id_ranges(design_ids, MERGE_RANGES)
 
     def _merge(self, rows: list[dict[str, Any]], run_id: str, note: str) -> int | None:
         """One merge attempt.
@@ -249,18 +254,10 @@ class DesignCatalog:
         params = pa.schema(table.schema().to_arrow()).field("params").type
         source = conform_params(pa.Table.from_pylist(records, schema=SCHEMA), records, params)
         metadata = {"run_id": run_id, "designs.note": note, "designs.rows": str(len(rows))}
-        # Naming the id ranges lets delta-rs skip every file whose ids (min/max statistics)
-        # lie outside them: without them a merge reads the whole table.
-        ranges = " OR ".join(
-            f"(target.design_id >= {_sql_text(low)} AND target.design_id <= {_sql_text(high)})"
-            for low, high in id_ranges([r["design_id"] for r in rows] + stale, MERGE_RANGES)
-        )
         (
             table.merge(
                 source,
-                predicate=f"target.design_id = source.design_id AND ({ranges})"
-                if self.prune_merges
-                else "target.design_id = source.design_id",
+                predicate=_merge_predicate(self.merge_ranges([r["design_id"] for r in rows] + stale)),
                 source_alias="source",
                 target_alias="target",
                 # Config fields added by later versions widen `params`; old tables take them.
@@ -325,7 +322,7 @@ class DesignCatalog:
             )
             return self.table().version()
 
-        return self._retrying(attempt)
+        return self.retrying(attempt)
 
     def version(self) -> int | None:
         return self.table().version() if self.exists() else None
@@ -382,6 +379,18 @@ def _rows_of_status(table: DeltaTable, status: str, columns: list[str]) -> Itera
             # Cast first: pyarrow has no filter kernel for the string_view columns delta-rs writes.
             rows = pa.table({name: batch.column(name).cast(pa.string()) for name in read})
             yield rows if partitioned else rows.filter(pc.equal(rows.column("status"), status))
+
+
+def _merge_predicate(ranges: list[tuple[str, str]] | None) -> str:
+    """A merge's match on design_id. Naming the id ranges lets delta-rs skip every file whose
+    ids (min/max statistics) lie outside them: without them a merge reads the whole table."""
+    match = "target.design_id = source.design_id"
+    if ranges is None:
+        return match
+    named = " OR ".join(
+        f"(target.design_id >= {_sql_text(low)} AND target.design_id <= {_sql_text(high)})" for low, high in ranges
+    )
+    return f"{match} AND ({named})"
 
 
 def _sql_text(value: str) -> str:

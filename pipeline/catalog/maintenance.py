@@ -216,25 +216,24 @@ def maintain(
         if not dry_run:
             # Concurrent merges refuse a compaction that removed files they read (and the reverse);
             # each try re-reads the table, as a shard's commit does.
-            for attempt in range(COMMIT_ATTEMPTS):
-                try:
-                    if strategy == RESORT:
-                        compacted, written = _compact(catalog.table(), target_size, properties)
-                    else:
-                        compacted, written = compact_small_files(
-                            catalog.table(),
-                            catalog.table_path,
-                            small,
-                            target_size or CLUSTERED_FILE_BYTES,
-                            {"designs.note": NOTE},
-                        )
-                    break
-                except CommitFailedError:
-                    if attempt == COMMIT_ATTEMPTS - 1:
-                        raise CatalogFault(
-                            f"cannot compact the design catalog at {str(catalog.table_path)!r}: concurrent commits "
-                            f"refused it {COMMIT_ATTEMPTS} times; run `designs maintain` again when fewer runs write"
-                        ) from None
+            def attempt() -> tuple[int, int]:
+                if strategy == RESORT:
+                    return _compact(catalog.table(), target_size, properties)
+                return compact_small_files(
+                    catalog.table(),
+                    catalog.table_path,
+                    small,
+                    target_size or CLUSTERED_FILE_BYTES,
+                    {"designs.note": NOTE},
+                )
+
+            try:
+                compacted, written = catalog.retrying(attempt)
+            except CommitFailedError:
+                raise CatalogFault(
+                    f"cannot compact the design catalog at {str(catalog.table_path)!r}: concurrent commits "
+                    f"refused it {COMMIT_ATTEMPTS} times; run `designs maintain` again when fewer runs write"
+                ) from None
             table = catalog.table()
         after = data_files(table) if not dry_run else before
         sorted_layers = layers(after) if not dry_run else layers_after_compaction(before, small)
