@@ -19,13 +19,13 @@ from helpers import SAMPLE_PAIRINGS, square_jobs
 
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.inputs import load_input_catalog
+from pipeline.catalog.verify import verify_catalog
 from pipeline.config import Config
 from pipeline.engine.transfer import DesignResult, StyleTransfer
 from pipeline.engine.weights import resolve_weights
 from pipeline.execution.shard import _retry_diverged, run_shard
 from pipeline.files import write_atomic
 from pipeline.planning.plan import plan_designs
-from pipeline.catalog.verify import verify_catalog
 
 CLI_FLAGS = ["--weights", "random", "--size", "32", "--steps", "12", "--batch-size", "2", "--shard-size", "2"]
 
