@@ -136,7 +136,8 @@ class Config:
     )
     precision: str = _field(
         "auto",
-        "VGG19 arithmetic: 'auto' (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), "
+        "VGG19 arithmetic: 'auto' (bf16 autocast on CUDA and on CPUs with native bf16, else fp32; "
+        "NST_CPU_BF16=0 or 1 in the environment answers for the CPU), "
         "'fp32' or 'bf16'; Gram matrices, losses, the image and the optimizer are always fp32; "
         "params record the precision used",
         identity=False,
