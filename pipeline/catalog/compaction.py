@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
+from pipeline.catalog.datafiles import DataFile, data_files
 from pipeline.catalog.designs import LOG_DIR, STATS_COLUMNS
 
 # Sorted layers of large files a commit may meet before maintenance re-sorts the table.
@@ -58,41 +59,86 @@ STRATEGY = "sorted compaction of small files"
 # hidden from Delta readers (a folder whose name starts with "_").
 INTENT_DIR = "_compaction"
 INTENT_SUFFIX = ".intent"
+# The log entries this module writes are the protocol's plainest; a table that asks writers
+# for more (features, column mapping, ...) is re-sorted by delta-rs instead.
+PLAIN_WRITER_VERSION = 2
 # The names compaction writes, the only ones a record may name (relative to the table's folder).
 WRITTEN_NAME = re.compile(r"(?:[^/]+/)*part-00000-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}-c000\.zstd\.parquet")
 
 
 @dataclass(frozen=True)
-class DataFile:
-    """One data file of a table version, as its add action describes it."""
+class CommitInfo:
+    """A log entry's commitInfo action: what wrote it, and the entry's designs.note."""
 
-    path: str  # relative to the table's folder, as the log names it
+    timestamp: int  # milliseconds since the epoch
+    operation: str
+    parameters: dict[str, str]
+    metrics: dict[str, int]
+    note: dict[str, str]
+    read_version: int | None = None  # None: not a read-modify-write commit (the vacuum's)
+    blind_append: bool | None = None
+
+    def line(self) -> dict:
+        info: dict = {"timestamp": self.timestamp, "operation": self.operation, "operationParameters": self.parameters}
+        if self.read_version is not None:
+            info["readVersion"] = self.read_version
+        if self.blind_append is not None:
+            info["isBlindAppend"] = self.blind_append
+        return {"commitInfo": {**info, "operationMetrics": self.metrics, **self.note}}
+
+
+@dataclass(frozen=True)
+class AddAction:
+    """A data file the entry adds; dataChange false: a rewrite of rows already in the table."""
+
+    path: str  # relative to the table's folder
+    partition_values: dict[str, str | None]
     size: int
-    rows: int | None  # numRecords of its statistics (None: the file has none)
-    partition: tuple[tuple[str, str | None], ...]  # (column, value) pairs, the table's partition order
-    min_id: str | None  # design_id statistics (None: the file has none)
-    max_id: str | None
+    modification_time: int  # milliseconds since the epoch
+    stats: str  # Delta statistics, as JSON text
+
+    def line(self) -> dict:
+        return {
+            "add": {
+                "path": self.path,
+                "partitionValues": self.partition_values,
+                "size": self.size,
+                "modificationTime": self.modification_time,
+                "dataChange": False,
+                "stats": self.stats,
+            }
+        }
 
 
-def data_files(table: DeltaTable) -> list[DataFile]:
-    actions = pa.table(table.get_add_actions(flatten=True))
-    names = set(actions.column_names)
-    partitions = table.metadata().partition_columns
-    columns = {name: actions.column(name).to_pylist() for name in ("path", "size_bytes")}
-    for name in ("num_records", "min.design_id", "max.design_id"):
-        columns[name] = actions.column(name).to_pylist() if name in names else [None] * actions.num_rows
-    values = {p: actions.column(f"partition.{p}").to_pylist() for p in partitions}
-    return [
-        DataFile(
-            path=columns["path"][i],
-            size=columns["size_bytes"][i],
-            rows=columns["num_records"][i],
-            partition=tuple((p, values[p][i]) for p in partitions),
-            min_id=columns["min.design_id"][i],
-            max_id=columns["max.design_id"][i],
-        )
-        for i in range(actions.num_rows)
-    ]
+@dataclass(frozen=True)
+class RemoveAction:
+    """A data file the entry removes; dataChange false, as delta-rs' own OPTIMIZE writes it."""
+
+    path: str
+    partition_values: dict[str, str | None]
+    size: int
+    deletion_timestamp: int  # milliseconds since the epoch
+
+    def line(self) -> dict:
+        return {
+            "remove": {
+                "path": self.path,
+                "dataChange": False,
+                "deletionTimestamp": self.deletion_timestamp,
+                "extendedFileMetadata": True,
+                "partitionValues": self.partition_values,
+                "size": self.size,
+            }
+        }
+
+
+Action = CommitInfo | AddAction | RemoveAction
+
+
+def writes_protocol(table: DeltaTable) -> bool:
+    """Whether this module's plain log entries satisfy the table's writer protocol."""
+    protocol = table.protocol()
+    return protocol.min_writer_version <= PLAIN_WRITER_VERSION and not protocol.writer_features
 
 
 def layers(files: list[DataFile]) -> int:
@@ -138,6 +184,13 @@ def compact_small_files(
     about `target_bytes`, in one commit; (files removed, files added), (0, 0) when no
     partition has two small files. CommitFailedError when another commit took the version
     first (nothing of this attempt stays behind: its files are deleted)."""
+    if not writes_protocol(table):
+        protocol = table.protocol()
+        raise ValueError(
+            f"the table at {table_path} asks writers for protocol {protocol.min_writer_version} "
+            f"(features {protocol.writer_features}); compaction writes {PLAIN_WRITER_VERSION} with none: "
+            "z-order it instead (designs maintain --resort)"
+        )
     groups = small_groups(data_files(table), below_bytes)
     if not groups:
         return 0, 0
@@ -145,7 +198,7 @@ def compact_small_files(
     partition_names = table.metadata().partition_columns
     file_schema = pa.schema([f for f in schema if f.name not in partition_names])
     removed: list[DataFile] = []
-    added: list[dict] = []
+    added: list[AddAction] = []
     intent = _Intent(table_path)
     try:
         for partition, group in sorted(groups.items(), key=lambda item: str(item[0])):
@@ -226,7 +279,7 @@ def _write_files(
     group: list[DataFile],
     target_bytes: int,
     record: Callable[[str], None],
-) -> list[dict]:
+) -> list[AddAction]:
     """Write `rows` (sorted) into files of about target_bytes, each `record`ed before it is
     created; their add actions."""
     if rows.num_rows == 0:
@@ -242,15 +295,15 @@ def _write_files(
         path.parent.mkdir(parents=True, exist_ok=True)
         record(relative)
         pq.write_table(chunk, path, compression="zstd")
+        written = path.stat()
         actions.append(
-            {
-                "path": relative,
-                "partitionValues": partition,
-                "size": path.stat().st_size,
-                "modificationTime": int(path.stat().st_mtime * 1000),
-                "dataChange": False,
-                "stats": json.dumps(_stats(chunk), separators=(",", ":")),
-            }
+            AddAction(
+                path=relative,
+                partition_values=partition,
+                size=written.st_size,
+                modification_time=int(written.st_mtime * 1000),
+                stats=json.dumps(_stats(chunk), separators=(",", ":")),
+            )
         )
     return actions
 
@@ -292,43 +345,33 @@ def _timestamp(value: datetime) -> str:
 
 
 def _commit(
-    table: DeltaTable, table_path: Path, removed: list[DataFile], added: list[dict], note: dict, target_bytes: int
+    table: DeltaTable,
+    table_path: Path,
+    removed: list[DataFile],
+    added: list[AddAction],
+    note: dict[str, str],
+    target_bytes: int,
 ) -> None:
     """Write the log entry of version table.version() + 1, or CommitFailedError if it exists."""
     now = int(time.time() * 1000)
-    version = table.version() + 1
-    info = {
-        "timestamp": now,
-        "operation": OPERATION,
-        "operationParameters": {"strategy": STRATEGY, "targetSize": str(target_bytes)},
-        "readVersion": table.version(),
-        "isBlindAppend": False,
-        "operationMetrics": {"numFilesAdded": len(added), "numFilesRemoved": len(removed)},
-        **note,
-    }
-    lines = [{"commitInfo": info}]
-    lines += [
-        {
-            "remove": {
-                "path": f.path,
-                "dataChange": False,
-                "deletionTimestamp": now,
-                "extendedFileMetadata": True,
-                "partitionValues": dict(f.partition),
-                "size": f.size,
-            }
-        }
-        for f in removed
-    ]
-    lines += [{"add": action} for action in added]
-    write_log_entry(table_path, version, lines)
+    info = CommitInfo(
+        timestamp=now,
+        operation=OPERATION,
+        parameters={"strategy": STRATEGY, "targetSize": str(target_bytes)},
+        metrics={"numFilesAdded": len(added), "numFilesRemoved": len(removed)},
+        note=note,
+        read_version=table.version(),
+        blind_append=False,
+    )
+    gone = [RemoveAction(f.path, dict(f.partition), f.size, deletion_timestamp=now) for f in removed]
+    write_log_entry(table_path, table.version() + 1, [info, *gone, *added])
 
 
-def write_log_entry(table_path: Path, version: int, lines: list[dict]) -> None:
-    """Write `lines` as the log entry of `version`, or CommitFailedError if that version exists."""
+def write_log_entry(table_path: Path, version: int, actions: list[Action]) -> None:
+    """Write `actions` as the log entry of `version`, or CommitFailedError if that version exists."""
     log = table_path / LOG_DIR
     staged = log / f".{version:020d}.{uuid.uuid4()}.json.tmp"
-    staged.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
+    staged.write_text("".join(json.dumps(a.line(), separators=(",", ":")) + "\n" for a in actions))
     try:
         os.link(staged, log / f"{version:020d}.json")  # atomic: fails when the version exists
     except FileExistsError:

@@ -31,12 +31,12 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from pipeline.catalog.compaction import (
     MAX_LAYERS,
     STRATEGY,
-    DataFile,
     compact_small_files,
-    data_files,
     layers,
     layers_after_compaction,
+    writes_protocol,
 )
+from pipeline.catalog.datafiles import DataFile, data_files
 from pipeline.catalog.designs import (
     COMMIT_ATTEMPTS,
     TABLE_PROPERTIES,
@@ -58,9 +58,6 @@ Z_ORDER_SPILL_BYTES = 2 * 2**30
 # commit reads when its ids fall in one, whatever the table's size.
 CLUSTERED_FILE_BYTES = 8 * 2**20
 RESORT = "z-order of the whole table"
-# The log entries compaction.py writes itself are the protocol's plainest; a table that
-# asks writers for more (features, column mapping, ...) is re-sorted by delta-rs instead.
-PLAIN_WRITER_VERSION = 2
 _UNIT_HOURS = {"week": 168.0, "day": 24.0, "hour": 1.0, "minute": 1 / 60, "second": 1 / 3600}
 
 
@@ -285,12 +282,10 @@ def _lacks_narrow_statistics(table: DeltaTable) -> bool:
 
 
 def _strategy(table: DeltaTable, files: list[DataFile], small_file_bytes: int, resort: bool) -> str:
-    """RESORT when asked, when the table's protocol wants more of a writer than compaction.py's
-    plain log entries, or when compacting only the small files would leave more than
+    """RESORT when asked, when compaction.py cannot write the table's log entries (its protocol
+    wants more of a writer), or when compacting only the small files would leave more than
     MAX_LAYERS sorted layers; STRATEGY otherwise."""
-    protocol = table.protocol()
-    plain = protocol.min_writer_version <= PLAIN_WRITER_VERSION and not protocol.writer_features
-    if resort or not plain:
+    if resort or not writes_protocol(table):
         return RESORT
     if _lacks_narrow_statistics(table):
         return RESORT  # rewritten once, with the narrow statistics

@@ -39,7 +39,7 @@ from urllib.parse import unquote
 import pyarrow.parquet as pq
 from deltalake.exceptions import CommitFailedError
 
-from pipeline.catalog.compaction import INTENT_DIR, INTENT_SUFFIX, WRITTEN_NAME, write_log_entry
+from pipeline.catalog.compaction import INTENT_DIR, INTENT_SUFFIX, WRITTEN_NAME, CommitInfo, write_log_entry
 from pipeline.catalog.designs import LOG_DIR, CatalogFault
 
 _COMMIT = re.compile(r"(\d{20})\.json")
@@ -383,17 +383,11 @@ def _log_entry(
     table_path: Path, latest: int, operation: str, parameters: dict, metrics: dict, note: dict[str, str]
 ) -> None:
     """A log entry of commitInfo alone, at the first free version after `latest`."""
-    info = {
-        "timestamp": int(time.time() * 1000),
-        "operation": operation,
-        "operationParameters": parameters,
-        "operationMetrics": metrics,
-        **note,
-    }
+    info = CommitInfo(int(time.time() * 1000), operation, parameters, metrics, note)
     version = latest + 1
     for _ in range(_LOG_ATTEMPTS):
         try:
-            write_log_entry(table_path, version, [{"commitInfo": info}])
+            write_log_entry(table_path, version, [info])
             return
         except CommitFailedError:
             version += 1

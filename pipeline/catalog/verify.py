@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.catalog.datafiles import read_table
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.files import sha256_file
 
@@ -73,9 +74,8 @@ def verify_catalog(out: str | Path, fix: bool = False) -> VerifyReport:
     catalog = DesignCatalog(out)
     table = catalog.table()
     report = VerifyReport(out=str(out), version=table.version(), fixed=fix)
-    rows = (
-        table.to_pyarrow_dataset().to_table(columns=["design_id", "status", "output_uri", "output_sha256"]).to_pylist()
-    )
+    columns = ["design_id", "status", "output_uri", "output_sha256"]
+    rows = read_table(table, catalog.table_path, columns).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
     report.ok_rows = len(ok)
     counts = Counter(r["design_id"] for r in ok)

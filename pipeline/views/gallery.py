@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from pipeline.catalog.datafiles import read_table
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.history import resolve_version
 from pipeline.files import check_output, write_output
@@ -429,7 +430,7 @@ def build_gallery(out: str | Path, version: int | None = None, output: str | Pat
     catalog = DesignCatalog(out)
     table = catalog.table(resolve_version(catalog, version))  # a missing catalog says so first
     resolved = table.version()
-    rows = table.to_pyarrow_table().to_pylist()
+    rows = read_table(table, catalog.table_path).to_pylist()
     page = Path(output) if output is not None else out / GALLERY_FILE
     check_output(page)  # before rendering
     text, ok, failed, missing = render(rows, out, page, resolved)

@@ -32,17 +32,16 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
+from pipeline.catalog.datafiles import OutsideTable, contained_path, data_files, dataset, fragment, plain_schema
 from pipeline.catalog.designs import DesignCatalog
 
 # QueryError, parse_as_of and resolve_version live in runs.py (the gallery uses them without DuckDB);
@@ -81,38 +80,6 @@ _CONFIG = {
     "memory_limit": MEMORY_LIMIT,
     "TimeZone": "UTC",
 }
-
-
-def _plain_type(kind: pa.DataType) -> pa.DataType:
-    """`kind` with string_view as string (and binary_view as binary), nested types too: delta-rs
-    writes views, and DuckDB pushes no filter into an Arrow scan of a string_view column."""
-    if pa.types.is_string_view(kind) or pa.types.is_large_string(kind):
-        return pa.string()
-    if pa.types.is_binary_view(kind) or pa.types.is_large_binary(kind):
-        return pa.binary()
-    if pa.types.is_struct(kind):
-        return pa.struct([field.with_type(_plain_type(field.type)) for field in kind])
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_list_view(kind):
-        return pa.list_(kind.value_field.with_type(_plain_type(kind.value_type)))
-    if pa.types.is_fixed_size_list(kind):
-        return pa.list_(kind.value_field.with_type(_plain_type(kind.value_type)), kind.list_size)
-    if pa.types.is_map(kind):
-        return pa.map_(_plain_type(kind.key_type), kind.item_field.with_type(_plain_type(kind.item_type)))
-    return kind
-
-
-def designs_schema(table: DeltaTable) -> pa.Schema:
-    """The version's schema as the `designs` dataset reads every file: views as plain strings."""
-    schema = pa.schema(table.schema().to_arrow())
-    return pa.schema([field.with_type(_plain_type(field.type)) for field in schema])
-
-
-def _local_path(root: Path, path: str) -> str:
-    """An add action's path (relative and URL-encoded, or an absolute URI) as a local path."""
-    if "://" in path:
-        parsed = urlparse(path)
-        return unquote(parsed.path) if parsed.scheme == "file" else path
-    return os.path.join(root, unquote(path))
 
 
 def _has_views(kind: pa.DataType) -> bool:
@@ -214,40 +181,22 @@ class _Stream:
 
 
 def designs_files(table: DeltaTable, table_path: Path, which: str = "the latest version") -> DesignsFiles:
-    """The version's data files (the log's add actions), checked and split as DesignsFiles says.
-    The tables have no deletion vectors: the files are the rows.
+    """The version's data files (pipeline/catalog/datafiles.py), checked and split as DesignsFiles says.
 
     QueryError for a file whose real path, symlinks resolved, is outside the table's folder
     (nothing of it is read), for files that are gone (a vacuum removed them) and for a file
     whose footer cannot be read."""
-    root = Path(os.path.realpath(table_path))
-    actions = pa.table(table.get_add_actions(flatten=True))
-    columns = {name: actions.column(name).to_pylist() for name in actions.column_names}
-    schema = designs_schema(table)
-    fmt = ds.ParquetFileFormat()
-    local = pafs.LocalFileSystem()
+    schema = plain_schema(table)
     fragments, gone = [], 0
-    low, high = columns.get("min.design_id"), columns.get("max.design_id")
-    nulls = columns.get("null_count.design_id")
-    for i, path in enumerate(columns["path"]):
-        real = os.path.realpath(_local_path(table_path, path))
-        if os.path.commonpath([root, real]) != str(root):
-            raise QueryError(
-                f"{which} of {table_path} lists a data file outside its folder: {path!r} resolves to a path "
-                f"outside {root} (a symlink?); refused, nothing read. Put the file back, or run `designs verify`"
-            )
+    for file in data_files(table):
+        try:
+            real = contained_path(table_path, file, which)
+        except OutsideTable as err:
+            raise QueryError(str(err)) from None
         if not os.path.isfile(real):
             gone += 1
             continue
-        guarantee = ds.scalar(True)
-        for name in table.metadata().partition_columns:
-            value = columns[f"partition.{name}"][i]
-            field = ds.field(name)
-            guarantee &= field.is_null() if value is None else field == pa.scalar(value, schema.field(name).type)
-        if low and high and nulls and low[i] is not None and high[i] is not None and nulls[i] == 0:
-            # Bounds, not values (delta-rs truncates a long max upwards): enough to skip a file.
-            guarantee &= (ds.field("design_id") >= low[i]) & (ds.field("design_id") <= high[i])
-        fragments.append(fmt.make_fragment(real, filesystem=local, partition_expression=guarantee))
+        fragments.append(fragment(file, real, schema))
     if gone:
         raise QueryError(
             f"{which} of {table_path} can no longer be read: {gone} of its data files are gone, removed "
@@ -261,9 +210,7 @@ def designs_files(table: DeltaTable, table_path: Path, which: str = "the latest 
     except (pa.ArrowException, OSError) as err:
         raise QueryError(f"cannot read {which} of {table_path}: {one_line(err)}") from None
     split = {kind: [f for f, s in zip(fragments, streamed, strict=True) if s == kind] for kind in (False, True)}
-    return DesignsFiles(
-        ds.FileSystemDataset(split[False], schema, fmt, local), ds.FileSystemDataset(split[True], schema, fmt, local)
-    )
+    return DesignsFiles(dataset(split[False], schema), dataset(split[True], schema))
 
 
 def register_designs(con: duckdb.DuckDBPyConnection, files: DesignsFiles) -> None:
