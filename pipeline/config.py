@@ -15,13 +15,18 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.engine.layers import LAYER_INDEX, MIN_SIDE
+from pipeline.engine.layers import PREPROCESSINGS as NETWORK_PREPROCESSINGS
+
 DEFAULT_OUT = "data/catalog"
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise")
 COLORS = ("style", "keep", "match")
 ADAM_CONVENTIONS = ("keras", "pytorch")
-PREPROCESSINGS = ("auto", "caffe", "torchvision")
+PREPROCESSINGS = ("auto", *NETWORK_PREPROCESSINGS)
+# The network's arithmetic (pipeline/engine/transfer.py resolves auto).
+PRECISIONS = ("auto", "fp32", "bf16")
 # How the output tile repeats: see pipeline/engine/repeats.py for the layouts.
 REPEATS = ("none", "block", "half-drop", "brick")
 POOLINGS = ("max", "avg")
@@ -30,7 +35,7 @@ MAX_STYLE_SCALE = 4.0
 # Fields added after designs were first made, left out of the design id at these values
 # (and `repeat` none/block hashed as the `tile` flag it replaced): earlier designs keep their ids.
 _LEGACY_IDENTITY = {"style_scale": 1.0, "pooling": "max", "format": "png"}
-# Layer names follow the paper's convention convN_M; see pipeline/engine/vgg.py.
+# Layer names follow the paper's convention convN_M; see pipeline/engine/layers.py.
 DEFAULT_CONTENT_LAYERS = ("conv5_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 # Delta's default delta.deletedFileRetentionDuration: a vacuum may not keep less.
@@ -141,7 +146,7 @@ class Config:
         "'fp32' or 'bf16'; Gram matrices, losses, the image and the optimizer are always fp32; "
         "params record the precision used",
         identity=False,
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
     )
     devices: str = _field(
         "auto", "'auto' (every visible CUDA GPU, else cpu), 'cpu', or 'cuda:0,cuda:1'", identity=False
@@ -199,8 +204,6 @@ class Config:
         self.validate()
 
     def validate(self) -> None:
-        from pipeline.engine.vgg import LAYER_INDEX, MIN_SIDE  # local: vgg imports torch
-
         def bad(name: str, value: Any, accepted: str) -> ValueError:
             return ValueError(f"config {name}={value!r} is invalid; accepted: {accepted}")
 

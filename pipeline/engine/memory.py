@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.engine.vgg import LAYER_INDEX, VGG19_LAYOUT
+from pipeline.engine.layers import LAYER_INDEX, VGG19_LAYOUT
 
 FP32 = 4
 INDEX = 8  # max pooling's indices are int64

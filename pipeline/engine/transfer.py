@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import Config
+from pipeline.config import PRECISIONS, Config
 from pipeline.engine.colour import keep_colors, match_colors
 from pipeline.engine.losses import LOSS_NAMES, _layer_weights, content_loss, gram, seam_score, style_loss, tv_loss
 from pipeline.engine.optim import PaperAdam
@@ -40,10 +40,9 @@ from pipeline.engine.targets import TargetCache
 from pipeline.engine.vgg import LAYER_INDEX, MIN_SIDE, FeatureExtractor
 from pipeline.engine.weights import WeightsSource, load_features
 
-# "auto": bf16 autocast for the convolutions on CUDA and on CPUs whose oneDNN has
+# PRECISIONS (pipeline/config.py), "auto": bf16 autocast for the convolutions on CUDA and on CPUs whose oneDNN has
 # native bf16 (AVX512-BF16, AMX), fp32 elsewhere. "bf16" is accepted on any CPU
 # (emulated, and slower than fp32, where it is not native; tests use it).
-PRECISIONS = ("auto", "fp32", "bf16")
 # Overrides the CPU check, in this process and the processes it starts (Dask workers,
 # a child `designs generate`): "0" makes 'auto' fp32 on every CPU, "1" bf16. Mixed
 # fleets use it to get the same arithmetic everywhere; the test suite sets "0".

@@ -1,9 +1,8 @@
 """VGG19 `features` with torchvision's exact layout, so its published checkpoints
 (keys `features.N.weight`) load unchanged and Keras' HDF5 file maps onto it.
 
-Layers are named as in the paper: `convB_L` is the L-th convolution of block B,
-taken after its ReLU (Keras' `blockB_convL`, which the paper's TensorFlow run
-used, includes the activation).
+The layout and the layer names (`convB_L`, the paper's) live torch-free in
+pipeline/engine/layers.py; this module builds the network from them.
 """
 
 from __future__ import annotations
@@ -11,16 +10,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# torchvision's configuration "E" (VGG19): channel counts, "M" = 2x2 max pool.
-VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+from pipeline.engine.layers import CAFFE, CONV_INDICES, LAYER_INDEX, MIN_SIDE, PREPROCESSINGS, TORCHVISION, VGG19_LAYOUT
+
+__all__ = [
+    "CAFFE",
+    "CAFFE_MEAN_BGR",
+    "CONV_INDICES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LAYER_INDEX",
+    "MIN_SIDE",
+    "PREPROCESSINGS",
+    "TORCHVISION",
+    "VGG19_LAYOUT",
+    "FeatureExtractor",
+    "make_features",
+    "preprocess",
+    "random_init_",
+]
 
 # The input each network was trained on. The paper's TensorFlow run fed Keras'
 # VGG19 (the Caffe network) with `preprocess_input(image * 255)`: RGB to BGR,
 # 0..255, minus the BGR mean. torchvision's retrained VGG19 takes RGB in 0..1
 # normalised by the ImageNet mean and std.
-CAFFE = "caffe"
-TORCHVISION = "torchvision"
-PREPROCESSINGS = (CAFFE, TORCHVISION)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,28 +48,6 @@ def preprocess(image: torch.Tensor, preprocessing: str) -> torch.Tensor:
         std = torch.tensor(IMAGENET_STD, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
         return (image - mean) / std
     raise ValueError(f"preprocessing={preprocessing!r} is invalid; accepted: {', '.join(PREPROCESSINGS)}")
-
-
-def _layer_names() -> dict[str, int]:
-    """convB_L -> index of its ReLU in `features`; poolB -> index of the pool."""
-    names: dict[str, int] = {}
-    index, block, conv = 0, 1, 0
-    for item in VGG19_LAYOUT:
-        if item == "M":
-            names[f"pool{block}"] = index
-            index += 1
-            block, conv = block + 1, 0
-        else:
-            conv += 1
-            names[f"conv{block}_{conv}"] = index + 1  # the ReLU after the conv
-            index += 2
-    return names
-
-
-LAYER_INDEX: dict[str, int] = {k: v for k, v in _layer_names().items() if k.startswith("conv")}
-CONV_INDICES: tuple[int, ...] = tuple(i - 1 for i in LAYER_INDEX.values())
-# Each pooling halves the grid; conv5_x sits after four pools.
-MIN_SIDE = 16
 
 
 def make_features(until_index: int | None = None) -> nn.Sequential:

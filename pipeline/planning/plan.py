@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline.catalog.images import DEFAULT_MAX_BYTES, ImageLoadError, header_size, output_size, read_image_bytes
 from pipeline.catalog.inputs import ImageRef, InputCatalog
 from pipeline.config import Config
-from pipeline.engine.vgg import MIN_SIDE
+from pipeline.engine.layers import MIN_SIDE
 from pipeline.planning.variants import JobSpec, job_specs
 
 DESIGN_ID_VERSION = 1
