@@ -15,12 +15,12 @@ from PIL import Image, ImageCms
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.images import srgb_icc_profile, tensor_to_tiff16_bytes
 from pipeline.catalog.inputs import load_input_catalog
+from pipeline.catalog.verify import verify_catalog
 from pipeline.config import Config
 from pipeline.engine.weights import resolve_weights
 from pipeline.execution.shard import run_shard
 from pipeline.planning.plan import plan_designs
 from pipeline.planning.variants import job_specs
-from pipeline.catalog.verify import verify_catalog
 
 
 def tiff_samples(data: bytes) -> np.ndarray:
