@@ -247,7 +247,7 @@ class _Intent:
 def _sorted_passes(table_path: Path, group: list[DataFile], file_schema: pa.Schema) -> Iterator[pa.Table]:
     """The group's rows sorted by design_id, in tables of about SORT_PASS_BYTES of files each:
     one id range per pass, the ranges cut at quantiles of the group's ids."""
-    dataset = ds.dataset([str(table_path / f.path) for f in group], schema=file_schema, format="parquet")
+    dataset = ds.dataset([f.local_path(table_path) for f in group], schema=file_schema, format="parquet")
     passes = max(1, -(-sum(f.size for f in group) // SORT_PASS_BYTES))
     if passes == 1:
         yield dataset.to_table().sort_by("design_id")
@@ -310,7 +310,7 @@ def _write_files(
 
 def _rows(table_path: Path, f: DataFile) -> int:
     """The file's rows: from its statistics, from its footer where it has none."""
-    return f.rows if f.rows is not None else pq.ParquetFile(table_path / f.path).metadata.num_rows
+    return f.rows if f.rows is not None else pq.ParquetFile(f.local_path(table_path)).metadata.num_rows
 
 
 def _stats(rows: pa.Table) -> dict:
