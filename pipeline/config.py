@@ -345,7 +345,7 @@ class Config:
             if values[name] == legacy:
                 del values[name]
         if values["repeat"] in ("none", "block"):
-            values["tile"] = values.pop("repeat") == "block"
+            values["tile"] = legacy_tile(values.pop("repeat"))
         return values
 
     def identity_json(self) -> str:
@@ -367,6 +367,29 @@ class Config:
 _IDENTITY_JSON = "_identity_json_cache"
 
 
+# The one old-params rule: `tile`, the flag that `repeat` replaced, is `repeat` 'block'; a
+# false `tile` is 'none'. Old pairs files, design ids and tables' params still speak of `tile`.
+def legacy_tile(repeat: str | None) -> bool:
+    """`tile` as the fields that replaced it give it (a half-drop or a brick was never a `tile`)."""
+    return repeat == "block"
+
+
+def repeat_of_tile(tile: bool) -> str:
+    return "block" if tile else "none"
+
+
+# Params fields a Config no longer has, derived from the params that replaced them
+# (pipeline/catalog/schema.py widens a merge into an old table with them).
+LEGACY_PARAMS = {"tile": lambda params: legacy_tile(params.get("repeat"))}
+
+
+def with_repeat(params: dict[str, Any]) -> dict[str, Any]:
+    """A row's stored params, `repeat` filled from `tile` where the row was made before `repeat`."""
+    if params.get("repeat") is None and params.get("tile") is not None:
+        params = {**params, "repeat": repeat_of_tile(bool(params["tile"]))}
+    return params
+
+
 def tile_alias(values: dict[str, Any]) -> dict[str, Any]:
     """`tile` (the flag that `repeat` replaced, still in old pairs files and params) as `repeat`:
     true is 'block' (or the repeat given with it), false 'none'."""
@@ -378,7 +401,7 @@ def tile_alias(values: dict[str, Any]) -> dict[str, Any]:
         return values
     tile = coerce_bool("tile", tile) if isinstance(tile, str) else bool(tile)
     if repeat is None:
-        values["repeat"] = "block" if tile else "none"
+        values["repeat"] = repeat_of_tile(tile)
     elif tile != (repeat != "none"):
         raise ValueError(f"config tile={tile} and repeat={repeat!r} disagree; accepted: one of them, or both alike")
     return values

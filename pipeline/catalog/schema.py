@@ -1,7 +1,7 @@
 """The design catalog's row schema: one row per design, `params` the Config that made it.
 
-Old tables keep params fields the Config has since dropped; LEGACY_PARAMS is the one rule
-that derives them (and conform_params widens a merge's rows to the table's params).
+Old tables keep params fields the Config has since dropped; LEGACY_PARAMS (pipeline/config.py,
+the one old-params rule) derives them, and conform_params widens a merge's rows to the table's params.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.config import Config, element_type, field_type
+from pipeline.config import LEGACY_PARAMS, Config, element_type, field_type
 
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 
@@ -72,7 +72,7 @@ SCHEMA = pa.schema(
         pa.field("content_extra", pa.string()),  # JSON of the input catalog's extra columns
         pa.field("style_extra", pa.string()),
         pa.field("versions", pa.struct([pa.field(n, pa.string()) for n in ("package", "torch", "python")])),
-        # Colourways (pipeline/catalog/colourways.py): the design recoloured, and the inks it is printed in.
+        # Colourways (pipeline/execution/colourways.py): the design recoloured, and the inks it is printed in.
         pa.field("parent_design_id", pa.string()),  # null: an optimized design
         pa.field("palette", pa.list_(pa.string())),  # "#rrggbb" colours, darkest first
     ]
@@ -91,11 +91,6 @@ def params_value(
     if precision is not None:
         values["precision"] = precision
     return values
-
-
-# The old-params rule: params fields a Config no longer has, derived from the fields that
-# replaced them, for tables whose params still carry them (`tile` is `repeat` block).
-LEGACY_PARAMS = {"tile": lambda params: params.get("repeat") == "block"}
 
 
 def conform_params(source: pa.Table, records: list[dict[str, Any]], target: pa.StructType) -> pa.Table:
