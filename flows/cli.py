@@ -397,7 +397,7 @@ def parse_intermixed(parser: argparse.ArgumentParser) -> None:
 
 
 def add_timeout_flag(parser: argparse.ArgumentParser, what: str) -> None:
-    from pipeline.views.timeout import DEFAULT_TIMEOUT_S
+    from pipeline.catalog.timeout import DEFAULT_TIMEOUT_S
 
     parser.add_argument(
         "--timeout",
@@ -606,15 +606,11 @@ def weights_lines(found: list[Any]) -> list[str]:
 
 
 def run_colourways(args: argparse.Namespace) -> int:
-    from pipeline.catalog.colourways import (
-        DEFAULT_IMAGE_INKS,
-        ColourwayError,
-        inks_palette,
-        make_colourways,
-        palette_from_file,
-        palette_from_image,
-    )
     from pipeline.catalog.designs import CatalogFault
+    from pipeline.catalog.palettes import palette_from_file, palette_from_image
+    from pipeline.engine.palette import DEFAULT_IMAGE_INKS, ColourwayError, inks_palette
+    from pipeline.execution.colourways import make_colourways
+    from pipeline.views.contact_sheet import colourways_sheet
 
     try:
         if args.palette is not None:
@@ -628,6 +624,7 @@ def run_colourways(args: argparse.Namespace) -> int:
         else:
             raise ColourwayError("no colours given; accepted: --palette FILE, --from-image IMG or --inks N")
         report = make_colourways(args.out, palette, version=args.version, where=args.where, timeout_s=args.timeout)
+        colourways_sheet(report, args.out)  # each colourway beside its parent
     except (FileNotFoundError, ValueError) as err:  # ColourwayError and QueryError are ValueErrors
         print(f"designs colourways: refused: {err}", file=sys.stderr)
         return EXIT_REFUSED

@@ -1,6 +1,6 @@
 """The design catalog's rows, built from one `RowContext` per shard (or per
-run, for input faults): the fields known before any work, a failed row, and an
-ok row whose PNG it writes."""
+run, for input faults; per command, for colourways): the fields known before any
+work, a failed row, an ok row and a colourway row, whose file `write_design` writes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.images import design_file_bytes
 from pipeline.catalog.schema import params_value
 from pipeline.config import Config
+from pipeline.engine.losses import seam_score
 from pipeline.engine.transfer import DesignResult, resolve_precision
 from pipeline.engine.weights import WeightsSource
 from pipeline.execution.devices import device_name
@@ -41,14 +42,27 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
+def write_design(
+    catalog: DesignCatalog, design_id: str, image: torch.Tensor, fmt: str, text: dict[str, str], dpi: int
+) -> tuple[str, str]:
+    """A design's file (PNG text chunks or the TIFF's ImageDescription hold `text`), written
+    atomically under its content hash: (its path relative to OUT, its SHA-256)."""
+    data, ext = design_file_bytes(image, fmt, text, dpi)
+    sha = hashlib.sha256(data).hexdigest()
+    relpath = catalog.image_relpath(design_id, sha, ext)
+    write_atomic(catalog.out / relpath, data)
+    return relpath, sha
+
+
 @dataclass(frozen=True)
 class RowContext:
     """What every row made in one place shares: the run's config (a job's own
     config overrides it), the weights, the run id, the device (None for rows
-    made before any device work) and the catalog the PNGs are written into."""
+    made before any device work) and the catalog the PNGs are written into.
+    Colourways have no weights of their own (None): their rows copy their parent's."""
 
     config: Config
-    weights: WeightsSource
+    weights: WeightsSource | None
     run_id: str
     device: str | None = None
     catalog: DesignCatalog | None = None
@@ -59,6 +73,7 @@ class RowContext:
 
     def base(self, job: Job) -> dict[str, Any]:
         """The row fields known before any work: inputs, params, provenance."""
+        assert self.weights is not None, "optimized designs' rows need the weights"
         cfg = job.config or self.config
         content = job.content
         refs = ([content] if content else []) + list(job.styles)
@@ -102,6 +117,7 @@ class RowContext:
     ) -> dict[str, Any]:
         """The row of an optimized design; writes its PNG into the catalog when it is ok."""
         assert self.catalog is not None and self.device is not None, "design rows need the catalog and the device"
+        assert self.weights is not None, "optimized designs' rows need the weights"
         cfg = job.config or self.config
         row = self.base(job)
         row.update(
@@ -128,11 +144,7 @@ class RowContext:
                 "params": json.dumps(row["params"], sort_keys=True),
                 "weights": self.weights.identity,
             }
-            # The same metadata in either format: PNG text chunks, or the TIFF's ImageDescription.
-            data, ext = design_file_bytes(result.image, cfg.format, text, cfg.dpi)
-            sha = hashlib.sha256(data).hexdigest()
-            relpath = self.catalog.image_relpath(job.design_id, sha, ext)
-            write_atomic(self.catalog.out / relpath, data)
+            relpath, sha = write_design(self.catalog, job.design_id, result.image, cfg.format, text, cfg.dpi)
             write_seconds = time.perf_counter() - write_start
             row.update(
                 status="ok",
@@ -150,4 +162,59 @@ class RowContext:
             "total_s": load_seconds + result.targets_seconds + result.optimize_seconds + write_seconds,
             "steps_per_second": result.steps_per_second,
         }
+        return row
+
+    def colourway(
+        self,
+        parent: dict[str, Any],
+        design_id: str,
+        image: torch.Tensor,
+        colours: list[str],
+        params: dict[str, Any],
+        note: str,
+        timing: tuple[float, float],
+    ) -> dict[str, Any]:
+        """The row of `parent` recoloured (pipeline/execution/colourways.py): the parent's row
+        (inputs, params, weights) with its own id, file and inks; writes its file. `timing`:
+        (perf_counter when the work began, seconds the parent's image took to load)."""
+        assert self.catalog is not None and self.device is not None, "colourway rows need the catalog and the device"
+        started, load_seconds = timing
+        text = {
+            "design_id": design_id,
+            "params": json.dumps(params, sort_keys=True, default=str),
+            "weights": str(params.get("weights")),
+            "parent_design_id": parent["design_id"],
+            "palette": json.dumps(colours),
+        }
+        fmt, dpi = params.get("format") or "png", int(params.get("dpi") or 0)
+        relpath, sha = write_design(self.catalog, design_id, image, fmt, text, dpi)
+        write_seconds = time.perf_counter() - started - load_seconds
+        repeat = params.get("repeat") or "none"
+        row = dict(parent)
+        row.update(
+            params=params,
+            design_id=design_id,
+            run_id=self.run_id,
+            created_at=now_utc(),
+            status="ok",
+            error=None,
+            notes=note,
+            pairing_key=None,
+            parent_design_id=parent["design_id"],
+            palette=colours,
+            output_uri=relpath,
+            output_sha256=sha,
+            loss_total=None,
+            loss_content=None,
+            loss_style=None,
+            loss_tv=None,
+            final_loss=None,
+            seam_score=seam_score(image, repeat) if repeat != "none" else None,
+            mask_leakage=None,
+            device=self.device,
+            device_name=self.device_name,
+            batch_size=None,
+            timings={"load_s": load_seconds, "write_s": write_seconds, "total_s": load_seconds + write_seconds},
+            versions=dict(versions()),
+        )
         return row

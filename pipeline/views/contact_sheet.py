@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from pipeline.execution.colourways import ColourwayReport
 
 CONTACT_SHEET = "contact_sheet.png"  # in OUT/runs/<run_id>/
 THUMB = 160
@@ -114,3 +117,17 @@ def write_contact_sheet(
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, format="PNG")
     return path
+
+
+def colourways_sheet(report: ColourwayReport, out: str | Path) -> Path | None:
+    """The contact sheet of a `designs colourways` run, each colourway made beside its parent,
+    in OUT/runs/<run_id>/ (sets report.contact_sheet); None when it made none."""
+    from pipeline.catalog.designs import DesignCatalog
+    from pipeline.config import Config
+
+    if not report.pairs:
+        return None
+    shown = [parent for parent, _ in report.pairs] + [row for _, row in report.pairs]
+    path = DesignCatalog(out).run_dir(report.run_id) / CONTACT_SHEET
+    report.contact_sheet = write_contact_sheet(shown, out, path, report.title, Config().to_dict())
+    return report.contact_sheet

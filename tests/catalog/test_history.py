@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pipeline.catalog.colourways import inks_palette, make_colourways
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.history import COLOURWAYS, run_records
 from pipeline.catalog.inputs import load_input_catalog
 from pipeline.config import Config
+from pipeline.engine.palette import inks_palette
 from pipeline.engine.weights import resolve_weights
+from pipeline.execution.colourways import make_colourways
 from pipeline.execution.shard import run_shard
 from pipeline.planning.plan import plan_designs
 from pipeline.planning.variants import job_specs
+from pipeline.views.contact_sheet import colourways_sheet
 from pipeline.views.query import query
 
 ANALYSTS = Path(__file__).resolve().parents[2] / "docs" / "ANALYSTS.md"
@@ -28,6 +30,7 @@ def one_design_and_its_colourway(sample_catalog: Path, out: Path) -> str:
     catalog = DesignCatalog(out)
     catalog.commit(run_shard(plan.todo[:1], config, weights, "cpu", catalog, "r"), "r")
     report = make_colourways(out, inks_palette(2))
+    colourways_sheet(report, out)  # as `designs colourways` draws it, into the run's folder
     assert len(report.made) == 1
     (run_id,) = {row for row in catalog.to_pandas().run_id if row != "r"}
     return run_id

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pipeline.catalog.colourways as colourways
+import pipeline.engine.palette as palette_maths
 from flows.cli import main
-from pipeline.catalog.colourways import (
+from pipeline.catalog.palettes import (
     MAX_PALETTE_BYTES,
     PALETTE_IMAGE_PIXELS,
-    ColourwayError,
     palette_from_file,
     palette_from_image,
 )
+from pipeline.engine.palette import ColourwayError
 
 
 def _refused(path: Path | str) -> str:
@@ -147,14 +147,14 @@ def test_a_large_image_is_decoded_reduced_for_its_palette(tmp_path: Path, monkey
     path = tmp_path / "big.jpg"
     Image.fromarray(array).save(path, quality=95)
     seen: list[int] = []
-    real = colourways.srgb_to_oklab
+    real = palette_maths.srgb_to_oklab
 
     def counted(rgb):
         seen.append(int(np.asarray(rgb).size // 3))
         assert seen[-1] <= PALETTE_IMAGE_PIXELS, f"{seen[-1]} pixels handed to the colour maths"
         return real(rgb)
 
-    monkeypatch.setattr(colourways, "srgb_to_oklab", counted)
+    monkeypatch.setattr(palette_maths, "srgb_to_oklab", counted)
     palette = palette_from_image(path, 4)
     assert seen and seen[0] >= PALETTE_IMAGE_PIXELS // 2  # reduced, not to a handful
     found = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in palette.colours])

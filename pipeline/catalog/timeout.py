@@ -1,5 +1,5 @@
 """The time limit of a DuckDB statement (`designs query --timeout`, `designs colourways
---timeout`): a timer thread interrupts the connection. Apart from query.py so the command
+--timeout`): a timer thread interrupts the connection. Apart from sql.py so the command
 line's --help shows the default without importing DuckDB."""
 
 from __future__ import annotations

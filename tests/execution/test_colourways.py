@@ -10,26 +10,17 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from pipeline.catalog.colourways import (
-    ColourwayError,
-    Palette,
-    colourway_id,
-    inks_palette,
-    make_colourways,
-    oklab_to_srgb,
-    palette_from_file,
-    palette_from_image,
-    parse_palette,
-    recolour,
-    srgb_to_oklab,
-)
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.inputs import load_input_catalog
+from pipeline.catalog.palettes import palette_from_file, palette_from_image
 from pipeline.config import Config
+from pipeline.engine.palette import ColourwayError, inks_palette
 from pipeline.engine.weights import resolve_weights
+from pipeline.execution.colourways import colourway_id, make_colourways
 from pipeline.execution.shard import run_shard
 from pipeline.planning.plan import plan_designs
 from pipeline.planning.variants import job_specs
+from pipeline.views.contact_sheet import CONTACT_SHEET, PAD, THUMB
 from pipeline.views.gallery import build_gallery
 
 TINY = Config(weights="random", size=32, steps=2, loss_every=1)
@@ -47,41 +38,6 @@ def designs(sample_catalog: Path, tmp_path: Path) -> Path:
         jobs = [j for j in plan.todo if j.content_id == content][: 2 if content == "dress" else 1]
         catalog.commit(run_shard(jobs, config, weights, "cpu", catalog, "r"), "r")
     return out
-
-
-def test_oklab_round_trips_and_palettes_parse():
-    rgb = np.random.default_rng(0).random((50, 3))
-    np.testing.assert_allclose(oklab_to_srgb(srgb_to_oklab(rgb)), rgb, atol=1e-9)
-    np.testing.assert_allclose(srgb_to_oklab(np.ones(3)), [1.0, 0.0, 0.0], atol=1e-4)  # white: L 1, no chroma
-    assert parse_palette("#1F6FB4, f08a5d\n# a comment\n#ffffff  # white", "p") == ("#1f6fb4", "#f08a5d", "#ffffff")
-    with pytest.raises(ColourwayError, match="'blue' is not a hex colour; accepted: #RRGGBB"):
-        parse_palette("#000000 blue", "p")
-    with pytest.raises(ColourwayError, match="colour count 1 is invalid; accepted: 2 to 16 colours"):
-        parse_palette("#000000", "p")
-    with pytest.raises(ColourwayError, match="--inks 40 is invalid"):
-        inks_palette(40)
-
-
-def test_inks_are_flat_n_colours_without_dithering_and_deterministic():
-    rng = np.random.default_rng(1)
-    rgb = np.clip(np.linspace(0, 1, 32)[None, :, None] + rng.normal(0, 0.003, (32, 32, 3)), 0, 1)
-    flat, colours = recolour(rgb, inks_palette(4))
-    assert len(colours) == 4 and len(np.unique(flat.reshape(-1, 3), axis=0)) == 4
-    again, colours_again = recolour(rgb, inks_palette(4))
-    assert colours == colours_again and np.array_equal(flat, again)
-    # No dithering: a pixel takes its nearest ink, so a smooth ramp gives contiguous bands.
-    bands = np.unique(flat[16], axis=0, return_index=True)[1]
-    assert len(bands) == 4
-    labels = [tuple(p) for p in flat[16]]
-    assert sum(labels[i] != labels[i + 1] for i in range(31)) == 3
-
-
-def test_a_palette_maps_darkest_to_darkest():
-    two_tone = np.zeros((8, 8, 3))
-    two_tone[:, 4:] = 0.9  # a light stripe on dark
-    flat, colours = recolour(two_tone, Palette("palette", ("#ffe0a0", "#102060")))
-    assert colours == ["#102060", "#ffe0a0"]
-    assert np.allclose(flat[0, 0] * 255, [0x10, 0x20, 0x60]) and np.allclose(flat[0, 7] * 255, [0xFF, 0xE0, 0xA0])
 
 
 def test_palette_from_an_image_is_its_own_colours(tmp_path: Path):
@@ -202,3 +158,12 @@ def test_a_table_made_before_colourways_takes_the_new_columns(designs: Path, tmp
     assert len(frame) == 6 and frame.parent_design_id.notna().sum() == 3
     assert frame[frame.parent_design_id.isna()].palette.isna().all()
     assert make_colourways(old, inks_palette(2)).made == []
+
+
+def test_the_cli_draws_each_colourway_beside_its_parent(designs: Path, capsys):
+    assert main(["colourways", str(designs), "--inks", "2", "--where", "content_id = 'tshirt'"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("contact sheet: ")]
+    sheet = Path(line.removeprefix("contact sheet: "))
+    assert sheet.name == CONTACT_SHEET and sheet.parent.parent == designs / "runs"
+    with Image.open(sheet) as image:
+        assert image.width == 2 * (THUMB + PAD) + PAD  # two cells: the parent, then its colourway
