@@ -21,79 +21,20 @@ import signal
 import sys
 import threading
 from importlib import metadata
-from pathlib import Path
 from typing import Any, NoReturn
 
-from pipeline.config import DEFAULT_OUT, Config, coerce, config_field, config_fields, element_type, field_type
-
-EXIT_OK, EXIT_FAILED_DESIGNS, EXIT_REFUSED, EXIT_ENVIRONMENT, EXIT_STOPPED = 0, 1, 2, 3, 130
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell shows for a writer whose reader left
-# Flags whose names read better than the field's.
-FLAG_NAMES = {"allow_roots": "--allow-root"}
-
-
-def project_root() -> Path:
-    here = Path(__file__).resolve().parents[1]
-    return here if (here / "pyproject.toml").is_file() else Path.cwd()
-
-
-def configure_prefect_env() -> None:
-    """Prefect keeps its state inside the project and sends no analytics."""
-    os.environ.setdefault("PREFECT_HOME", str(project_root() / ".prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # Prefect's temporary server gets 20 s to start; a busy machine needs more.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = Config()
-    group = parser.add_argument_group("config (pipeline.config.Config)")
-    for f in config_fields():
-        flag = FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
-        default = getattr(defaults, f.name)
-        help_text = f.metadata["help"]
-        if field_type(f) is tuple:
-            shown = ",".join(map(str, default)) or "none"
-            if f.name == "allow_roots":
-                group.add_argument(
-                    flag,
-                    dest=f.name,
-                    action="append",
-                    metavar="DIR",
-                    help=f"{help_text}; repeatable (default: {shown})",
-                )
-            else:
-                group.add_argument(
-                    flag,
-                    dest=f.name,
-                    metavar=f"{element_type(f).__name__.upper()},...",
-                    help=f"{help_text}, comma-separated (default: {shown})",
-                )
-        elif field_type(f) is bool:
-            group.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, help=f"{help_text} (default: {default})"
-            )
-        else:
-            group.add_argument(
-                flag,
-                dest=f.name,
-                choices=f.metadata["choices"],
-                metavar=None if f.metadata["choices"] else field_type(f).__name__.upper(),
-                help=f"{help_text} (default: {default})",
-            )
-        if f.name == "repeat":  # the flag `repeat` replaced
-            group.add_argument("--tile", dest="repeat", action="store_const", const="block", help="--repeat block")
-            group.add_argument("--no-tile", dest="repeat", action="store_const", const="none", help="--repeat none")
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    values = {}
-    for f in config_fields():
-        value = getattr(args, f.name, None)
-        if value is not None:
-            values[f.name] = coerce(f, value)
-    return Config(**values)
+from flows.options import (
+    EXIT_BROKEN_PIPE,
+    EXIT_ENVIRONMENT,
+    EXIT_FAILED_DESIGNS,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_STOPPED,
+    add_config_flags,
+    config_from_args,
+    configure_prefect_env,
+)
+from pipeline.config import DEFAULT_OUT, Config, config_field
 
 
 class Parser(argparse.ArgumentParser):
@@ -637,16 +578,19 @@ def run_colourways(args: argparse.Namespace) -> int:
 
 def run_generate(catalog: str, out: str, config: Config, pairs: str | None = None, grid: dict | None = None) -> int:
     """Check everything that can refuse the run, then run the flow; one line for each way it can end early."""
-    from pipeline.execution.preflight import CatalogFault, Refused, preflight
+    from pipeline.engine.weights import WeightsError
+    from pipeline.execution.preflight import CatalogFault
+    from pipeline.execution.run import Run
 
     try:
         # Before Prefect starts: a refusal costs no server start and prints no traceback.
-        preflight(catalog, out, config, pairs, grid, devices=config.runner == "thread")
+        # The flow takes what was checked: the catalog and the weights are loaded once.
+        prepared = Run(catalog, out, config).prepare(pairs, grid, devices=config.runner == "thread")
         if config.runner != "thread":
             from flows.task_runners import make_task_runner
 
             make_task_runner(config.runner, config.dask_address or None, config.devices)
-    except (Refused, ValueError) as err:  # DeviceError is a ValueError
+    except (ValueError, WeightsError) as err:  # Refused, CatalogError and DeviceError are ValueErrors
         print(f"designs generate: refused: {err}", file=sys.stderr)
         return EXIT_REFUSED
     except CatalogFault as err:
@@ -659,7 +603,6 @@ def run_generate(catalog: str, out: str, config: Config, pairs: str | None = Non
     from flows.server import start_temporary_server
     from flows.task_runners import workers_prefect_api
     from pipeline.catalog.inputs import CatalogError
-    from pipeline.engine.weights import WeightsError
     from pipeline.execution.devices import DeviceError
 
     flows.generate.LOG_SUMMARY = False  # printed below, once
@@ -668,7 +611,7 @@ def run_generate(catalog: str, out: str, config: Config, pairs: str | None = Non
         start_temporary_server()  # where no PREFECT_API_URL is set: one that Ctrl-C and kill -9 do not strand
         flow = generate_flow(config)
         with workers_prefect_api(config.runner, config.dask_address or None):
-            summary = flow(catalog=catalog, out=out, config=config, pairs=pairs, grid=grid or None)
+            summary = flow(catalog=catalog, out=out, config=config, pairs=pairs, grid=grid or None, prepared=prepared)
     except (CatalogError, WeightsError, DeviceError) as err:  # the inputs changed since the checks
         print(f"designs generate: refused: {err}", file=sys.stderr)
         return EXIT_REFUSED

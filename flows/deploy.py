@@ -29,7 +29,7 @@ from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
-from flows.cli import EXIT_REFUSED, add_config_flags, config_from_args, configure_prefect_env, project_root
+from flows.options import EXIT_REFUSED, add_config_flags, config_from_args, configure_prefect_env, project_root
 from flows.server import public_api_url, start_server, stop_server
 from pipeline.config import DEFAULT_OUT, Config
 

@@ -19,17 +19,19 @@ from flows.artifacts import publish_run_artifacts
 from flows.progress import RunProgress, register, registered
 from flows.task_runners import THREAD_POOL_WORKERS, make_task_runner, shard_devices
 from pipeline.catalog.designs import DesignCatalog
-from pipeline.catalog.inputs import InputCatalog, load_input_catalog
+from pipeline.catalog.inputs import InputCatalog
 from pipeline.catalog.maintenance import MaintenanceReport
 from pipeline.config import DEFAULT_OUT, Config
 from pipeline.engine.transfer import Progress
-from pipeline.engine.weights import WeightsSource, load_features, resolve_weights
+from pipeline.engine.weights import WeightsSource
 from pipeline.execution.devices import device_name
+from pipeline.execution.preflight import Checked
 from pipeline.execution.run import Run
 from pipeline.execution.shard import run_shard
 from pipeline.execution.summary import RunSummary
 from pipeline.planning.plan import Job, Plan
-from pipeline.planning.variants import JobSpecs, job_specs
+from pipeline.planning.variants import JobSpecs
+from pipeline.views.contact_sheet import CONTACT_SHEET, write_contact_sheet
 
 PROGRESS_LOG_SECONDS = 15.0
 
@@ -71,24 +73,12 @@ def stop_when_asked(on_progress: Callable[[Progress], None]) -> Callable[[Progre
     return check
 
 
+# No retries: a missing catalog or a broken weights file does not mend itself.
 @task(cache_policy=NO_CACHE)
-def validate_catalog(catalog: str, allow_roots: tuple[str, ...], max_images: int) -> InputCatalog:
-    return load_input_catalog(catalog, allow_roots, max_images)
-
-
-# No retries: a missing or broken file does not mend itself.
-@task(cache_policy=NO_CACHE)
-def find_weights(spec: str, seed: int, preprocessing: str) -> WeightsSource:
-    weights = resolve_weights(spec, seed, preprocessing=preprocessing)
-    load_features(weights)  # a file that cannot be loaded stops the run before anything is written
-    return weights
-
-
-@task(cache_policy=NO_CACHE)
-def enumerate_designs(
-    catalog: InputCatalog, config: Config, pairs: str | None, grid: dict[str, list[Any]] | None
-) -> JobSpecs:
-    return job_specs(catalog, config, pairs, grid)
+def prepare(run: Run, pairs: str | None, grid: dict[str, list[Any]] | None) -> Checked:
+    """Run.prepare for a run that no CLI prepared (a deployment): the same checks, the input
+    catalog and the weights loaded once."""
+    return run.prepare(pairs, grid, devices=run.config.runner == "thread")
 
 
 @task(cache_policy=NO_CACHE)
@@ -98,7 +88,13 @@ def plan(run: Run, inputs: InputCatalog, weights: WeightsSource, devices: list[s
 
 @task(cache_policy=NO_CACHE)
 def contact_sheet(run: Run) -> str | None:
-    path = run.contact_sheet()
+    path = write_contact_sheet(
+        run.sample.rows,
+        run.out,
+        run.designs.run_dir(run.run_id) / CONTACT_SHEET,
+        title=f"run {run.run_id}: {run.tally.ok} designs",
+        defaults=Config().to_dict(),
+    )
     return str(path) if path else None
 
 
@@ -180,22 +176,36 @@ def generate(
     config: Config = Config(),  # noqa: B008 (frozen: one shared default is safe)
     pairs: str | None = None,
     grid: dict[str, list[Any]] | None = None,
+    prepared: Checked | None = None,
 ) -> RunSummary:
     """Make every content x style design of CATALOG not yet in the design catalog at OUT.
 
     pairs: a parquet of explicit pairings (content_id, style_ids, style_mix, per-row
     config overrides) instead of the cross product; grid: field -> values, every
-    pairing made once per combination (see pipeline.planning.variants)."""
-    logger = get_run_logger()
+    pairing made once per combination (see pipeline.planning.variants); prepared: what
+    Run.prepare checked for these arguments (the CLI's), else the flow prepares itself."""
     run = Run(catalog, out, config, flow_run_id=str(flow_run.id or "local"))
-
-    # Everything that can refuse the whole run happens before any work.
     devices = shard_devices(config)
-    inputs = validate_catalog(catalog, config.allow_roots, config.max_catalog_images)
-    weights = find_weights(config.weights, config.seed, config.preprocessing)
-    specs = enumerate_designs(inputs, config, pairs, grid)
-    planned = plan(run, inputs, weights, devices, specs)
-    logger.info(
+    checked = prepared or prepare(run, pairs, grid)  # everything that can refuse the run, before any work
+    planned = plan(run, checked.inputs, checked.weights, devices, checked.specs)
+    log_plan(run, planned, devices, checked.weights)
+    progress = RunProgress().start(len(planned.todo) + len(planned.failed))
+    register(run.run_id, progress)  # shard tasks in this process report their steps to it
+    if planned.failed:
+        fault_rows = run.input_fault_rows()
+        commit_rows(run, fault_rows, "input-faults")
+        progress.advance_rows(fault_rows)
+    run_shards(run, devices, checked.weights, progress)
+    progress.close()
+    register(run.run_id, None)
+    summary = report(run)
+    if not STOP.is_set():  # a stop asked for the run to end, not for upkeep
+        upkeep(run)
+    return summary
+
+
+def log_plan(run: Run, planned: Plan, devices: list[str], weights: WeightsSource) -> None:
+    get_run_logger().info(
         "run %s: %d pairing(s), %d already in the catalog, %d to make, %d failing on their inputs; devices %s; weights %s",
         run.run_id,
         planned.pairings,
@@ -206,15 +216,12 @@ def generate(
         weights.label,
     )
 
-    progress = RunProgress().start(len(planned.todo) + len(planned.failed))
-    register(run.run_id, progress)  # shard tasks in this process report their steps to it
-    if planned.failed:
-        fault_rows = run.input_fault_rows()
-        commit_rows(run, fault_rows, "input-faults")
-        progress.advance_rows(fault_rows)
 
-    # Each shard holds one device while it runs; a device takes the next shard
-    # as soon as it is free, so faster devices take more shards.
+def run_shards(run: Run, devices: list[str], weights: WeightsSource, progress: RunProgress) -> None:
+    """The device loop: each shard holds one device while it runs; a device takes the next
+    shard as soon as it is free, so faster devices take more shards. Each finished shard
+    is committed (a failed one as failed rows; a stopped one left for the next run)."""
+    logger = get_run_logger()
     shards = run.shards()
     free = list(devices)
     running: dict[Any, tuple[int, list[Job], str]] = {}
@@ -224,7 +231,7 @@ def generate(
             index, jobs = shards.pop(0)
             device = free.pop(0)
             fallback = [d for d in devices if d != device]  # where a retry goes
-            future = run_shard_task.submit(index, jobs, config, weights, [device, *fallback], out, run.run_id)
+            future = run_shard_task.submit(index, jobs, run.config, weights, [device, *fallback], run.out, run.run_id)
             running[future] = (index, jobs, device)
 
     start_shards()
@@ -249,30 +256,36 @@ def generate(
             shard_rows = run.failed_shard_rows(jobs, device, message)
         commit_rows(run, shard_rows, f"shard-{index}")
         progress.advance_rows(shard_rows, shard=index)
-    progress.close()
-    register(run.run_id, None)
 
+
+def report(run: Run) -> RunSummary:
+    """The contact sheet, the summary (runs/<run_id>/summary.json), the run's Prefect
+    artifacts and, for a deployment, the summary in the log."""
+    logger = get_run_logger()
     sheet = contact_sheet(run) if run.tally.rows else None
     if sheet:
         logger.info("contact sheet: %s", sheet)
     summary = run.finish(stopped=STOP.is_set())
-    publish_run_artifacts(summary, run.sample.rows, out, run.run_id)
+    publish_run_artifacts(summary, run.sample.rows, run.out, run.run_id)
     for line in summary.report_lines() if LOG_SUMMARY else ():
         logger.info(line)
-    if not STOP.is_set():  # a stop asked for the run to end, not for upkeep
-        maintenance = maintain_catalog(run, return_state=True)
-        if maintenance.is_completed():
-            report = maintenance.result()
-            for line in report.lines() if report else ():
-                logger.info(line)
-        else:
-            # The run's designs are committed either way; only the upkeep is left.
-            logger.warning(
-                "design catalog maintenance failed: %s; run `designs maintain %s` to finish it",
-                maintenance.message,
-                out,
-            )
     return summary
+
+
+def upkeep(run: Run) -> None:
+    """Compaction, vacuum and checkpoint once due; a failure is a warning, as the run's designs are committed."""
+    logger = get_run_logger()
+    maintenance = maintain_catalog(run, return_state=True)
+    if maintenance.is_completed():
+        done = maintenance.result()
+        for line in done.lines() if done else ():
+            logger.info(line)
+    else:
+        logger.warning(
+            "design catalog maintenance failed: %s; run `designs maintain %s` to finish it",
+            maintenance.message,
+            run.out,
+        )
 
 
 def generate_flow(config: Config):

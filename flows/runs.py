@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 1:
         parser.error(f"--limit {args.limit}: give 1 or more")
 
-    from flows.cli import configure_prefect_env
+    from flows.options import configure_prefect_env
 
     configure_prefect_env()  # before Prefect reads its settings
     import httpx

@@ -5,6 +5,8 @@ pipeline/ free of Prefect, benchmarks outside the product."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,49 @@ def test_the_engine_imports_only_torch_numpy_and_pillow():
 
 def test_files_is_torch_free():
     assert not third_party(ROOT / "pipeline" / "files.py") & {"torch", "numpy", "PIL", "deltalake"}
+
+
+# The stages in the order data flows through them: a module may import its own stage and
+# the stages before it, never one after (pipeline/config.py and pipeline/files.py are
+# foundations every stage shares).
+STAGE_ORDER = ("engine", "catalog", "planning", "execution", "views", "flows")
+
+
+def stage_of(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] == "flows":
+        return STAGE_ORDER.index("flows")
+    if parts[0] == "pipeline" and len(parts) > 1 and parts[1] in STAGE_ORDER:
+        return STAGE_ORDER.index(parts[1])
+    return None
+
+
+def upward_imports(edges: dict[str, set[str]]) -> set[tuple[str, str]]:
+    found = set()
+    for module, targets in edges.items():
+        here = stage_of(module)
+        for target in targets:
+            there = stage_of(target)
+            if here is not None and there is not None and there > here:
+                found.add((module, target))
+    return found
+
+
+def test_no_import_runs_back_up_the_stages():
+    assert upward_imports(graph()) == set()
+
+
+def test_the_stage_check_finds_an_upward_import():
+    edges = {"pipeline.catalog.x": {"pipeline.views.y", "pipeline.engine.z", "pipeline.config"}}
+    assert upward_imports(edges) == {("pipeline.catalog.x", "pipeline.views.y")}
+    assert upward_imports({"flows.cli": {"pipeline.views.query"}}) == set()
+
+
+def test_the_parser_and_the_config_never_import_torch():
+    code = "import flows.cli; flows.cli.build_parser(); import sys; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_layer_names_are_torch_free():
+    assert third_party(ROOT / "pipeline" / "engine" / "layers.py") <= {"__future__"}

@@ -7,8 +7,9 @@ catalog's folder and table, and finds and loads the weights once. It raises
 `Refused` (exit 2: the run's inputs or flags) or `CatalogFault` (exit 3: the
 environment). A run whose designs need more memory than a device has left
 (estimated from VGG19's layer shapes, pipeline/engine/memory.py) is refused with
-the figure. The flow checks the same again inside (a deployment starts no CLI),
-so this is a fast path, not the only guard; the memory check is made here alone.
+the figure. `Run.prepare` (pipeline/execution/run.py) runs these checks once: the
+CLI before Prefect starts, handing what it checked to the flow; the flow itself
+only for a run that no CLI prepared (a deployment).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pipeline.engine.weights import WeightsError, WeightsSource, load_features, 
 from pipeline.execution.devices import CPU_BATCH_SIZE, DeviceError, resolve_devices
 from pipeline.planning.variants import JobSpecs, job_specs
 
-__all__ = ["CatalogFault", "Checked", "Refused", "preflight"]
+__all__ = ["CatalogFault", "Checked", "Refused", "check_run", "preflight"]
 
 
 class Refused(ValueError):
@@ -50,18 +51,33 @@ def preflight(
     grid: dict[str, list[Any]] | None = None,
     devices: bool = True,
 ) -> Checked:
-    """`devices=False` skips resolving config.devices (a Dask cluster's workers resolve theirs)."""
+    """`check_run`, its faults of inputs, flags, devices and weights as one `Refused`."""
     try:
-        check_out_path(out)
-        used = resolve_devices(config.devices) if devices else []
-        cpu_has_native_bf16()  # a bad $NST_CPU_BF16 is refused here, not in every shard
-        inputs = load_input_catalog(catalog, config.allow_roots, config.max_catalog_images)
-        specs = job_specs(inputs, config, pairs, grid)
-        check_memory(specs.configs(), used)
-        weights = resolve_weights(config.weights, config.seed, preprocessing=config.preprocessing)
-        load_features(weights)  # a file that cannot be loaded is refused before anything is written
+        return check_run(catalog, out, config, pairs, grid, devices)
     except (CatalogError, WeightsError, DeviceError, ValueError) as err:
         raise Refused(str(err)) from None
+
+
+def check_run(
+    catalog: str | Path,
+    out: str | Path,
+    config: Config,
+    pairs: str | None = None,
+    grid: dict[str, list[Any]] | None = None,
+    devices: bool = True,
+) -> Checked:
+    """Every check, raising each fault as its own kind (CatalogError, WeightsError, DeviceError,
+    ValueError, `Refused` for memory, `CatalogFault`); the input catalog and the weights are
+    loaded here once. `devices=False` skips resolving config.devices (a Dask cluster's
+    workers resolve theirs)."""
+    check_out_path(out)
+    used = resolve_devices(config.devices) if devices else []
+    cpu_has_native_bf16()  # a bad $NST_CPU_BF16 is refused here, not in every shard
+    inputs = load_input_catalog(catalog, config.allow_roots, config.max_catalog_images)
+    specs = job_specs(inputs, config, pairs, grid)
+    check_memory(specs.configs(), used)
+    weights = resolve_weights(config.weights, config.seed, preprocessing=config.preprocessing)
+    load_features(weights)  # a file that cannot be loaded is refused before anything is written
     version = DesignCatalog(out).check()
     return Checked(inputs, specs, weights, version)
 

@@ -6,7 +6,8 @@ shards on its task runner; tests and benchmarks call `Run.run_local` (or the
 steps one by one) instead of writing the flow's glue again.
 
     run = Run(catalog, out, config)
-    planned = run.plan(inputs, weights, devices, specs)   # writes runs/<id>/config.json
+    checked = run.prepare(pairs, grid)                    # everything that can refuse the run
+    planned = run.plan(checked.inputs, checked.weights, devices, checked.specs)  # writes runs/<id>/config.json
     run.commit(run.input_fault_rows(), "input-faults")
     for index, jobs in run.shards():
         run.commit(run_shard(jobs, ...), f"shard-{index}")
@@ -29,13 +30,13 @@ from pipeline.config import Config
 from pipeline.engine.transfer import Progress
 from pipeline.engine.weights import WeightsSource
 from pipeline.execution.devices import CPU_BATCH_SIZE, MAX_AUTO_BATCH
+from pipeline.execution.preflight import Checked, check_run
 from pipeline.execution.rows import RowContext, now_utc
 from pipeline.execution.shard import run_shard
 from pipeline.execution.summary import RunSummary, Sample, Tally, summarize
 from pipeline.files import sha256_file
 from pipeline.planning.plan import Job, Plan, cut_shards, plan_designs
 from pipeline.planning.variants import JobSpecs
-from pipeline.views.contact_sheet import CONTACT_SHEET, write_contact_sheet
 
 
 def run_config(
@@ -101,6 +102,14 @@ class Run:
 
     # --- the steps, in order ---
 
+    def prepare(
+        self, pairs: str | None = None, grid: dict[str, list[Any]] | None = None, devices: bool = True
+    ) -> Checked:
+        """Everything that can refuse the run, before any work (pipeline/execution/preflight.py):
+        the input catalog and the weights are loaded once here; plan() takes what it returns.
+        `devices=False` leaves config.devices to a Dask cluster's workers."""
+        return check_run(self.catalog, self.out, self.config, pairs, grid, devices)
+
     def plan(
         self, inputs: InputCatalog, weights: WeightsSource, devices: list[str], specs: JobSpecs | None = None
     ) -> Plan:
@@ -142,16 +151,6 @@ class Run:
         """Count rows committed elsewhere (the flow commits in a task of its own)."""
         self.tally.add(rows)
         self.sample.add(rows)
-
-    def contact_sheet(self) -> Path | None:
-        ok = self.tally.ok
-        return write_contact_sheet(
-            self.sample.rows,
-            self.out,
-            self.designs.run_dir(self.run_id) / CONTACT_SHEET,
-            title=f"run {self.run_id}: {ok} designs",
-            defaults=Config().to_dict(),
-        )
 
     def finish(self, stopped: bool = False) -> RunSummary:
         """The summary, written to runs/<run_id>/summary.json. `stopped`: the run was stopped

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import make_image_catalog
 
 from flows.cli import (
     EXIT_BROKEN_PIPE,
@@ -346,3 +347,41 @@ def test_ctrl_c_commits_what_finished_and_a_rerun_makes_the_rest(sample_catalog:
     frame = DesignCatalog(out).to_pandas()
     assert len(frame) == 11 and frame.design_id.is_unique and (frame.status == "ok").all()
     assert made <= set(frame.design_id)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_cli_run_loads_the_catalog_and_the_weights_once(tmp_path: Path, monkeypatch):
+    """The checks before Prefect starts hand what they loaded to the flow, which loads nothing again:
+    the catalog read once, the weights found once and loaded twice (the check, the one engine)."""
+    import pipeline.catalog.inputs
+    import pipeline.engine.weights
+
+    catalog = make_image_catalog(tmp_path / "inputs", {"c": (32, 32)}, {"s": (32, 32)})
+    calls: dict[str, int] = {}
+
+    def counted(name: str, original):
+        def wrapper(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    import flows.generate  # noqa: F401 (every module that holds a loader is patched)
+
+    for owner, name in (
+        (pipeline.catalog.inputs, "load_input_catalog"),
+        (pipeline.engine.weights, "resolve_weights"),
+        (pipeline.engine.weights, "load_features"),
+    ):
+        original = getattr(owner, name)
+        wrapper = counted(name, original)
+        for module in list(sys.modules.values()):
+            if getattr(module, "__name__", "").startswith(("pipeline.", "flows.")):
+                if getattr(module, name, None) is original:
+                    monkeypatch.setattr(module, name, wrapper)
+    monkeypatch.setattr("flows.cli.configure_prefect_env", lambda: None)  # the test server's settings stay
+    out = tmp_path / "out"
+    # No capsys: Prefect's log handler, made during the first flow run, would keep its stream once closed.
+    assert main(["generate", str(catalog), "--out", str(out), *TINY_FLAGS]) == EXIT_OK
+    assert len(DesignCatalog(out).done_ids()) == 1
+    assert calls == {"load_input_catalog": 1, "resolve_weights": 1, "load_features": 2}
