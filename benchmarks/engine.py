@@ -61,7 +61,7 @@ from benchmarks.flops import peak_bf16_tflops, step_flops
 from pipeline.config import Config
 from pipeline.engine.optim import PaperAdam
 from pipeline.engine.transfer import Pairing, Progress, StyleTransfer, cpu_has_native_bf16, resolve_precision
-from pipeline.engine.vgg import LAYER_INDEX, preprocess
+from pipeline.engine.vgg import layer_index, preprocess
 from pipeline.engine.weights import WeightsSource, load_features, resolve_weights
 
 RATIO_LINE = "engine/naive-default throughput ratio: {:.2f}"
@@ -99,7 +99,7 @@ class NaiveLoop:
         self.config = config
         self.device = device
         layers = tuple(dict.fromkeys(config.content_layers + config.style_layers))
-        self.taps = {LAYER_INDEX[name]: name for name in layers}
+        self.taps = {layer_index(weights.network)[name]: name for name in layers}
         self.net = load_features(weights, until_index=max(self.taps)).to(device).eval().requires_grad_(False)
         for module in self.net:
             if isinstance(module, nn.ReLU):
@@ -432,7 +432,7 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print, mode
 
     weights = resolve_weights(args.weights, 0, allow_download=args.weights != "random")
     config = Config(size=sizes.size, steps=sizes.steps, weights=args.weights, devices=str(device))
-    flops = step_flops(sizes.size, sizes.size, config.content_layers, config.style_layers)
+    flops = step_flops(sizes.size, sizes.size, config.content_layers, config.style_layers, weights.network)
     name = device_label(device)
     peak = peak_bf16_tflops(name) if device.type == "cuda" else None
     native_bf16 = cpu_has_native_bf16() if device.type == "cpu" else None
@@ -440,7 +440,7 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print, mode
     log(
         f"bench on {name}, torch {torch.__version__}, {threads} threads: {sizes.size} px, {sizes.steps} steps, "
         f"{sizes.designs} designs (naive {sizes.naive_designs}), batch sizes {list(sizes.batch_sizes)}, "
-        f"best of {sizes.repeats}; {flops.total / 1e9:.3f} GFLOP per design-step; the engine ships {precision}"
+        f"best of {sizes.repeats}; {flops.total / 1e9:.3f} GFLOP per design-step ({weights.network}); the engine ships {precision}"
         + ("" if native_bf16 is None else f" (oneDNN native bf16 on this CPU: {'yes' if native_bf16 else 'no'})")
     )
 
@@ -491,6 +491,7 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print, mode
         "engine_precision": precision,
         "cpu_native_bf16": native_bf16,
         "weights": weights.identity,
+        "network": weights.network,
         "flops_per_design_step": flops.to_dict(),
         "peak_bf16_tflops": peak,
         "memory_measure": peak_memory(device)[1],

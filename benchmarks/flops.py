@@ -1,4 +1,5 @@
-"""Floating-point work of one optimization step, computed from VGG19's layer shapes.
+"""Floating-point work of one optimization step, computed from the network's layer shapes
+(VGG19's, or VGG16's: the network in use, `network=`).
 
 Counted per design and per step (one forward and one backward to the image):
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from pipeline.engine.vgg import LAYER_INDEX, VGG19_LAYOUT
+from pipeline.engine.vgg import VGG19, layer_index, layout
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data
 # sheets, matched against torch.cuda.get_device_name by substring, first match
@@ -70,14 +71,14 @@ class ConvShape:
         return 2 * self.cin * self.cout * 9 * self.height * self.width
 
 
-def conv_shapes(height: int, width: int, deepest: str) -> list[ConvShape]:
-    """Every VGG19 convolution up to and including `deepest` (a convB_L name), with
+def conv_shapes(height: int, width: int, deepest: str, network: str = VGG19) -> list[ConvShape]:
+    """Every convolution of `network` up to and including `deepest` (a convB_L name), with
     the grid it runs on for an (height, width) image. Pools floor odd sides, as
     nn.MaxPool2d(2, 2) does."""
-    last = LAYER_INDEX[deepest] - 1  # the conv before that ReLU
+    last = layer_index(network)[deepest] - 1  # the conv before that ReLU
     shapes: list[ConvShape] = []
     index, block, conv, cin, h, w = 0, 1, 0, 3, height, width
-    for item in VGG19_LAYOUT:
+    for item in layout(network):
         if index > last:
             break
         if item == "M":
@@ -107,11 +108,13 @@ class StepFlops:
         return {**asdict(self), "total": self.total}
 
 
-def step_flops(height: int, width: int, content_layers: Sequence[str], style_layers: Sequence[str]) -> StepFlops:
-    """FLOPs of one optimization step of one design of (height, width)."""
+def step_flops(
+    height: int, width: int, content_layers: Sequence[str], style_layers: Sequence[str], network: str = VGG19
+) -> StepFlops:
+    """FLOPs of one optimization step of one design of (height, width) on `network`."""
     layers = tuple(content_layers) + tuple(style_layers)
-    deepest = max(layers, key=LAYER_INDEX.__getitem__)
-    shapes = conv_shapes(height, width, deepest)
+    deepest = max(layers, key=layer_index(network).__getitem__)
+    shapes = conv_shapes(height, width, deepest, network)
     forward = sum(s.forward_flops for s in shapes)
     by_name = {s.name: s for s in shapes}
     grams = sum(2 * by_name[name].cout ** 2 * by_name[name].height * by_name[name].width for name in style_layers)

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.engine.layers import LAYER_INDEX, MIN_SIDE
+from pipeline.engine.layers import LAYER_INDEX, MIN_SIDE, NETWORKS, layer_index
 from pipeline.engine.layers import PREPROCESSINGS as NETWORK_PREPROCESSINGS
 
 DEFAULT_OUT = "data/catalog"
@@ -25,6 +25,8 @@ INITS = ("content", "noise")
 COLORS = ("style", "keep", "match")
 ADAM_CONVENTIONS = ("keras", "pytorch")
 PREPROCESSINGS = ("auto", *NETWORK_PREPROCESSINGS)
+# The VGG the weights hold (pipeline/engine/layers.py): 'auto' is the file's own.
+NETWORK_CHOICES = ("auto", *NETWORKS)
 # The network's arithmetic (pipeline/engine/transfer.py resolves auto).
 PRECISIONS = ("auto", "fp32", "bf16")
 # How the output tile repeats: see pipeline/engine/repeats.py for the layouts.
@@ -125,6 +127,14 @@ class Config:
         "recorded in params and hashed into the design id",
         identity=False,
         choices=PREPROCESSINGS,
+    )
+    network: str = _field(
+        "auto",
+        "the network the weights hold: 'auto' (the file's, from its number of convolutions: 16 VGG19, 13 VGG16; "
+        "random weights VGG19), 'vgg19' or 'vgg16' (the file must hold it; random weights take its layout); "
+        "recorded in params and, when not vgg19, hashed into the design id",
+        identity=False,
+        choices=NETWORK_CHOICES,
     )
     runner: str = _field(
         "thread",
@@ -229,6 +239,8 @@ class Config:
             raise bad("adam_convention", self.adam_convention, " or ".join(ADAM_CONVENTIONS))
         if self.preprocessing not in PREPROCESSINGS:
             raise bad("preprocessing", self.preprocessing, ", ".join(PREPROCESSINGS))
+        if self.network not in NETWORK_CHOICES:
+            raise bad("network", self.network, ", ".join(NETWORK_CHOICES))
         if self.scales:
             if any(s < 16 for s in self.scales) or list(self.scales) != sorted(set(self.scales)):
                 raise bad("scales", self.scales, "increasing sizes of at least 16 px, e.g. 512,1024,2048")
@@ -271,9 +283,11 @@ class Config:
                 raise bad(layers_name, layers, "one or more of " + ", ".join(LAYER_INDEX))
             if len(set(layers)) != len(layers):
                 raise bad(layers_name, layers, "each layer at most once")
+            # Any network's names here; the network loaded is checked before the run (preflight).
+            known = LAYER_INDEX if self.network == "auto" else layer_index(self.network)
             for layer in layers:
-                if layer not in LAYER_INDEX:
-                    raise bad(layers_name, layer, ", ".join(LAYER_INDEX))
+                if layer not in known:
+                    raise bad(layers_name, layer, ", ".join(known))
             weights = getattr(self, layers_name.replace("layers", "layer_weights"))
             if weights and len(weights) != len(layers):
                 raise bad(

@@ -80,14 +80,16 @@ SCHEMA = pa.schema(
 
 
 def params_value(
-    config: Config, weights_identity: str, preprocessing: str, precision: str | None = None
+    config: Config, weights_identity: str, preprocessing: str, precision: str | None = None, network: str = "vgg19"
 ) -> dict[str, Any]:
     """The config as it made the design: the weights file's identity, the preprocessing
-    that fed it and the precision it ran in (both resolved from 'auto') in place of what
-    was asked for. `precision` None: the config's (a design no device has run)."""
+    that fed it, the network the file holds and the precision it ran in (resolved from
+    'auto') in place of what was asked for. `precision` None: the config's (a design no
+    device has run)."""
     values = config.to_dict()
     values["weights"] = weights_identity
     values["preprocessing"] = preprocessing
+    values["network"] = network
     if precision is not None:
         values["precision"] = precision
     return values

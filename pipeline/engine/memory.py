@@ -1,4 +1,5 @@
-"""The memory one optimization needs, estimated from VGG19's layer shapes before a run.
+"""The memory one optimization needs, estimated from the network's layer shapes (VGG19's,
+or VGG16's for a VGG16 file) before a run.
 
 Plain arithmetic on the shapes (no tensor is made), so a run that cannot fit is
 refused before any work (pipeline/execution/preflight.py). What it counts:
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.engine.layers import LAYER_INDEX, VGG19_LAYOUT
+from pipeline.engine.layers import VGG19, layer_index, layout
 
 FP32 = 4
 INDEX = 8  # max pooling's indices are int64
@@ -31,7 +32,7 @@ LBFGS_HISTORY = 100  # torch.optim.LBFGS's history_size as the engine sets it
 
 @dataclass(frozen=True)
 class Layer:
-    """One module of VGG19's `features` as run on an image: its output's shape."""
+    """One module of the network's `features` as run on an image: its output's shape."""
 
     index: int
     kind: str  # "conv", "relu" or "pool"
@@ -47,13 +48,13 @@ class Layer:
         return self.channels * self.height * self.width
 
 
-def layer_shapes(height: int, width: int, until_index: int) -> list[Layer]:
-    """The output shape of every module of VGG19's `features` up to `until_index`, for an
+def layer_shapes(height: int, width: int, until_index: int, network: str = VGG19) -> list[Layer]:
+    """The output shape of every module of the network's `features` up to `until_index`, for an
     input of (height, width): 3x3 convolutions keep the grid, 2x2 pools floor-halve it."""
     layers: list[Layer] = []
     channels, h, w = 3, height, width
     index = 0
-    for item in VGG19_LAYOUT:
+    for item in layout(network):
         if index > until_index:
             break
         if item == "M":
@@ -99,16 +100,18 @@ def estimate_memory(
     pooling: str = "max",
     optimizer: str = "adam",
     content: bool = True,
+    network: str = VGG19,
 ) -> MemoryEstimate:
     """The memory of optimizing `batch` designs of (height, width) against styles whose
     longest side is `style_side` (a square style: the most pixels that side allows).
     `precision` 'bf16': the network's activations in 2 bytes (autocast), the rest fp32.
-    `content` False: pattern mode, no content targets."""
+    `content` False: pattern mode, no content targets. `network`: whose layout (vgg19, vgg16)."""
     act = 2 if precision == "bf16" else FP32
     taps = tuple(dict.fromkeys(tuple(content_layers) + tuple(style_layers)))
-    deepest = max(LAYER_INDEX[name] for name in taps)
-    tapped = {LAYER_INDEX[name]: name for name in taps}
-    layers = layer_shapes(height, width, deepest)
+    positions = layer_index(network)
+    deepest = max(positions[name] for name in taps)
+    tapped = {positions[name]: name for name in taps}
+    layers = layer_shapes(height, width, deepest, network)
 
     # The loop: what autograd keeps, per design.
     pixels = 3 * height * width
@@ -146,8 +149,8 @@ def estimate_memory(
     per_design = kept + backward + held
 
     # The style targets: one square style at a time, no gradients.
-    style = layer_shapes(style_side, style_side, max(LAYER_INDEX[name] for name in style_layers))
-    style_taps = {LAYER_INDEX[name] for name in style_layers}
+    style = layer_shapes(style_side, style_side, max(positions[name] for name in style_layers), network)
+    style_taps = {positions[name] for name in style_layers}
     taps_held = sum(x.elements for x in style if x.index in style_taps) * act
     running = max(x.elements + x.in_channels * x.in_height * x.in_width for x in style) * act
     gram_copy = max(x.elements for x in style if x.index in style_taps) * FP32 if act != FP32 else 0

@@ -9,7 +9,9 @@ its members one by one.
 
 The network and its input are the paper's by default: the Caffe-trained VGG19
 (Keras' file) fed caffe-preprocessed images (pipeline/engine/vgg.py), and
-Adam with Keras' epsilon convention (`adam_convention`).
+Adam with Keras' epsilon convention (`adam_convention`). Departure from the
+paper: a VGG16 file runs on VGG16 (the network comes from the file; the paper's
+layers all exist in it, its activations and so its loss balance differ).
 
 Textile controls beyond the paper: seamless repeats (block, half-drop, brick:
 every convolution padded and the TV term wrapped as the repeat lays the tiles
@@ -37,7 +39,7 @@ from pipeline.engine.losses import LOSS_NAMES, _layer_weights, content_loss, gra
 from pipeline.engine.optim import PaperAdam
 from pipeline.engine.repeats import RepeatConv2d
 from pipeline.engine.targets import TargetCache
-from pipeline.engine.vgg import LAYER_INDEX, MIN_SIDE, FeatureExtractor
+from pipeline.engine.vgg import MIN_SIDE, FeatureExtractor, layer_index
 from pipeline.engine.weights import WeightsSource, load_features
 
 # PRECISIONS (pipeline/config.py), "auto": bf16 autocast for the convolutions on CUDA and on CPUs whose oneDNN has
@@ -141,7 +143,7 @@ class DesignResult:
 
 
 class StyleTransfer:
-    """Holds VGG19 on one device and caches targets.
+    """Holds the VGG network (VGG19, or VGG16 from its file) on one device and caches targets.
 
     Style Grams are cached per (style, size, layers, repeat, pooling, colour source),
     content features per (content, size, layers, repeat, pooling), so each is computed
@@ -195,7 +197,10 @@ class StyleTransfer:
         """Feature extractors share one set of weights; repeats pad every convolution with the
         pixels their layout puts around the tile; 'avg' pooling swaps each 2x2 max pool for a mean."""
         layers = tuple(dict.fromkeys(tuple(config.content_layers) + tuple(config.style_layers)))
-        deepest = max(LAYER_INDEX[name] for name in layers)
+        index = layer_index(self.weights.network)
+        if missing := [name for name in layers if name not in index]:
+            raise ValueError(f"layer {missing[0]!r} is not in {self.weights.network}; accepted: {', '.join(index)}")
+        deepest = max(index[name] for name in layers)
         key = (deepest, config.repeat, config.pooling)
         if key not in self._extractors:
             modules = []
@@ -207,7 +212,10 @@ class StyleTransfer:
                     module = nn.AvgPool2d(kernel_size=2, stride=2)
                 modules.append(module)
             extractor: nn.Module = FeatureExtractor(
-                nn.Sequential(*modules), tuple(LAYER_INDEX), self.weights.preprocessing
+                nn.Sequential(*modules),
+                tuple(name for name, i in index.items() if i <= deepest),
+                self.weights.preprocessing,
+                self.weights.network,
             ).to(self.device)
             if self.channels_last:
                 extractor = extractor.to(memory_format=torch.channels_last)

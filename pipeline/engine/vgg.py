@@ -1,5 +1,10 @@
-"""VGG19 `features` with torchvision's exact layout, so its published checkpoints
-(keys `features.N.weight`) load unchanged and Keras' HDF5 file maps onto it.
+"""VGG `features` with torchvision's exact layouts, so its published checkpoints
+(keys `features.N.weight`) load unchanged and Keras' HDF5 files map onto them.
+
+VGG19 is the paper's network. Departure from the paper: VGG16 (configuration "D",
+one convolution fewer in blocks 3 to 5) is accepted beside it, as Johnson et al.'s
+perceptual losses and neural-style offer it; its activations differ, so the paper's
+loss weights balance style and content differently on it.
 
 The layout and the layer names (`convB_L`, the paper's) live torch-free in
 pipeline/engine/layers.py; this module builds the network from them.
@@ -10,7 +15,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.engine.layers import CAFFE, CONV_INDICES, LAYER_INDEX, MIN_SIDE, PREPROCESSINGS, TORCHVISION, VGG19_LAYOUT
+from pipeline.engine.layers import (
+    CAFFE,
+    CONV_INDICES,
+    LAYER_INDEX,
+    MIN_SIDE,
+    NETWORKS,
+    PREPROCESSINGS,
+    TORCHVISION,
+    VGG16,
+    VGG16_LAYOUT,
+    VGG19,
+    VGG19_LAYOUT,
+    conv_indices,
+    layer_index,
+    layout,
+)
 
 __all__ = [
     "CAFFE",
@@ -20,9 +40,15 @@ __all__ = [
     "IMAGENET_STD",
     "LAYER_INDEX",
     "MIN_SIDE",
+    "NETWORKS",
     "PREPROCESSINGS",
     "TORCHVISION",
+    "VGG16",
+    "VGG16_LAYOUT",
+    "VGG19",
     "VGG19_LAYOUT",
+    "conv_indices",
+    "layer_index",
     "FeatureExtractor",
     "make_features",
     "preprocess",
@@ -50,11 +76,11 @@ def preprocess(image: torch.Tensor, preprocessing: str) -> torch.Tensor:
     raise ValueError(f"preprocessing={preprocessing!r} is invalid; accepted: {', '.join(PREPROCESSINGS)}")
 
 
-def make_features(until_index: int | None = None) -> nn.Sequential:
-    """torchvision's `vgg19().features`, optionally cut after `until_index`."""
+def make_features(network: str = VGG19, until_index: int | None = None) -> nn.Sequential:
+    """torchvision's `vgg19().features` (or `vgg16()`'s), optionally cut after `until_index`."""
     layers: list[nn.Module] = []
     in_channels = 3
-    for item in VGG19_LAYOUT:
+    for item in layout(network):
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
@@ -77,12 +103,22 @@ def random_init_(features: nn.Sequential, seed: int) -> None:
 
 
 class FeatureExtractor(nn.Module):
-    """Runs VGG19 up to the deepest requested layer, returning those activations."""
+    """Runs the network up to the deepest requested layer, returning those activations."""
 
-    def __init__(self, features: nn.Sequential, layers: tuple[str, ...], preprocessing: str = TORCHVISION):
+    def __init__(
+        self,
+        features: nn.Sequential,
+        layers: tuple[str, ...],
+        preprocessing: str = TORCHVISION,
+        network: str = VGG19,
+    ):
         super().__init__()
         self.layers = tuple(dict.fromkeys(layers))  # unique, order kept
-        self.taps = {LAYER_INDEX[name]: name for name in self.layers}
+        self.index = layer_index(network)
+        if missing := [name for name in self.layers if name not in self.index]:
+            raise ValueError(f"layer {missing[0]!r} is not in {network}; accepted: {', '.join(self.index)}")
+        self.network = network
+        self.taps = {self.index[name]: name for name in self.layers}
         deepest = max(self.taps)
         self.features = nn.Sequential(*list(features)[: deepest + 1])
         for module in self.features:
@@ -104,7 +140,7 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, image: torch.Tensor, until: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """image: (N, 3, H, W) RGB in [0, 1]. `until`: only these layers, stopping at the deepest."""
-        taps = self.taps if until is None else {LAYER_INDEX[name]: name for name in until}
+        taps = self.taps if until is None else {self.index[name]: name for name in until}
         last = max(taps)
         if self.bgr:
             image = image.flip(1)  # RGB -> BGR

@@ -1,6 +1,7 @@
-"""Finding, checking and loading the VGG19 weights.
+"""Finding, checking and loading the VGG weights.
 
-Three files are known, each with the input its network was trained on:
+Six files are known, each with its network and the input it was trained on. The
+paper's VGG19 first (the default, and what --weights auto downloads):
 
 - Keras' `vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5`, the Caffe-trained
   VGG19 of Simonyan and Zisserman that the paper's TensorFlow run loaded
@@ -9,8 +10,13 @@ Three files are known, each with the input its network was trained on:
   torchvision's key layout (jcjohnson's conversion; caffe preprocessing);
 - torchvision's retrained `vgg19-dcbb9e9d.pth` (ImageNet mean/std on RGB in 0..1).
 
+Then VGG16, a departure from the paper (the same three kinds: Keras'
+`vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5`, jcjohnson's `vgg16-00b39a1b.pth`,
+torchvision's `vgg16-397923af.pth`).
+
 The format is recognised from the file's bytes (an HDF5 signature, or a torch
-checkpoint holding a state dict), never from its name. `--weights auto` looks
+checkpoint holding a state dict), never from its name; so is the network (16
+convolutions: VGG19, 13: VGG16). `--weights auto` looks
 in $NST_VGG19_WEIGHTS, the Keras cache, the torch hub cache (the Caffe
 conversion first), then downloads the Keras file with its MD5 checked. An
 explicit path is trusted and identified by its SHA-256; a file found in a cache
@@ -26,6 +32,7 @@ import hashlib
 import math
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,12 +42,16 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
+from pipeline.engine.layers import NETWORK_BY_CONVS
 from pipeline.engine.vgg import (
     CAFFE,
-    CONV_INDICES,
-    LAYER_INDEX,
+    NETWORKS,
     PREPROCESSINGS,
     TORCHVISION,
+    VGG16,
+    VGG19,
+    conv_indices,
+    layer_index,
     make_features,
     random_init_,
 )
@@ -95,12 +106,37 @@ TORCHVISION_PTH = KnownFile(
     TORCHVISION,
     sha256_prefix="dcbb9e9d",
 )
+# VGG16, a departure from the paper: after its VGG19 files, never downloaded by --weights auto.
+VGG16_KERAS_FILE = KnownFile(
+    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    KERAS_HDF5,
+    CAFFE,
+    md5="6d6bbae143d832006294945121d1f1fc",
+    network=VGG16,
+)
+VGG16_CAFFE_PTH = KnownFile(  # its classifier keys are misnumbered: only features.* is read
+    "vgg16-00b39a1b.pth",
+    "https://web.eecs.umich.edu/~justincj/models/vgg16-00b39a1b.pth",
+    STATE_DICT,
+    CAFFE,
+    sha256_prefix="00b39a1b",
+    network=VGG16,
+)
+VGG16_TORCHVISION_PTH = KnownFile(
+    "vgg16-397923af.pth",
+    "https://download.pytorch.org/models/vgg16-397923af.pth",
+    STATE_DICT,
+    TORCHVISION,
+    sha256_prefix="397923af",
+    network=VGG16,
+)
 DOWNLOAD_URL = KERAS_FILE.url  # what --weights auto downloads when no cache has a file
 
 
 def known_files() -> tuple[KnownFile, ...]:
     """The published files in the order --weights auto prefers them: the paper's network first."""
-    return (KERAS_FILE, CAFFE_PTH, TORCHVISION_PTH)
+    return (KERAS_FILE, CAFFE_PTH, TORCHVISION_PTH, VGG16_KERAS_FILE, VGG16_CAFFE_PTH, VGG16_TORCHVISION_PTH)
 
 
 class WeightsError(RuntimeError):
@@ -115,11 +151,14 @@ class WeightsSource:
     format: str = RANDOM  # keras-hdf5, state-dict or random
     preprocessing: str = CAFFE  # the input the network expects: caffe or torchvision
     origin: str = ""  # where it was found: --weights, $NST_VGG19_WEIGHTS, a cache, a download
+    network: str = VGG19  # the network the file holds (its number of convolutions), or random weights'
 
     @property
     def design_identity(self) -> str:
-        """What a design id hashes: the weights and the preprocessing that feeds them."""
-        return f"{self.identity}+{self.preprocessing}"
+        """What a design id hashes: the weights, the preprocessing that feeds them and the network
+        (named only when it is not VGG19, so every VGG19 design keeps the id it had)."""
+        network = "" if self.network == VGG19 else f"+{self.network}"
+        return f"{self.identity}+{self.preprocessing}{network}"
 
     @property
     def seed(self) -> int:
@@ -129,7 +168,7 @@ class WeightsSource:
     @property
     def label(self) -> str:
         where = "" if self.path is None else f", {self.path}"
-        return f"{self.identity} ({self.format}, {self.preprocessing} preprocessing{where})"
+        return f"{self.identity} ({self.network}, {self.format}, {self.preprocessing} preprocessing{where})"
 
 
 _SHA256_BY_FILE: dict[tuple[str, int, int], str] = {}
@@ -191,7 +230,9 @@ def detect_format(path: Path) -> str:
     )
 
 
-def _source(path: Path, origin: str, preprocessing: str, known: KnownFile | None = None) -> WeightsSource:
+def _source(
+    path: Path, origin: str, preprocessing: str, known: KnownFile | None = None, network: str = "auto"
+) -> WeightsSource:
     if not path.is_file():
         if path.exists():  # a folder, a FIFO, a device: reading it would fail, block or never end
             raise WeightsError(
@@ -208,41 +249,118 @@ def _source(path: Path, origin: str, preprocessing: str, known: KnownFile | None
                 f"VGG19 weights file {str(path)!r} (from {origin}) has {found}, not the published {expected}: "
                 f"the file is corrupt or not {known.name}; delete it and download {known.url} again"
             )
+    found_network = detect_network(path, fmt, digest)
+    if network not in ("auto", found_network):
+        raise WeightsError(
+            f"weights {str(path)!r} (from {origin}) hold {found_network} "
+            f"({_conv_count(found_network)} convolutions), not the {network} that --network asks for; "
+            f"accepted: a {network} file, or --network auto"
+        )
     if preprocessing == "auto":
         preprocessing = _preprocessing_of(fmt, digest)
-    return WeightsSource("file", str(path), f"sha256:{digest}", fmt, preprocessing, origin)
+    return WeightsSource("file", str(path), f"sha256:{digest}", fmt, preprocessing, origin, found_network)
 
 
 def _preprocessing_of(fmt: str, digest: str) -> str:
-    """The Keras file is the Caffe network; a state dict is torchvision's retrained
-    network unless its hash is that of the Caffe conversion (same layout, other weights)."""
-    if fmt == KERAS_HDF5 or digest.startswith(CAFFE_PTH.sha256_prefix or "-"):
+    """The Keras files are the Caffe networks; a state dict is torchvision's retrained
+    network unless its hash is that of a Caffe conversion (same layout, other weights)."""
+    caffe = tuple(k.sha256_prefix for k in known_files() if k.format == STATE_DICT and k.preprocessing == CAFFE)
+    if fmt == KERAS_HDF5 or digest.startswith(tuple(p for p in caffe if p)):
         return CAFFE
     return TORCHVISION
 
 
-def resolve_weights(spec: str, seed: int, allow_download: bool = True, preprocessing: str = "auto") -> WeightsSource:
+def _conv_count(network: str) -> int:
+    return next(count for count, name in NETWORK_BY_CONVS.items() if name == network)
+
+
+def _network_of(count: int, path: str, what: str) -> str:
+    """The network with `count` convolutions; WeightsError naming the accepted counts otherwise."""
+    if count not in NETWORK_BY_CONVS:
+        accepted = " or ".join(f"{n} ({name})" for n, name in NETWORK_BY_CONVS.items())
+        raise WeightsError(f"weights {path!r}: {what} {count} convolutions; accepted: {accepted}")
+    return NETWORK_BY_CONVS[count]
+
+
+_NETWORK_BY_FILE: dict[tuple[str, int, int], str] = {}
+
+
+def detect_network(path: Path, fmt: str, digest: str | None = None) -> str:
+    """vgg19 or vgg16, from the file's convolutions (never its name): a Keras file's
+    `layer_names` (blockB_convL entries, no data read), a state dict's 4-D `features`
+    weights (a known file by its published hash, without loading it). Cached per file."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _NETWORK_BY_FILE:
+        return _NETWORK_BY_FILE[key]
+    if fmt == KERAS_HDF5:
+        network = _network_of(len(_keras_conv_names(str(path))), str(path), "its layer_names list")
+    else:
+        digest = digest or weights_sha256(path)
+        known = [k for k in known_files() if k.sha256_prefix and digest.startswith(k.sha256_prefix)]
+        if known:
+            network = known[0].network
+        else:
+            state = _torch_state(str(path))
+            convs = sum(1 for k, v in state.items() if k.endswith(".weight") and getattr(v, "ndim", 0) == 4)
+            # Neither count: VGG19's layout, which loading then refuses naming the first misfit.
+            network = NETWORK_BY_CONVS.get(convs, VGG19)
+    _NETWORK_BY_FILE[key] = network
+    return network
+
+
+def _keras_conv_names(path: str) -> list[str]:
+    """The blockB_convL entries of a Keras file's `layer_names` (its size checked before it is read)."""
+    import h5py  # local: only this format needs it
+
+    try:
+        with h5py.File(path, "r") as handle:
+            group = handle["model_weights"] if "model_weights" in handle else handle
+            names = _name_list(group, "layer_names", path)
+    except (OSError, KeyError, ValueError, TypeError) as err:  # h5py raises these for broken files
+        raise WeightsError(f"cannot read VGG weights {path!r} as Keras HDF5: {err}") from None
+    if not names:
+        raise WeightsError(f"VGG19 weights {path!r}: an HDF5 file without Keras' `layer_names` attribute")
+    return [n for n in names if re.fullmatch(r"block\d+_conv\d+", n)]
+
+
+def resolve_weights(
+    spec: str, seed: int, allow_download: bool = True, preprocessing: str = "auto", network: str = "auto"
+) -> WeightsSource:
     """Find the weights before any work starts; raise WeightsError saying how to fix it.
 
     preprocessing: 'auto' (the format's own: caffe for the Keras file and the
     Caffe conversion, torchvision for other state dicts), or 'caffe' /
-    'torchvision' to say what an unpublished state dict was trained on."""
+    'torchvision' to say what an unpublished state dict was trained on.
+    network: 'auto' (the file's, found from its convolutions; VGG19 for random
+    weights), or 'vgg19' / 'vgg16': the file must hold it (random weights take its layout)."""
     if preprocessing not in ("auto", *PREPROCESSINGS):
         raise WeightsError(f"preprocessing={preprocessing!r} is invalid; accepted: auto, {', '.join(PREPROCESSINGS)}")
+    if network not in ("auto", *NETWORKS):
+        raise WeightsError(f"network={network!r} is invalid; accepted: auto, {', '.join(NETWORKS)}")
     if spec == "random":
         # The Caffe network's input scale, so the paper's loss weights act on random weights as on the real ones.
         return WeightsSource(
-            "random", None, f"random:{seed}", RANDOM, CAFFE if preprocessing == "auto" else preprocessing
+            "random",
+            None,
+            f"random:{seed}",
+            RANDOM,
+            CAFFE if preprocessing == "auto" else preprocessing,
+            network=VGG19 if network == "auto" else network,
         )
     if spec not in ("auto", ""):
-        return _source(Path(spec).expanduser(), "--weights", preprocessing)
+        return _source(Path(spec).expanduser(), "--weights", preprocessing, network=network)
     if env := os.environ.get(WEIGHTS_ENV):
-        return _source(Path(env).expanduser(), f"${WEIGHTS_ENV}", preprocessing)
+        return _source(Path(env).expanduser(), f"${WEIGHTS_ENV}", preprocessing, network=network)
     for known in known_files():
         cached = cache_path(known)
-        if cached.is_file():
+        if cached.is_file() and network in ("auto", known.network):
             return _source(
-                cached, f"the {'Keras' if known.format == KERAS_HDF5 else 'torch hub'} cache", preprocessing, known
+                cached,
+                f"the {'Keras' if known.format == KERAS_HDF5 else 'torch hub'} cache",
+                preprocessing,
+                known,
+                network,
             )
     if not allow_download:
         raise WeightsError(how_to_provide("downloads are disabled"))
@@ -260,7 +378,7 @@ def resolve_weights(spec: str, seed: int, allow_download: bool = True, preproces
         _take_back(partial, made)
         raise WeightsError(how_to_provide(f"the download of {DOWNLOAD_URL} has {found}, not MD5 {KERAS_FILE.md5}"))
     os.replace(partial, target)
-    return _source(target, "a download", preprocessing, KERAS_FILE)
+    return _source(target, "a download", preprocessing, KERAS_FILE, network)
 
 
 def _take_back(partial: Path, made: list[Path]) -> None:
@@ -452,24 +570,30 @@ def _download(
 
 
 def load_features(source: WeightsSource, until_index: int | None = None) -> nn.Sequential:
-    """The VGG19 conv stack with the resolved weights; the classifier is never kept."""
-    features = make_features(until_index)
+    """The network's conv stack (source.network) with the resolved weights; the classifier is never kept."""
+    network = source.network
+    features = make_features(network, until_index)
     if source.kind == "random":
         random_init_(features, source.seed)
         return features
     assert source.path is not None
     expected = {key: tuple(value.shape) for key, value in features.state_dict().items()}
     if source.format == KERAS_HDF5:
-        state = _keras_state(source.path, expected)
+        state = _keras_state(source.path, expected, network)
     else:
         state = _torch_state(source.path)
+        convs = sum(1 for k, v in state.items() if k.endswith(".weight") and getattr(v, "ndim", 0) == 4)
+        if NETWORK_BY_CONVS.get(convs, network) != network:
+            raise WeightsError(
+                f"weights {source.path!r} hold {NETWORK_BY_CONVS[convs]} now, not the {network} found when resolved"
+            )
     wanted = set(expected)
     kept = {k: v for k, v in state.items() if k in wanted}
     missing = sorted(wanted - set(kept), key=lambda k: int(k.split(".")[0]))
     if missing:
         raise WeightsError(
-            f"VGG19 weights {source.path!r} lack {len(missing)} tensor(s) of VGG19's layout, e.g. features.{missing[0]}; "
-            f"expected features.N.weight/bias for N in {CONV_INDICES}"
+            f"VGG19 weights {source.path!r} lack {len(missing)} tensor(s) of {network}'s layout, e.g. "
+            f"features.{missing[0]}; expected features.N.weight/bias for N in {conv_indices(network)}"
         )
     for key in sorted(kept, key=lambda k: int(k.split(".")[0])):  # one line for the first misfit
         found = kept[key]
@@ -515,13 +639,15 @@ def _load_error(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _keras_state(path: str, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+def _keras_state(path: str, expected: dict[str, tuple[int, ...]], network: str = VGG19) -> dict[str, torch.Tensor]:
     """Keras' HDF5 weights as features.N.* tensors: the root attribute `layer_names`
     lists the layers, each layer group's `weight_names` its datasets (kernel, then
     bias); kernels are (3, 3, in, out) and become torch's (out, in, 3, 3).
 
-    `expected` holds the torch shape of each tensor wanted (N.weight, N.bias); only
-    those layers are read. Before any data is read, the file must be self-contained
+    `expected` holds the torch shape of each tensor wanted (N.weight, N.bias) in
+    `network`'s layout; only those layers are read. The file declares its network by
+    the convolutions its `layer_names` lists (16 or 13), counted before any data is
+    read: it must be `network`, whose shapes are expected. Before any data is read, the file must be self-contained
     (no soft or external link anywhere, no dataset stored in other files or virtual)
     and every dataset read must declare its layer's shape: a file's SHA-256 then
     covers all that is read, and a declared shape of (3, 3, 3, 2**25) is refused
@@ -537,8 +663,14 @@ def _keras_state(path: str, expected: dict[str, tuple[int, ...]]) -> dict[str, t
             names = _name_list(group, "layer_names", path)
             if not names:
                 raise WeightsError(f"VGG19 weights {path!r}: an HDF5 file without Keras' `layer_names` attribute")
+            convs = [n for n in names if re.fullmatch(r"block\d+_conv\d+", n)]
+            if (declared := _network_of(len(convs), path, "its layer_names list")) != network:
+                raise WeightsError(
+                    f"weights {path!r} declare {declared} ({len(convs)} convolutions in layer_names), "
+                    f"not the {network} expected; accepted: a {network} file"
+                )
             state: dict[str, torch.Tensor] = {}
-            for layer, index in LAYER_INDEX.items():  # conv{B}_{L} -> Keras' block{B}_conv{L}
+            for layer, index in layer_index(network).items():  # conv{B}_{L} -> Keras' block{B}_conv{L}
                 conv_index = index - 1  # LAYER_INDEX points at the ReLU after the conv
                 if f"{conv_index}.weight" not in expected:
                     continue  # a layer past the cut: not read
@@ -566,7 +698,7 @@ def _keras_state(path: str, expected: dict[str, tuple[int, ...]]) -> dict[str, t
 
 _SELF_CONTAINED = (
     "accepted: a self-contained Keras HDF5 file (hard links only, each layer's kernel and bias "
-    "stored in the file itself at VGG19's shapes)"
+    "stored in the file itself at its network's shapes)"
 )
 MAX_NAMES = 1024  # entries of a `layer_names` or `weight_names` attribute: Keras' VGG19 has 27 and 2
 

@@ -6,7 +6,7 @@ the pairings (pairs file, grid, the pairing limit), the devices, the design
 catalog's folder and table, and finds and loads the weights once. It raises
 `Refused` (exit 2: the run's inputs or flags) or `CatalogFault` (exit 3: the
 environment). A run whose designs need more memory than a device has left
-(estimated from VGG19's layer shapes, pipeline/engine/memory.py) is refused with
+(estimated from the loaded network's layer shapes, pipeline/engine/memory.py) is refused with
 the figure. `Run.prepare` (pipeline/execution/run.py) runs these checks once: the
 CLI before Prefect starts, handing what it checked to the flow; the flow itself
 only for a run that no CLI prepared (a deployment).
@@ -22,6 +22,7 @@ from typing import Any
 from pipeline.catalog.designs import CatalogFault, DesignCatalog, check_out_path
 from pipeline.catalog.inputs import CatalogError, InputCatalog, load_input_catalog
 from pipeline.config import Config
+from pipeline.engine.layers import VGG19, layer_index
 from pipeline.engine.memory import MemoryEstimate, estimate_memory, gib
 from pipeline.engine.transfer import cpu_has_native_bf16, resolve_precision
 from pipeline.engine.weights import WeightsError, WeightsSource, load_features, resolve_weights
@@ -75,11 +76,25 @@ def check_run(
     cpu_has_native_bf16()  # a bad $NST_CPU_BF16 is refused here, not in every shard
     inputs = load_input_catalog(catalog, config.allow_roots, config.max_catalog_images)
     specs = job_specs(inputs, config, pairs, grid)
-    check_memory(specs.configs(), used)
-    weights = resolve_weights(config.weights, config.seed, preprocessing=config.preprocessing)
+    weights = resolve_weights(config.weights, config.seed, preprocessing=config.preprocessing, network=config.network)
+    check_layers(specs.configs(), weights)  # against the network the file holds
+    check_memory(specs.configs(), used, weights.network)
     load_features(weights)  # a file that cannot be loaded is refused before anything is written
     version = DesignCatalog(out).check()
     return Checked(inputs, specs, weights, version)
+
+
+def check_layers(configs: list[Config], weights: WeightsSource) -> None:
+    """Refuse (one line naming the layers accepted) a layer the loaded network lacks:
+    VGG16 ends at conv5_3, so conv3_4, conv4_4 and conv5_4 are VGG19's alone."""
+    index = layer_index(weights.network)
+    for config in configs:
+        for flag in ("content_layers", "style_layers"):
+            if missing := [name for name in getattr(config, flag) if name not in index]:
+                raise Refused(
+                    f"--{flag.replace('_', '-')} {missing[0]} is not a layer of {weights.network}, the network "
+                    f"{weights.path or weights.identity} holds; accepted: {', '.join(index)}"
+                )
 
 
 def available_memory(device: str) -> int | None:
@@ -114,9 +129,9 @@ def available_memory(device: str) -> int | None:
     return available
 
 
-def design_memory(config: Config, device: str) -> tuple[MemoryEstimate, str]:
+def design_memory(config: Config, device: str, network: str = VGG19) -> tuple[MemoryEstimate, str]:
     """The estimated memory of one batch of `config`'s largest designs (a square output
-    at --size) on `device`, and the precision it runs in."""
+    at --size) on `device` with `network`'s layout, and the precision it runs in."""
     precision = resolve_precision(config.precision, device)
     batch = config.batch_size or (CPU_BATCH_SIZE if device == "cpu" else 1)  # a GPU's auto batch fits its memory
     estimate = estimate_memory(
@@ -131,11 +146,12 @@ def design_memory(config: Config, device: str) -> tuple[MemoryEstimate, str]:
         pooling=config.pooling,
         optimizer=config.optimizer,
         content=config.content_weight > 0,
+        network=network,
     )
     return estimate, precision
 
 
-def check_memory(configs: list[Config], devices: list[str]) -> None:
+def check_memory(configs: list[Config], devices: list[str], network: str = VGG19) -> None:
     """Refuse (one line: the estimate, what is available, the flags that lower it) a run
     whose largest batch would not fit on one of its devices."""
     for device in devices:
@@ -143,7 +159,7 @@ def check_memory(configs: list[Config], devices: list[str]) -> None:
         if available is None:
             continue
         for config in configs:
-            estimate, precision = design_memory(config, device)
+            estimate, precision = design_memory(config, device, network)
             if estimate.peak <= available:
                 continue
             styles = estimate.style_targets > estimate.loop

@@ -98,6 +98,7 @@ class RowContext:
                 self.weights.preprocessing,
                 # A row made before any device work (an input fault) keeps what was asked.
                 resolve_precision(cfg.precision, self.device) if self.device else None,
+                network=self.weights.network,
             ),
             "weights_source": self.weights.label,
             "loss_every": cfg.loss_every,

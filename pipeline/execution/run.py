@@ -62,6 +62,7 @@ def run_config(
             "path": weights.path,
             "format": weights.format,
             "preprocessing": weights.preprocessing,
+            "network": weights.network,
         },
         "devices": list(devices),
         "started_at": started.isoformat(),

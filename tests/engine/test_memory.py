@@ -17,7 +17,7 @@ CFG = Config(weights="random", size=48, steps=1, precision="fp32")
 
 
 def test_layer_shapes_are_the_networks_own():
-    features = make_features(LAYER_INDEX["conv5_2"]).eval()
+    features = make_features(until_index=LAYER_INDEX["conv5_2"]).eval()
     x = torch.rand(1, 3, 40, 56)
     shapes = []
     with torch.no_grad():

@@ -82,16 +82,24 @@ def test_an_hdf5_file_without_keras_layers_is_refused(tmp_path):
 def test_a_keras_file_missing_a_layer_is_refused_naming_it(tmp_path):
     path = write_keras_h5(seeded_features(0), tmp_path / "vgg19.h5")
     with h5py.File(path, "a") as handle:
-        names = [n for n in handle.attrs["layer_names"] if n != b"block4_conv3"]
-        handle.attrs["layer_names"] = np.array(names)
+        del handle["block4_conv3"]  # listed in layer_names, absent from the file
     with pytest.raises(WeightsError, match=r"lack 2 tensor\(s\)") as info:
         load_features(resolve_weights(str(path), 0))
     assert f"features.{LAYER_INDEX['conv4_3'] - 1}." in str(info.value)
+
+
+def test_a_keras_file_listing_neither_networks_convolutions_is_refused_before_reading(tmp_path):
+    path = write_keras_h5(seeded_features(0), tmp_path / "vgg19.h5")
+    with h5py.File(path, "a") as handle:
+        names = [n for n in handle.attrs["layer_names"] if n != b"block4_conv3"]
+        handle.attrs["layer_names"] = np.array(names)
+    with pytest.raises(WeightsError, match=r"15 convolutions; accepted: 16 \(vgg19\) or 13 \(vgg16\)"):
+        resolve_weights(str(path), 0)
 
 
 def test_a_truncated_keras_file_is_refused(tmp_path):
     whole = write_keras_h5(seeded_features(0), tmp_path / "whole.h5").read_bytes()
     path = tmp_path / "truncated.h5"
     path.write_bytes(whole[: len(whole) // 3])
-    with pytest.raises(WeightsError, match="cannot read VGG19 weights"):
+    with pytest.raises(WeightsError, match="cannot read VGG(19)? weights"):
         load_features(resolve_weights(str(path), 0))
