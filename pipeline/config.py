@@ -29,6 +29,8 @@ PREPROCESSINGS = ("auto", *NETWORK_PREPROCESSINGS)
 NETWORK_CHOICES = ("auto", *NETWORKS)
 # The network's arithmetic (pipeline/engine/transfer.py resolves auto).
 PRECISIONS = ("auto", "fp32", "bf16")
+# The network's memory layout (pipeline/engine/transfer.py resolves auto per device and CPU kind).
+MEMORY_FORMATS = ("auto", "channels-last", "contiguous")
 # How the output tile repeats: see pipeline/engine/repeats.py for the layouts.
 REPEATS = ("none", "block", "half-drop", "brick")
 POOLINGS = ("max", "avg")
@@ -157,6 +159,14 @@ class Config:
         "params record the precision used",
         identity=False,
         choices=PRECISIONS,
+    )
+    memory_format: str = _field(
+        "auto",
+        "VGG's memory layout: 'auto' (channels-last on CUDA, and on CPUs with native bf16 when the precision is "
+        "bf16; contiguous elsewhere, where channels-last was measured slower), 'channels-last' or 'contiguous'; "
+        "the design is the same up to rounding",
+        identity=False,
+        choices=MEMORY_FORMATS,
     )
     devices: str = _field(
         "auto", "'auto' (every visible CUDA GPU, else cpu), 'cpu', or 'cuda:0,cuda:1'", identity=False

@@ -172,6 +172,7 @@ def test_identity_dict_excludes_run_only_fields():
         "runner",
         "dask_address",
         "precision",
+        "memory_format",  # the same design up to rounding, like precision
         "overlap",
         "preprocessing",  # the resolved value enters the design id with the weights' identity
         "network",  # likewise, and only when it is not vgg19 (VGG19 designs keep their ids)

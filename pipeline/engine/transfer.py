@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import PRECISIONS, Config
+from pipeline.config import MEMORY_FORMATS, PRECISIONS, Config
 from pipeline.engine.colour import keep_colors, match_colors
 from pipeline.engine.losses import LOSS_NAMES, _layer_weights, content_loss, gram, seam_score, style_loss, tv_loss
 from pipeline.engine.optim import PaperAdam
@@ -82,6 +82,18 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
         return precision
     kind = torch.device(device).type
     return "bf16" if kind == "cuda" or (kind == "cpu" and cpu_has_native_bf16()) else "fp32"
+
+
+def resolve_channels_last(memory_format: str, device: str | torch.device, precision: str) -> bool:
+    """'auto' made concrete: channels-last on CUDA, and on a CPU with native bf16 running bf16
+    (measured 1.41x there, docs/BENCHMARKS.md); contiguous on other CPUs, where it lost.
+    `precision` is the resolved one ('fp32' or 'bf16')."""
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format={memory_format!r} is invalid; accepted: {', '.join(MEMORY_FORMATS)}")
+    if memory_format != "auto":
+        return memory_format == "channels-last"
+    kind = torch.device(device).type
+    return kind == "cuda" or (kind == "cpu" and precision == "bf16" and cpu_has_native_bf16())
 
 
 @dataclass(frozen=True)
@@ -150,15 +162,16 @@ class StyleTransfer:
     once however many pairings and runs use it. `config` gives the defaults;
     `run(..., config=...)` may use another config on the same weights.
 
-    Speed on CUDA (on the CPU: bf16 where native, contiguous, eager):
+    Speed on CUDA (on the CPU: bf16 and channels-last where bf16 is native, eager):
     - `precision="auto"` (or "bf16"): the VGG19 forward (and so its backward)
       runs under bf16 autocast, on CUDA and on CPUs with native bf16
       (`cpu_has_native_bf16`); Gram matrices, losses, the image and Adam stay
       fp32 outside the autocast region. Gram GEMMs may use TF32: their inputs
       are bf16 values, which TF32 holds exactly. "fp32" turns all of it off.
-    - `channels_last` (default: on CUDA): the network's input, weights and
-      activations in NHWC, the layout cuDNN's tensor-core kernels use; Grams
-      read it as is (the optimized image itself stays NCHW).
+    - `channels_last` (default: the config's memory_format, auto: on CUDA and on
+      native-bf16 CPUs running bf16): the network's input, weights and
+      activations in NHWC, the layout cuDNN's tensor-core kernels and oneDNN's
+      bf16 kernels use; Grams read it as is (the optimized image itself stays NCHW).
     - cudnn.benchmark and fused Adam on CUDA; the step loop never waits on the
       device except when a progress callback reads the losses (every
       `loss_every` steps).
@@ -181,8 +194,12 @@ class StyleTransfer:
         self.device = torch.device(device)
         self.weights = weights
         self.precision = resolve_precision(precision, self.device)
-        # Off on the CPU: not measured to help there (docs/BENCHMARKS.md, engine-cl rows).
-        self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
+        # None: the config's memory_format (auto: per device and CPU kind, docs/BENCHMARKS.md engine-cl rows).
+        self.channels_last = (
+            resolve_channels_last(config.memory_format, self.device, self.precision)
+            if channels_last is None
+            else bool(channels_last)
+        )
         self.compile = compile
         self._backend_flags()
         self._features = load_features(weights)

@@ -24,13 +24,20 @@ from pipeline.catalog.images import (
     resize_to_tensor,
 )
 from pipeline.config import Config
-from pipeline.engine.transfer import DesignResult, Pairing, Progress, StyleTransfer, resolve_precision
+from pipeline.engine.transfer import (
+    DesignResult,
+    Pairing,
+    Progress,
+    StyleTransfer,
+    resolve_channels_last,
+    resolve_precision,
+)
 from pipeline.engine.weights import WeightsSource
 from pipeline.execution.devices import auto_batch_size
 from pipeline.execution.rows import RowContext
 from pipeline.planning.plan import Job
 
-_engines: dict[tuple[str, str, str], StyleTransfer] = {}
+_engines: dict[tuple[str, str, str, bool], StyleTransfer] = {}
 _engines_lock = threading.Lock()
 
 
@@ -38,12 +45,13 @@ def engine_for(config: Config, weights: WeightsSource, device: str) -> StyleTran
     """One engine per device and weights, kept so its target caches and loaded
     weights serve every shard (and every config of a sweep) on that device."""
     precision = resolve_precision(config.precision, device)  # 'auto' and what it picks share an engine
-    key = (device, weights.identity, precision)
+    channels_last = resolve_channels_last(config.memory_format, device, precision)
+    key = (device, weights.identity, precision, channels_last)
     with _engines_lock:
         if key not in _engines:
             for old in [k for k in _engines if k[0] == device]:
                 del _engines[old]  # one engine per device: free the last weights' memory
-            _engines[key] = StyleTransfer(config, weights, device, precision=precision)
+            _engines[key] = StyleTransfer(config, weights, device, precision=precision, channels_last=channels_last)
         return _engines[key]
 
 

@@ -243,7 +243,7 @@ def test_precision_is_checked_and_resolved(monkeypatch, native_bf16, expected):
     with pytest.raises(ValueError, match="precision='fp16' is invalid; accepted: auto, fp32, bf16"):
         StyleTransfer(CFG, weights, "cpu", precision="fp16")
     cpu = StyleTransfer(CFG, weights, "cpu")
-    assert cpu.precision == expected and cpu.channels_last is False and cpu.compile is False
+    assert cpu.precision == expected and cpu.channels_last is native_bf16 and cpu.compile is False
     assert StyleTransfer(CFG, weights, "cpu", precision="fp32").precision == "fp32"
 
 

@@ -22,11 +22,17 @@ from benchmarks.common import make_pairings
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.config import Config
 from pipeline.engine import transfer
-from pipeline.engine.transfer import CPU_BF16_ENV, StyleTransfer, cpu_has_native_bf16, resolve_precision
+from pipeline.engine.transfer import (
+    CPU_BF16_ENV,
+    StyleTransfer,
+    cpu_has_native_bf16,
+    resolve_channels_last,
+    resolve_precision,
+)
 from pipeline.engine.weights import resolve_weights
 from pipeline.execution.preflight import Refused, preflight
 from pipeline.execution.rows import RowContext
-from pipeline.execution.shard import run_shard
+from pipeline.execution.shard import engine_for, run_shard
 
 WEIGHTS = resolve_weights("random", 0)
 
@@ -49,7 +55,39 @@ def test_auto_resolves_per_device(native_bf16):
     assert resolve_precision("auto", "cuda:0") == "bf16"  # no GPU needed: only the device's kind is read
     assert resolve_precision("fp32", "cuda") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     engine = StyleTransfer(Config(size=32, weights="random"), WEIGHTS, "cpu")
-    assert engine.precision == cpu and engine.channels_last is False
+    # The layout follows the same detection: channels-last only where bf16 is native.
+    assert engine.precision == cpu and engine.channels_last is native_bf16
+
+
+def test_memory_format_auto_resolves_per_cpu_kind(native_bf16):
+    """Channels-last paid 1.41x on a native-bf16 CPU running bf16 and lost on an AVX2 one
+    (docs/BENCHMARKS.md): auto picks it only there, and on CUDA as before."""
+    assert resolve_channels_last("auto", "cpu", "bf16") is native_bf16
+    assert resolve_channels_last("auto", "cpu", "fp32") is False  # fp32 on any CPU: contiguous
+    assert resolve_channels_last("auto", "cuda:0", "bf16") is True
+    assert resolve_channels_last("auto", "cuda:0", "fp32") is True
+    assert resolve_channels_last("channels-last", "cpu", "fp32") is True
+    assert resolve_channels_last("contiguous", "cuda", "bf16") is False
+    fp32 = StyleTransfer(Config(size=32, weights="random"), WEIGHTS, "cpu", precision="fp32")
+    assert fp32.precision == "fp32" and fp32.channels_last is False
+    forced = StyleTransfer(Config(size=32, weights="random", memory_format="contiguous"), WEIGHTS, "cpu")
+    assert forced.channels_last is False
+    nhwc = StyleTransfer(Config(size=32, weights="random", memory_format="channels-last"), WEIGHTS, "cpu")
+    assert nhwc.channels_last is True
+    assert nhwc.features(torch.rand(1, 3, 32, 32))["conv1_1"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_shard_engine_follows_memory_format(native_bf16):
+    """The engine a shard runs is built with the config's layout; another layout is another engine."""
+    auto = engine_for(Config(size=32, weights="random"), WEIGHTS, "cpu")
+    assert auto.channels_last is native_bf16
+    forced = engine_for(Config(size=32, weights="random", memory_format="channels-last"), WEIGHTS, "cpu")
+    assert forced.channels_last is True
+
+
+def test_memory_format_is_checked():
+    with pytest.raises(ValueError, match="memory_format='nhwc' is invalid; accepted: auto, channels-last, contiguous"):
+        resolve_channels_last("nhwc", "cpu", "fp32")
 
 
 def test_the_suite_runs_auto_as_fp32_whatever_the_cpu():
