@@ -37,6 +37,7 @@ from pipeline.config import MEMORY_FORMATS, PRECISIONS, Config
 from pipeline.engine.colour import keep_colors, match_colors
 from pipeline.engine.losses import LOSS_NAMES, _layer_weights, content_loss, gram, seam_score, style_loss, tv_loss
 from pipeline.engine.optim import PaperAdam
+from pipeline.engine.quality import Quality, measure
 from pipeline.engine.repeats import RepeatConv2d
 from pipeline.engine.targets import TargetCache
 from pipeline.engine.vgg import MIN_SIDE, FeatureExtractor, layer_index
@@ -152,6 +153,7 @@ class DesignResult:
     curve_steps: list[int] = field(default_factory=list)
     seam_score: float | None = None
     mask_leakage: float | None = None  # mean |output - content| outside the mask, in [0, 1] units
+    quality: Quality | None = None  # style ratio, content kept (pipeline/engine/quality.py); None when failed
 
 
 class StyleTransfer:
@@ -289,14 +291,15 @@ class StyleTransfer:
         config: Config | None = None,
         mask: torch.Tensor | None = None,
         layer_masks: dict[str, torch.Tensor] | None = None,
+        features: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """(N, 4) per-design losses: total, content, style, tv (weighted).
 
         `layer_masks`: `mask` already resized to each style layer's grid
         (`_layer_masks`), for a loop that calls this every step; computed here
-        when not given."""
+        when not given. `features`: the image's, when the caller has them already."""
         cfg = config or self.config
-        feats = self.features(image, cfg)
+        feats = self.features(image, cfg) if features is None else features
         n = image.shape[0]
         if cfg.content_weight > 0 and content_t:
             c = cfg.content_weight * content_loss(
@@ -402,7 +405,23 @@ class StyleTransfer:
         assert image is not None
         with torch.no_grad():
             image = self._finish(image, contents, masks, cfg, pairings)
-            final = self.losses(image, content_t, style_t, cfg, masks)
+            # One forward of the designs and their references (content, or the noise start)
+            # gives the final losses and the quality measures.
+            references = self._references(pairings, cfg, (h, w))
+            feats = self.features(torch.cat([image, references]), cfg)
+            final_feats = {name: f[:n] for name, f in feats.items()}
+            final = self.losses(image, content_t, style_t, cfg, masks, features=final_feats)
+            layer_masks = _layer_masks(masks, cfg.style_layers, (h, w)) if masks is not None else None
+            qualities = measure(
+                final_feats,
+                {name: f[n:] for name, f in feats.items()},
+                style_t,
+                cfg.style_layers,
+                content_t or None,
+                cfg.content_layers,
+                layer_masks,
+            )
+            del feats, final_feats
         all_curves = torch.cat([*curves, final.unsqueeze(2)], dim=2).cpu()
         images = image.detach().float().contiguous().cpu()
         self._sync()
@@ -431,9 +450,17 @@ class StyleTransfer:
                     curve_steps=curve_steps + [total_steps],
                     seam_score=seam_score(images[i], cfg.repeat) if cfg.tile else None,
                     mask_leakage=leakage,
+                    quality=None if error else qualities[i],
                 )
             )
         return results
+
+    def _references(self, pairings: Sequence[Pairing], cfg: Config, size: tuple[int, int]) -> torch.Tensor:
+        """What each design's style distance is measured against: its content at the output size,
+        or for a pattern without content the seeded noise the loop starts from, at the output size."""
+        noise = torch.rand((3, *size), generator=torch.Generator().manual_seed(cfg.seed))
+        references = [_resize(p.content, size).float() if p.content is not None else noise for p in pairings]
+        return torch.stack(references).to(self.device)
 
     def _batch_targets(self, pairings: Sequence[Pairing], cfg: Config, size: tuple[int, int], pattern: bool):
         """Contents, masks and stacked targets of the batch at one scale. Styles
