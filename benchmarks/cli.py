@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--conv",
         action="store_true",
         help=f"the convolution-dominated CPU size only ({CONV.size} px, {CONV.steps} steps, batch "
-        f"{','.join(map(str, CONV.batch_sizes))}): naive-default, engine-fp32, engine-cl and the engine as shipped",
+        f"{','.join(map(str, CONV.batch_sizes))}): naive-default, engine-fp32, the engine in the other memory layout (engine-cl or engine-contig) and as shipped",
     )
     mode.add_argument(
         "--full", action="store_true", help=f"full sizes ({FULL.size} px, {FULL.steps} steps) even on a CPU"

@@ -14,7 +14,9 @@ In one process, on one device, on the same seeded synthetic images, it times:
   engine-fp32, the engine with precision="fp32"; --compile adds engine-compile).
   At the CPU's convolution-dominated size (--conv: 192 px) naive-default only (on a
   CPU naive-fp32 is the same code), engine-fp32 (what bf16 brings where the CPU has it)
-  and engine-cl (the shipped precision with channels-last: whether the layout helps).
+  and the shipped precision in the other memory layout: engine-cl (channels-last) where
+  the shipped engine is contiguous, engine-contig where it is channels-last (a CPU with
+  native bf16): whether the layout memory_format auto picks helps.
 
 Each configuration is warmed up, then timed `repeats` times round-robin with the
 others (so a machine busy with other work slows them alike), best time kept. It
@@ -261,8 +263,10 @@ def build_cases(
         fp32 = StyleTransfer(config, weights, device, precision="fp32", channels_last=False)
         engine_cases(fp32, "engine-fp32-", largest)
     if conv and not cuda:
-        layout = StyleTransfer(config, weights, device, channels_last=True)
-        engine_cases(layout, "engine-cl-", largest)
+        # The layout the shipped engine did not pick (memory_format auto: channels-last where bf16 is native).
+        other = not engine.channels_last
+        layout = StyleTransfer(config, weights, device, channels_last=other)
+        engine_cases(layout, "engine-cl-" if other else "engine-contig-", largest)
     if compile_:
         compiled = StyleTransfer(config, weights, device, compile=True)
         engine_cases(compiled, "engine-compile-", compile_batch_sizes or sizes.batch_sizes)

@@ -451,14 +451,16 @@ def test_the_conv_size_times_naive_default_engine_fp32_layout_and_as_shipped(tmp
     assert [r["mode"] for r in runs] == (["conv"] if native_bf16 else ["short", "conv"])
     configs = {c["name"]: c for c in conv["configs"]}
     # naive-fp32 is naive-default's code on a CPU: timed at the short size only
-    assert list(configs) == ["naive-default", "engine-b1", "engine-b2", "engine-fp32-b2", "engine-cl-b2"]
+    # The other layout than the shipped one: channels-last ships where bf16 is native (memory_format auto).
+    layout = "engine-contig-b2" if native_bf16 else "engine-cl-b2"
+    assert list(configs) == ["naive-default", "engine-b1", "engine-b2", "engine-fp32-b2", layout]
     shipped = "bf16" if native_bf16 else "fp32"
     assert conv["engine_precision"] == shipped and conv["cpu_native_bf16"] is native_bf16
     assert {n: c["precision"] for n, c in configs.items() if n != "naive-default"} == {
         "engine-b1": shipped,
         "engine-b2": shipped,
         "engine-fp32-b2": "fp32",
-        "engine-cl-b2": shipped,
+        layout: shipped,
     }
     assert [n for n, c in configs.items() if c["shipped"]] == ["engine-b1", "engine-b2"]
     # The ratio line: the engine as shipped over naive-default at the conv size.
