@@ -19,7 +19,7 @@ export DO_NOT_TRACK ?= 1
 
 help:
 	@echo "make generate CATALOG=path/to/catalog.parquet [OUT=dir] [PAIRS=pairs.parquet] [ARGS='--flags']"
-	@echo "make demo        # the sample catalog on CPU with random weights"
+	@echo "make demo [WEIGHTS=PATH]   # the sample catalog on CPU: real weights (auto) or random"
 	@echo "make test        # the test suite"
 	@echo "make lint        # ruff: lint and format check"
 	@echo "make query SQL='select ...' [OUT=dir] [ARGS='--version N | --as-of TIME | --format csv -o FILE']"
@@ -45,21 +45,30 @@ generate: $(STAMP)
 	@test -n "$(CATALOG)" || { echo "usage: make generate CATALOG=path/to/catalog.parquet [OUT=dir] [ARGS='--flags']" >&2; exit 2; }
 	$(BIN)/designs generate "$(CATALOG)" --out "$(OUT)" $(if $(PAIRS),--pairs "$(PAIRS)") $(ARGS)
 
-# The paper's defaults but for what a 128 px, 50-step CPU demo needs: a TV weight
-# for 128 px instead of 512 (TV sums over pixels), a learning rate for 50 steps
-# instead of 1000, and style weights raised because random VGG19 features (at
-# the Caffe network's scale) carry no real texture: the textures' colours show.
-# Real designs need the real weights and the defaults.
-DEMO_FLAGS := --weights random --size 128 --steps 50 --tv-weight 1 --learning-rate 0.05
+# The weights: WEIGHTS=PATH (any known file), else --weights auto where it finds a
+# file or can download the paper's, else random weights with one line saying so
+# (python -m flows.demo_weights). Real weights: the paper's defaults (style 1e-2,
+# content 1e4, TV 30, lr 0.02) at a CPU size, 192 px and 200 steps: the six sample
+# designs take about 12 minutes on 2 shared cores (README, "The demo").
+WEIGHTS ?=
+DEMO_FLAGS := --size 192 --steps 200
+# Random weights: a TV weight for 128 px instead of 512 (TV sums over pixels), a
+# learning rate for 50 steps instead of 1000, and style weights raised because
+# random VGG19 features (at the Caffe network's scale) carry no real texture: the
+# textures' colours show (a sweep of two).
+DEMO_RANDOM_FLAGS := --size 128 --steps 50 --tv-weight 1 --learning-rate 0.05 --grid style_weight=10,100
 # The sample pairs: masked garments, a colour-keeping design, a blend and two
-# seamless repeats (a half-drop and a brick), each at two style weights (a sweep).
-DEMO_PAIRS := --pairs data/sample/pairs.parquet --grid style_weight=10,100
+# seamless repeats (a half-drop and a brick).
+DEMO_PAIRS := --pairs data/sample/pairs.parquet
 # Then the half-drop repeats recoloured into four flat inks (their colourways sheet
 # shows each beside its parent).
 DEMO_COLOURWAYS := --inks 4 --where "params.repeat = 'half-drop'"
 
 demo: $(STAMP)
-	$(BIN)/designs generate $(SAMPLE) --out "$(OUT)" $(DEMO_FLAGS) $(DEMO_PAIRS) $(ARGS)
+	@weights=$$($(BIN)/python -m flows.demo_weights $(if $(WEIGHTS),"$(WEIGHTS)")) || exit 2; \
+	if [ "$$weights" = random ]; then flags='$(DEMO_RANDOM_FLAGS)'; else flags='$(DEMO_FLAGS)'; fi; \
+	echo "$(BIN)/designs generate $(SAMPLE) --out $(OUT) --weights $$weights $$flags $(DEMO_PAIRS) $(ARGS)"; \
+	$(BIN)/designs generate $(SAMPLE) --out "$(OUT)" --weights "$$weights" $$flags $(DEMO_PAIRS) $(ARGS)
 	$(BIN)/designs colourways "$(OUT)" $(DEMO_COLOURWAYS)
 
 # Recolour finished designs: ARGS='--palette FILE | --from-image IMG | --inks N [--where SQL] [--version N]'.
