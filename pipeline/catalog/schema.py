@@ -28,6 +28,14 @@ def params_type() -> pa.StructType:
 
 LOSS_FIELDS = ("total", "content", "style", "tv")
 TIMING_FIELDS = ("load_s", "targets_s", "optimize_s", "write_s", "total_s", "steps_per_second")
+# pipeline/engine/quality.py, docs/ANALYSTS.md "Quality measures"; null in rows made before it, failed rows, colourways.
+QUALITY_TYPE = pa.struct(
+    [
+        pa.field("style_ratio", pa.float64()),  # final style distance / the content's (a pattern: the noise start's)
+        pa.field("style_ratio_per_layer", pa.list_(pa.float64())),  # in the order of params.style_layers
+        pa.field("content_kept", pa.float64()),  # content-layer feature cosine with the content; null for patterns
+    ]
+)
 
 SCHEMA = pa.schema(
     [
@@ -75,6 +83,7 @@ SCHEMA = pa.schema(
         # Colourways (pipeline/execution/colourways.py): the design recoloured, and the inks it is printed in.
         pa.field("parent_design_id", pa.string()),  # null: an optimized design
         pa.field("palette", pa.list_(pa.string())),  # "#rrggbb" colours, darkest first
+        pa.field("quality", QUALITY_TYPE),  # added after parent_design_id and palette: older files read null
     ]
 )
 

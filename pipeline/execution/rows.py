@@ -134,6 +134,7 @@ class RowContext:
             row["params"]["lbfgs_learning_rate"] = cfg.lbfgs_learning_rate * cfg.nonfinite_retry_factor
         row.update({f"loss_{k}": v for k, v in result.loss_curves.items()})
         row["final_loss"] = result.final_loss
+        row["quality"] = result.quality.as_row() if result.quality is not None and not result.error else None
         if result.error:
             label = f"{job.content_id or '(pattern)'} x {job.style_label}"
             row.update(status="failed", error=f"design {job.design_id} ({label}): {result.error}")
@@ -210,6 +211,7 @@ class RowContext:
             loss_style=None,
             loss_tv=None,
             final_loss=None,
+            quality=None,  # not optimized: the parent's row holds its quality
             seam_score=seam_score(image, repeat) if repeat != "none" else None,
             mask_leakage=None,
             device=self.device,
