@@ -599,7 +599,7 @@ def run_generate(catalog: str, out: str, config: Config, pairs: str | None = Non
 
     configure_prefect_env()
     import flows.generate
-    from flows.generate import STOP, generate_flow
+    from flows.generate import STOP, generate_flow, hand_over
     from flows.server import start_temporary_server
     from flows.task_runners import workers_prefect_api
     from pipeline.catalog.inputs import CatalogError
@@ -611,7 +611,9 @@ def run_generate(catalog: str, out: str, config: Config, pairs: str | None = Non
         start_temporary_server()  # where no PREFECT_API_URL is set: one that Ctrl-C and kill -9 do not strand
         flow = generate_flow(config)
         with workers_prefect_api(config.runner, config.dask_address or None):
-            summary = flow(catalog=catalog, out=out, config=config, pairs=pairs, grid=grid or None, prepared=prepared)
+            summary = flow(
+                catalog=catalog, out=out, config=config, pairs=pairs, grid=grid or None, prepared=hand_over(prepared)
+            )
     except (CatalogError, WeightsError, DeviceError) as err:  # the inputs changed since the checks
         print(f"designs generate: refused: {err}", file=sys.stderr)
         return EXIT_REFUSED

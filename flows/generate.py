@@ -6,6 +6,7 @@ flow's task runner."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,19 @@ def stop_when_asked(on_progress: Callable[[Progress], None]) -> Callable[[Progre
         on_progress(progress)
 
     return check
+
+
+# What the CLI prepared, by token, for the flow it starts in the same process. Only the
+# token is a flow parameter: Prefect sends parameters to its API as JSON, and the input
+# catalog's image list grows with the catalog.
+_PREPARED: dict[str, Checked] = {}
+
+
+def hand_over(checked: Checked) -> str:
+    """A token under which the flow started next in this process finds `checked`."""
+    token = uuid.uuid4().hex
+    _PREPARED[token] = checked
+    return token
 
 
 # No retries: a missing catalog or a broken weights file does not mend itself.
@@ -176,17 +190,18 @@ def generate(
     config: Config = Config(),  # noqa: B008 (frozen: one shared default is safe)
     pairs: str | None = None,
     grid: dict[str, list[Any]] | None = None,
-    prepared: Checked | None = None,
+    prepared: str | None = None,
 ) -> RunSummary:
     """Make every content x style design of CATALOG not yet in the design catalog at OUT.
 
     pairs: a parquet of explicit pairings (content_id, style_ids, style_mix, per-row
     config overrides) instead of the cross product; grid: field -> values, every
-    pairing made once per combination (see pipeline.planning.variants); prepared: what
-    Run.prepare checked for these arguments (the CLI's), else the flow prepares itself."""
+    pairing made once per combination (see pipeline.planning.variants); prepared: the
+    token of what Run.prepare checked for these arguments in this process (the CLI's,
+    `hand_over`), else the flow prepares itself."""
     run = Run(catalog, out, config, flow_run_id=str(flow_run.id or "local"))
     devices = shard_devices(config)
-    checked = prepared or prepare(run, pairs, grid)  # everything that can refuse the run, before any work
+    checked = _PREPARED.pop(prepared or "", None) or prepare(run, pairs, grid)  # what can refuse the run, first
     planned = plan(run, checked.inputs, checked.weights, devices, checked.specs)
     log_plan(run, planned, devices, checked.weights)
     progress = RunProgress().start(len(planned.todo) + len(planned.failed))

@@ -387,3 +387,12 @@ def test_a_cli_run_loads_the_catalog_and_the_weights_once(tmp_path: Path, monkey
     assert main(["generate", str(catalog), "--out", str(out), *TINY_FLAGS]) == EXIT_OK
     assert len(DesignCatalog(out).done_ids()) == 1
     assert calls == {"load_input_catalog": 1, "resolve_weights": 1, "load_features": 1}
+    # Only a token travels as the flow's parameter: Prefect stores parameters as JSON, and the
+    # prepared input catalog grows with the catalog.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        [latest] = client.read_flow_runs(limit=1, sort=FlowRunSort.START_TIME_DESC)
+    assert isinstance(latest.parameters["prepared"], str) and len(latest.parameters["prepared"]) == 32
+    assert not flows.generate._PREPARED  # taken by the flow, not kept
