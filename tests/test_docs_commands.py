@@ -79,10 +79,15 @@ def test_the_docs_spell_commands():
     assert len(DESIGNS) >= 10 and len(MAKES) >= 20
 
 
-def options_of(command: str) -> set[str]:
+def options_of(*command: str) -> set[str]:
+    """The options of a command, down through its subcommands (`weights fetch`)."""
     parser = build_parser()
-    sub = next(a for a in parser._subparsers._group_actions if a.choices).choices[command]
-    return {s for action in sub._actions for s in action.option_strings}
+    for word in command:
+        groups = [a for a in parser._subparsers._group_actions if a.choices] if parser._subparsers else []
+        if not groups or word not in groups[0].choices:
+            break
+        parser = groups[0].choices[word]
+    return {s for action in parser._actions for s in action.option_strings}
 
 
 @pytest.mark.parametrize(("doc", "command", "fenced"), DESIGNS, ids=[f"{d}:{c[:60]}" for d, c, _ in DESIGNS])
@@ -94,7 +99,8 @@ def test_every_designs_command_parses(doc, command, fenced):
         build_parser().parse_args(words)
     else:  # a mention: the command and the flags it names exist
         flags = {w.split("=")[0] for w in words[1:] if w.startswith("--")}
-        assert flags <= options_of(words[0]), f"{doc}: `{command}`: {sorted(flags - options_of(words[0]))}"
+        names = [w for w in words if not w.startswith("-")][:2]
+        assert flags <= options_of(*names), f"{doc}: `{command}`: {sorted(flags - options_of(*names))}"
 
 
 @pytest.mark.parametrize(("doc", "command", "fenced"), MAKES, ids=[f"{d}:{c[:60]}" for d, c, _ in MAKES])
