@@ -249,7 +249,8 @@ def _source(
                 f"VGG19 weights file {str(path)!r} (from {origin}) has {found}, not the published {expected}: "
                 f"the file is corrupt or not {known.name}; delete it and download {known.url} again"
             )
-    found_network = detect_network(path, fmt, digest)
+    # A published file, its checksum matched, holds its known network; any other file is counted.
+    found_network = known.network if known is not None else detect_network(path, fmt, digest)
     if network not in ("auto", found_network):
         raise WeightsError(
             f"weights {str(path)!r} (from {origin}) hold {found_network} "

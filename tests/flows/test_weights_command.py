@@ -147,10 +147,11 @@ def test_a_mirror_url_is_checked_against_the_published_checksum(caches, tmp_path
 
 
 def test_networks_come_from_the_known_files(caches, served, monkeypatch, capsys):
-    assert weights.networks() == ("vgg19",)  # the shipped files
-    assert main(["weights", "fetch", "--network", "vgg16"]) == EXIT_REFUSED
+    assert weights.networks() == ("vgg19", "vgg16")  # the shipped files, the paper's first
+    assert weights.fetch_file("vgg16").name == "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    assert main(["weights", "fetch", "--network", "vgg13"]) == EXIT_REFUSED
     err = capsys.readouterr().err
-    assert err == "designs weights fetch: --network 'vgg16' has no known weights file; accepted: vgg19\n"
+    assert err == "designs weights fetch: --network 'vgg13' has no known weights file; accepted: vgg19, vgg16\n"
     assert not caches.parent.exists()
 
     # A known VGG16 file makes --network vgg16 fetch it.
