@@ -38,6 +38,7 @@ CONTRACT_COLUMNS = {
     "loss_style",
     "loss_tv",
     "loss_every",
+    "quality",
     "final_loss",
     "timings",
     "device",
@@ -102,6 +103,9 @@ def test_generate_writes_a_delta_version_with_the_contract_columns(first_run):
         assert row.versions["torch"] and row.versions["python"]
         assert json.loads(row.content_extra) == {"designer": "Sample Studio"}
         assert "garment" in list(row.tags)
+        # Quality measured once per design (docs/ANALYSTS.md, "Quality measures").
+        assert len(row.quality["style_ratio_per_layer"]) == len(row.params["style_layers"])
+        assert row.quality["style_ratio"] > 0 and 0 < row.quality["content_kept"] <= 1
     original = pq.read_table(sample_catalog).to_pylist()
     shas = {r["image_id"]: sha256_file(sample_catalog.parent / r["uri"]) for r in original}
     assert all(frame.content_sha256 == frame.content_id.map(shas))
