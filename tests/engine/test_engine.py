@@ -113,8 +113,10 @@ def test_style_targets_computed_once_per_style(batch_run):
     assert len(engine.targets.style) == 2
     assert len(engine.targets.content) == 3
     assert {key[0] for key in engine.targets.style} == {"s0", "s1"}
-    # the batch is optimized together: one (3, ...) forward per step, then one for the final losses
-    assert sum(1 for shape in calls if shape == (3, 3, *CONTENT_HW)) == CFG.steps + 1
+    # the batch is optimized together: one (3, ...) forward per step, then one of the designs and
+    # their contents for the final losses and the quality measures
+    assert sum(1 for shape in calls if shape == (3, 3, *CONTENT_HW)) == CFG.steps
+    assert sum(1 for shape in calls if shape == (6, 3, *CONTENT_HW)) == 1
 
 
 def test_style_cache_reused_across_runs_and_keyed_by_size():
