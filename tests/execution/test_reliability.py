@@ -436,6 +436,7 @@ def test_diverging_design_fails_with_a_clear_error_after_its_retry(sample_catalo
             and "again after retrying with the learning rate times 0.1" in row["error"]
         )
         assert row["design_id"] in row["error"]
+        assert row["quality"] is None  # a failed design's measures mean nothing
     assert not pngs(tmp_path / "out")
 
 
