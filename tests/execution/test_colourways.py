@@ -66,6 +66,8 @@ def test_colourways_are_new_rows_under_their_parent_and_reruns_add_nothing(desig
             assert png.info["parent_design_id"] == row.parent_design_id and png.info["design_id"] == cid
             assert len(png.getcolors(4096)) == 3  # three flat inks
         assert row.params["size"] == 32 and row.content_id == table.loc[row.parent_design_id].content_id
+        # Not optimized: no quality of its own (its parent's row has one).
+        assert row.quality is None and table.loc[row.parent_design_id].quality is not None
     tiled = made[made.params.map(lambda p: p["repeat"] == "block")]
     assert len(tiled) == 1 and tiled.seam_score.iloc[0] >= 0  # measured again on the recoloured tile
     version = DesignCatalog(designs).version()
