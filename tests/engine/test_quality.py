@@ -11,7 +11,7 @@ import torch
 
 from pipeline.config import Config
 from pipeline.engine.quality import content_similarity, measure, style_distances
-from pipeline.engine.transfer import Pairing, StyleTransfer
+from pipeline.engine.transfer import Pairing, StyleTransfer, _layer_masks
 from pipeline.engine.weights import resolve_weights
 
 # The style weighted up: the paper's balance is set for pretrained features, not random ones.
@@ -83,6 +83,21 @@ def test_each_design_of_a_batch_is_measured_as_it_would_be_alone():
         assert result.quality.style_ratio_per_layer == pytest.approx(ratios, rel=1e-4)
         assert result.quality.content_kept == pytest.approx(kept, rel=1e-5)
     assert batch[0].quality.style_ratio != pytest.approx(batch[1].quality.style_ratio, rel=1e-3)
+
+
+def test_a_masked_design_is_measured_inside_its_garment_as_the_loss_is():
+    nst = engine(BASE.replace(steps=5))
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:28, 6:26] = 1.0
+    (result,) = nst.run([Pairing("g", "c", CONTENT, "s", STYLE, mask=mask)])
+    style_t = {k: v.unsqueeze(0) for k, v in nst.style_targets("s", STYLE).items()}
+    masks = _layer_masks(mask.unsqueeze(0), BASE.style_layers, (32, 32))
+    ours = style_distances(nst.features(result.image.unsqueeze(0)), style_t, BASE.style_layers, masks)
+    start = style_distances(nst.features(CONTENT.unsqueeze(0)), style_t, BASE.style_layers, masks)
+    assert result.quality.style_ratio_per_layer == pytest.approx((ours / start)[0].tolist(), rel=1e-4)
+    # Outside the garment the design is its content: unmasked, it would read nearer 1.
+    unmasked, _ = remeasured(nst, result.image, CONTENT)
+    assert result.quality.style_ratio < sum(unmasked) / len(unmasked)
 
 
 # --- on real weights (../shared/weights beside the repository; skipped where absent) ---
