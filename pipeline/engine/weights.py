@@ -570,6 +570,12 @@ def _download(
     return md5.hexdigest(), sha256.hexdigest()
 
 
+# The last file's checked tensors: a run loads the weights once to refuse a bad file before any
+# work, and its engines take them from here instead of reading the file again (one entry: a
+# process runs one set of weights at a time).
+_LAST_LOADED: list[tuple[tuple, dict[str, torch.Tensor]]] = []
+
+
 def load_features(source: WeightsSource, until_index: int | None = None) -> nn.Sequential:
     """The network's conv stack (source.network) with the resolved weights; the classifier is never kept."""
     network = source.network
@@ -578,6 +584,11 @@ def load_features(source: WeightsSource, until_index: int | None = None) -> nn.S
         random_init_(features, source.seed)
         return features
     assert source.path is not None
+    stat = os.stat(source.path)
+    cache_key = (source.path, source.identity, network, until_index, stat.st_size, stat.st_mtime_ns)
+    if _LAST_LOADED and _LAST_LOADED[0][0] == cache_key:
+        features.load_state_dict(_LAST_LOADED[0][1])  # copied into the new module's own tensors
+        return features
     expected = {key: tuple(value.shape) for key, value in features.state_dict().items()}
     if source.format == KERAS_HDF5:
         state = _keras_state(source.path, expected, network)
@@ -613,6 +624,7 @@ def load_features(source: WeightsSource, until_index: int | None = None) -> nn.S
         features.load_state_dict(kept)
     except RuntimeError as err:  # shape mismatch
         raise WeightsError(f"VGG19 weights {source.path!r} do not fit VGG19's layout: {err}") from None
+    _LAST_LOADED[:] = [(cache_key, kept)]
     return features
 
 

@@ -396,3 +396,28 @@ def test_a_cli_run_loads_the_catalog_and_the_weights_once(tmp_path: Path, monkey
         [latest] = client.read_flow_runs(limit=1, sort=FlowRunSort.START_TIME_DESC)
     assert isinstance(latest.parameters["prepared"], str) and len(latest.parameters["prepared"]) == 32
     assert not flows.generate._PREPARED  # taken by the flow, not kept
+
+
+def test_a_cli_run_reads_a_weights_file_once(tmp_path: Path, monkeypatch):
+    """With a weights file, the file is read once per run: the check before Prefect starts reads
+    it, and the engine takes the checked tensors instead of reading the file again."""
+    import pipeline.engine.weights as weights
+    from tests.engine.weight_files import seeded_features, write_keras_h5
+
+    path = write_keras_h5(seeded_features(0), tmp_path / "vgg19.h5")
+    catalog = make_image_catalog(tmp_path / "inputs", {"c": (32, 32)}, {"s": (32, 32)})
+    reads: list[str] = []
+    original = weights._keras_state
+
+    def counted(file: str, *args, **kwargs):
+        reads.append(file)
+        return original(file, *args, **kwargs)
+
+    monkeypatch.setattr(weights, "_keras_state", counted)
+    monkeypatch.setattr(weights, "_LAST_LOADED", [])
+    monkeypatch.setattr("flows.cli.configure_prefect_env", lambda: None)  # the test server's settings stay
+    out = tmp_path / "out"
+    flags = ["--weights", str(path), "--size", "32", "--steps", "2"]
+    assert main(["generate", str(catalog), "--out", str(out), *flags]) == EXIT_OK
+    assert len(DesignCatalog(out).done_ids()) == 1
+    assert reads == [str(path)]
