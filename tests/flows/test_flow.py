@@ -97,7 +97,10 @@ def test_generate_writes_a_delta_version_with_the_contract_columns(first_run):
         assert row.final_loss["total"] == pytest.approx(row.loss_total[-1], rel=1e-5)
         assert row.params["weights"] == "random:0" and row.params["style_weight"] == 1e-2
         assert row.params["steps"] == 3 and list(row.params["style_layers"]) == list(Config().style_layers)
-        assert row.weights_source == "random:0 (vgg19, random, caffe preprocessing)" and row.params["preprocessing"] == "caffe"
+        assert (
+            row.weights_source == "random:0 (vgg19, random, caffe preprocessing)"
+            and row.params["preprocessing"] == "caffe"
+        )
         assert row.device == "cpu" and 1 <= row.batch_size <= 3
         assert row.timings["optimize_s"] > 0 and row.timings["total_s"] >= row.timings["optimize_s"]
         assert row.versions["torch"] and row.versions["python"]
