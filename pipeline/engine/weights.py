@@ -604,7 +604,7 @@ def load_features(source: WeightsSource, until_index: int | None = None) -> nn.S
     missing = sorted(wanted - set(kept), key=lambda k: int(k.split(".")[0]))
     if missing:
         raise WeightsError(
-            f"VGG19 weights {source.path!r} lack {len(missing)} tensor(s) of {network}'s layout, e.g. "
+            f"{network} weights {source.path!r} lack {len(missing)} tensor(s) of {network}'s layout, e.g. "
             f"features.{missing[0]}; expected features.N.weight/bias for N in {conv_indices(network)}"
         )
     for key in sorted(kept, key=lambda k: int(k.split(".")[0])):  # one line for the first misfit
@@ -612,18 +612,18 @@ def load_features(source: WeightsSource, until_index: int | None = None) -> nn.S
         if not isinstance(found, torch.Tensor) or not found.is_floating_point():
             what = found.dtype if isinstance(found, torch.Tensor) else type(found).__name__
             raise WeightsError(
-                f"VGG19 weights {source.path!r} do not fit VGG19's layout: features.{key} is {what}, "
+                f"{network} weights {source.path!r} do not fit {network}'s layout: features.{key} is {what}, "
                 "expected a floating-point tensor"
             )
         if tuple(found.shape) != expected[key]:
             raise WeightsError(
-                f"VGG19 weights {source.path!r} do not fit VGG19's layout: features.{key} has shape "
+                f"{network} weights {source.path!r} do not fit {network}'s layout: features.{key} has shape "
                 f"{tuple(found.shape)}, expected {expected[key]}"
             )
     try:
         features.load_state_dict(kept)
     except RuntimeError as err:  # shape mismatch
-        raise WeightsError(f"VGG19 weights {source.path!r} do not fit VGG19's layout: {err}") from None
+        raise WeightsError(f"{network} weights {source.path!r} do not fit {network}'s layout: {err}") from None
     _LAST_LOADED[:] = [(cache_key, kept)]
     return features
 
