@@ -1,0 +1,256 @@
+"""The designs' embeddings: a Delta table at OUT/embeddings, one row per design_id, apart from
+`designs` so the catalog stays lean (512 bytes a design here).
+
+Columns: design_id, method (pipeline/engine/embedding.py's EMBEDDING_METHOD: a change of
+method is a new name), dim, embedding (float16 little-endian, dim values), network (the VGG
+the vector comes from: vectors compare within one method and network), embedded_at.
+
+New designs' rows carry their embedding (EMBEDDING_KEY, from the engine's final forward); it
+is written here right after the design catalog's commit of the same rows (`commit_embeddings`).
+A crash between the two leaves designs without embeddings: `designs curate` backfills them
+(pipeline/execution/embed.py), as it does colourways and designs made before embeddings.
+
+Reads go through pipeline/catalog/datafiles.py, a file at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable
+from deltalake.exceptions import DeltaError, TableNotFoundError
+
+from pipeline.catalog.datafiles import read_rows
+from pipeline.catalog.designs import DesignCatalog, _first_line, _merge_predicate
+from pipeline.catalog.ids import id_ranges
+from pipeline.engine.embedding import EMBEDDING_DTYPE, EMBEDDING_METHOD
+
+__all__ = [
+    "EMBEDDING_KEY",
+    "EMBEDDING_METHOD",
+    "EMBEDDINGS_DIR",
+    "EMBEDDINGS_SCHEMA",
+    "commit_embeddings",
+    "embedded_ids",
+    "embeddings_path",
+    "iter_embeddings",
+    "read_embeddings",
+    "write_embeddings",
+]
+
+EMBEDDINGS_DIR = "embeddings"
+# A design row's key for its embedding (float16 bytes) between the engine and the commit;
+# not a column of `designs` (pa.Table.from_pylist with its schema leaves it out).
+EMBEDDING_KEY = "embedding"
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        pa.field("design_id", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("dim", pa.int32(), nullable=False),
+        pa.field("embedding", pa.binary(), nullable=False),
+        pa.field("network", pa.string()),
+        pa.field("embedded_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+MAX_DIM = 256
+MERGE_RANGES = 8
+TABLE_PROPERTIES = {"delta.dataSkippingStatsColumns": "design_id,method"}
+
+logger = logging.getLogger(__name__)
+
+
+def embeddings_path(out: str | Path) -> Path:
+    return Path(out) / EMBEDDINGS_DIR
+
+
+def _table(out: str | Path) -> DeltaTable | None:
+    try:
+        return DeltaTable(str(embeddings_path(out)))
+    except TableNotFoundError:
+        return None
+
+
+def _ensure_table(out: str | Path) -> DeltaTable:
+    path = embeddings_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        DeltaTable.create(
+            str(path),
+            schema=EMBEDDINGS_SCHEMA,
+            mode="ignore",
+            name="embeddings",
+            description="One embedding per design_id (pipeline/engine/embedding.py)",
+            configuration=dict(TABLE_PROPERTIES),
+            commit_properties=CommitProperties(custom_metadata={"designs.note": "create"}),
+        )
+    except DeltaError:
+        if _table(out) is None:  # losing a creation race to another writer is fine
+            raise
+    table = _table(out)
+    assert table is not None
+    return table
+
+
+def write_embeddings(
+    out: str | Path, design_ids: Sequence[str], vectors: np.ndarray, method: str, network: str | None
+) -> int:
+    """Merge the designs' embeddings (float16 (n, d), d <= 256) on design_id in one commit: a
+    design already embedded by `method` keeps its row, one embedded by another method takes
+    the new one. Returns the rows given (0: nothing written)."""
+    ids = [str(d) for d in design_ids]
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+        raise ValueError(f"vectors of shape {vectors.shape} for {len(ids)} design ids; accepted: ({len(ids)}, dim)")
+    if not 0 < vectors.shape[1] <= MAX_DIM:
+        raise ValueError(f"embedding dim {vectors.shape[1]} is invalid; accepted: 1 to {MAX_DIM}")
+    if len(set(ids)) != len(ids):
+        raise ValueError("design ids repeat; accepted: each design once")
+    if not ids:
+        return 0
+    dim = vectors.shape[1]
+    data = np.ascontiguousarray(vectors, dtype=EMBEDDING_DTYPE)
+    offsets = pa.array(np.arange(0, (len(ids) + 1) * dim * 2, dim * 2, dtype=np.int32))
+    column = pa.BinaryArray.from_buffers(pa.binary(), len(ids), [None, offsets.buffers()[1], pa.py_buffer(data)])
+    now = datetime.now(UTC)
+    source = pa.table(
+        [
+            pa.array(ids, pa.string()),
+            pa.array([method] * len(ids), pa.string()),
+            pa.array([dim] * len(ids), pa.int32()),
+            column,
+            pa.array([network] * len(ids), pa.string()),
+            pa.array([now] * len(ids), pa.timestamp("us", tz="UTC")),
+        ],
+        schema=EMBEDDINGS_SCHEMA,
+    )
+    catalog = DesignCatalog(out)
+
+    def attempt() -> None:
+        (
+            _ensure_table(out)
+            .merge(
+                source,
+                predicate=_merge_predicate(id_ranges(ids, MERGE_RANGES)),
+                source_alias="source",
+                target_alias="target",
+                commit_properties=CommitProperties(custom_metadata={"designs.note": f"embeddings: {method}"}),
+            )
+            .when_matched_update_all(predicate="target.method <> source.method")
+            .when_not_matched_insert_all()
+            .execute()
+        )
+
+    catalog.retrying(attempt)
+    return len(ids)
+
+
+def commit_embeddings(out: str | Path, rows: Sequence[dict[str, Any]]) -> int:
+    """The embeddings that committed ok rows carry (EMBEDDING_KEY), written by network. Called
+    after the design catalog's commit: a failure here is logged, not raised (the designs are
+    committed, and `designs curate` backfills what is missing). Returns the rows written."""
+    by_network: dict[str | None, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") == "ok" and row.get(EMBEDDING_KEY) is not None:
+            by_network.setdefault((row.get("params") or {}).get("network"), []).append(row)
+    written = 0
+    for network, group in by_network.items():
+        vectors = np.stack([np.frombuffer(r[EMBEDDING_KEY], dtype=EMBEDDING_DTYPE) for r in group])
+        try:
+            written += write_embeddings(out, [r["design_id"] for r in group], vectors, EMBEDDING_METHOD, network)
+        except (DeltaError, OSError) as err:
+            logger.warning(
+                "embeddings of %d committed design(s) not written to %s: %s; `designs curate` computes them",
+                len(group),
+                embeddings_path(out),
+                _first_line(err),
+            )
+    return written
+
+
+def iter_embeddings(
+    out: str | Path,
+    method: str | None = None,
+    design_ids: Sequence[str] | None = None,
+    network: str | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(ids, vectors float16 (n, d), networks) a data file at a time, filtered by method,
+    design ids and network: bounded memory for a scan of millions of rows."""
+    table = _table(out)
+    if table is None:
+        return
+    wanted = pa.array(sorted(set(map(str, design_ids))), pa.string()) if design_ids is not None else None
+    for rows in read_rows(table, embeddings_path(out), ["design_id", "method", "dim", "embedding", "network"]):
+        mask = None
+        if method is not None:
+            mask = pc.equal(rows.column("method"), method)
+        if network is not None:
+            on = pc.equal(rows.column("network"), network)
+            mask = on if mask is None else pc.and_(mask, on)
+        if wanted is not None:
+            on = pc.is_in(rows.column("design_id"), value_set=wanted)
+            mask = on if mask is None else pc.and_(mask, on)
+        if mask is not None:
+            rows = rows.filter(mask)
+        if rows.num_rows == 0:
+            continue
+        dims = pc.unique(rows.column("dim")).to_pylist()
+        for dim in dims:
+            part = rows if len(dims) == 1 else rows.filter(pc.equal(rows.column("dim"), dim))
+            yield (
+                np.asarray(part.column("design_id").to_pylist(), dtype=object).astype(str),
+                _matrix(part.column("embedding"), int(dim)),
+                np.asarray(part.column("network").to_pylist(), dtype=object),
+            )
+
+
+def _matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    """A binary column of fixed-size float16 values as an (n, dim) matrix (one copy)."""
+    array = column.combine_chunks()
+    n = len(array)
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + n + 1]
+    if n and not np.all(np.diff(offsets) == dim * 2):
+        raise ValueError(f"embeddings of {dim} dims whose bytes are not {dim * 2} each: the table is damaged")
+    if n == 0:
+        return np.empty((0, dim), EMBEDDING_DTYPE)
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return data.view(EMBEDDING_DTYPE).reshape(n, dim).copy()
+
+
+def read_embeddings(
+    out: str | Path,
+    method: str | None = None,
+    design_ids: Sequence[str] | None = None,
+    network: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids as str, vectors float16 (n, d)); empty arrays when the table is absent or nothing
+    matches. ValueError where the rows chosen mix dims (several methods: name one)."""
+    ids, vectors = [], []
+    for part_ids, part_vectors, _ in iter_embeddings(out, method, design_ids, network):
+        if vectors and part_vectors.shape[1] != vectors[0].shape[1]:
+            raise ValueError(
+                f"embeddings of {vectors[0].shape[1]} and {part_vectors.shape[1]} dims: more than one method; "
+                "accepted: a method naming one"
+            )
+        ids.append(part_ids)
+        vectors.append(part_vectors)
+    if not ids:
+        return np.array([], dtype=str), np.empty((0, 0), EMBEDDING_DTYPE)
+    return np.concatenate(ids), np.concatenate(vectors)
+
+
+def embedded_ids(out: str | Path, method: str = EMBEDDING_METHOD) -> set[str]:
+    """The design ids with an embedding by `method`."""
+    table = _table(out)
+    if table is None:
+        return set()
+    found: set[str] = set()
+    for rows in read_rows(table, embeddings_path(out), ["design_id", "method"]):
+        found.update(rows.filter(pc.equal(rows.column("method"), method)).column("design_id").to_pylist())
+    return found
