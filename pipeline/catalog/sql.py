@@ -21,6 +21,7 @@ from deltalake.exceptions import DeltaError
 from pipeline.catalog.datafiles import OutsideTable, contained_path, data_files, dataset, fragment, plain_schema
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.history import COMMITS_SCHEMA, QueryError, commit_history, resolve_version, runs_table
+from pipeline.catalog.reviews import reviews_dataset
 
 # DuckDB's share of the machine's memory (its default is 80%); the Arrow scan's buffers are
 # outside it, and with no temporary folder nothing spills to disk.
@@ -203,6 +204,10 @@ def connect(
     if commits is None:  # read after the table, so the views cover at least its version
         commits = commit_history(catalog)
     runs = runs_table(out, commits)
+    try:
+        reviews = reviews_dataset(out)  # the designers' verdicts (pipeline/catalog/reviews.py), latest version
+    except OutsideTable as err:
+        raise QueryError(str(err)) from None
     con = duckdb.connect(config=_CONFIG)
     try:
         # Off before anything runs. Not in the connect config: DuckDB then allows its in-memory
@@ -211,6 +216,7 @@ def connect(
         register_designs(con, files)
         con.register("runs", runs)
         con.register("commits", pa.Table.from_pylist(commits, schema=COMMITS_SCHEMA))
+        con.register("reviews", _Stream(reviews))  # small, and written with string views: read whole
         con.execute("SET lock_configuration = true")
     except BaseException:
         con.close()
