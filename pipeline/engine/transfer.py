@@ -29,12 +29,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import MEMORY_FORMATS, PRECISIONS, Config
 from pipeline.engine.colour import keep_colors, match_colors
+from pipeline.engine.embedding import EMBEDDING_LAYERS, embed
 from pipeline.engine.losses import LOSS_NAMES, _layer_weights, content_loss, gram, seam_score, style_loss, tv_loss
 from pipeline.engine.optim import PaperAdam
 from pipeline.engine.quality import Quality, measure
@@ -154,6 +156,8 @@ class DesignResult:
     seam_score: float | None = None
     mask_leakage: float | None = None  # mean |output - content| outside the mask, in [0, 1] units
     quality: Quality | None = None  # style ratio, content kept (pipeline/engine/quality.py); None when failed
+    # float16 (EMBEDDING_DIM,), unit length (pipeline/engine/embedding.py); None when failed
+    embedding: np.ndarray | None = None
 
 
 class StyleTransfer:
@@ -421,6 +425,8 @@ class StyleTransfer:
                 cfg.content_layers,
                 layer_masks,
             )
+            # The embedding reads the same forward where it has the canonical layers, else one more.
+            embeddings = embed(final_feats) if _embeds_from_final(cfg) else self.embed(image)
             del feats, final_feats
         all_curves = torch.cat([*curves, final.unsqueeze(2)], dim=2).cpu()
         images = image.detach().float().contiguous().cpu()
@@ -451,9 +457,16 @@ class StyleTransfer:
                     seam_score=seam_score(images[i], cfg.repeat) if cfg.tile else None,
                     mask_leakage=leakage,
                     quality=None if error else qualities[i],
+                    embedding=None if error else embeddings[i],
                 )
             )
         return results
+
+    def embed(self, images: torch.Tensor) -> np.ndarray:
+        """(N, EMBEDDING_DIM) float16: the embeddings of (N, 3, H, W) images in [0, 1], from the
+        network as it is (zero padding, max pooling), in the engine's precision."""
+        with torch.no_grad():
+            return embed(self.features(images.to(self.device), EMBEDDING_CONFIG))
 
     def _references(self, pairings: Sequence[Pairing], cfg: Config, size: tuple[int, int]) -> torch.Tensor:
         """What each design's style distance is measured against: its content at the output size,
@@ -616,6 +629,15 @@ class _LayerView(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.inner(image, until=self.layers)
         return {name: out[name] for name in self.layers}
+
+
+# The network as the embedding reads it: its own padding and pooling, the style layers it uses.
+EMBEDDING_CONFIG = Config(style_layers=EMBEDDING_LAYERS, content_layers=(EMBEDDING_LAYERS[-1],))
+
+
+def _embeds_from_final(cfg: Config) -> bool:
+    """Whether the final forward's activations are the embedding's: its layers, unpadded, max pooling."""
+    return not cfg.tile and cfg.pooling == "max" and set(EMBEDDING_LAYERS) <= {*cfg.style_layers, *cfg.content_layers}
 
 
 def _scale_ladder(cfg: Config, height: int, width: int) -> list[tuple[tuple[int, int], int]]:
