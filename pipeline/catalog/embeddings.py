@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from pipeline.catalog.datafiles import read_rows
+from pipeline.catalog.datafiles import contained_path, data_files, dataset, fragment, plain_schema, read_rows
 from pipeline.catalog.designs import DesignCatalog, _first_line, _merge_predicate
 from pipeline.catalog.ids import id_ranges
 from pipeline.engine.embedding import EMBEDDING_DTYPE, EMBEDDING_METHOD
@@ -39,6 +40,7 @@ __all__ = [
     "EMBEDDINGS_SCHEMA",
     "commit_embeddings",
     "embedded_ids",
+    "embeddings_dataset",
     "embeddings_path",
     "iter_embeddings",
     "read_embeddings",
@@ -254,3 +256,16 @@ def embedded_ids(out: str | Path, method: str = EMBEDDING_METHOD) -> set[str]:
     for rows in read_rows(table, embeddings_path(out), ["design_id", "method"]):
         found.update(rows.filter(pc.equal(rows.column("method"), method)).column("design_id").to_pylist())
     return found
+
+
+def embeddings_dataset(out: str | Path) -> ds.Dataset:
+    """The latest version's files as a pyarrow dataset (`designs query`'s `embeddings`, through
+    pipeline/catalog/sql.py); empty with EMBEDDINGS_SCHEMA when there is no table. OutsideTable
+    (a ValueError) for a file whose real path leaves the table's folder."""
+    table = _table(out)
+    if table is None:
+        return ds.dataset(EMBEDDINGS_SCHEMA.empty_table())
+    path = embeddings_path(out)
+    schema = plain_schema(table)
+    which = "the latest version of the embeddings table"
+    return dataset([fragment(f, contained_path(path, f, which), schema) for f in data_files(table)], schema)

@@ -20,6 +20,7 @@ from deltalake.exceptions import DeltaError
 
 from pipeline.catalog.datafiles import OutsideTable, contained_path, data_files, dataset, fragment, plain_schema
 from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.embeddings import embeddings_dataset
 from pipeline.catalog.history import COMMITS_SCHEMA, QueryError, commit_history, resolve_version, runs_table
 from pipeline.catalog.reviews import reviews_dataset
 
@@ -208,6 +209,10 @@ def connect(
         reviews = reviews_dataset(out)  # the designers' verdicts (pipeline/catalog/reviews.py), latest version
     except OutsideTable as err:
         raise QueryError(str(err)) from None
+    try:
+        embeddings = embeddings_dataset(out)  # one vector per design (pipeline/catalog/embeddings.py), latest version
+    except OutsideTable as err:
+        raise QueryError(str(err)) from None
     con = duckdb.connect(config=_CONFIG)
     try:
         # Off before anything runs. Not in the connect config: DuckDB then allows its in-memory
@@ -216,6 +221,7 @@ def connect(
         register_designs(con, files)
         con.register("runs", runs)
         con.register("commits", pa.Table.from_pylist(commits, schema=COMMITS_SCHEMA))
+        con.register("embeddings", _Stream(embeddings))  # written with views by merges: read whole
         con.register("reviews", _Stream(reviews))  # small, and written with string views: read whole
         con.execute("SET lock_configuration = true")
     except BaseException:
