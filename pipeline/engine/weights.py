@@ -217,7 +217,7 @@ def detect_format(path: Path) -> str:
         with open(path, "rb") as handle:
             head = handle.read(8)
     except OSError as err:
-        raise WeightsError(f"cannot read VGG19 weights {str(path)!r}: {err}") from None
+        raise WeightsError(f"cannot read VGG weights {str(path)!r}: {err}") from None
     if head == HDF5_SIGNATURE:
         return KERAS_HDF5
     # A torch checkpoint: a zip archive (torch.save since 1.6) or a legacy pickle (protocol 2, b"\x80\x02").
@@ -225,7 +225,7 @@ def detect_format(path: Path) -> str:
         return STATE_DICT
     found = "an empty file" if not head else f"a file starting with {head!r}"
     raise WeightsError(
-        f"VGG19 weights {str(path)!r}: found {found}, which is neither a Keras HDF5 file "
+        f"VGG weights {str(path)!r}: found {found}, which is neither a Keras HDF5 file "
         f"({KERAS_FILE.name}) nor a PyTorch state dict ({CAFFE_PTH.name}, {TORCHVISION_PTH.name})"
     )
 
@@ -236,9 +236,9 @@ def _source(
     if not path.is_file():
         if path.exists():  # a folder, a FIFO, a device: reading it would fail, block or never end
             raise WeightsError(
-                f"VGG19 weights {str(path)!r} (from {origin}) is not a regular file; accepted: a weights file"
+                f"VGG weights {str(path)!r} (from {origin}) is not a regular file; accepted: a weights file"
             )
-        raise WeightsError(f"VGG19 weights file {str(path)!r} (from {origin}) does not exist")
+        raise WeightsError(f"VGG weights file {str(path)!r} (from {origin}) does not exist")
     fmt = detect_format(path)
     digest = weights_sha256(path)
     if known is not None:
@@ -246,7 +246,7 @@ def _source(
         if not ok:
             expected = f"MD5 {known.md5}" if known.md5 else f"SHA-256 starting with {known.sha256_prefix}"
             raise WeightsError(
-                f"VGG19 weights file {str(path)!r} (from {origin}) has {found}, not the published {expected}: "
+                f"VGG weights file {str(path)!r} (from {origin}) has {found}, not the published {expected}: "
                 f"the file is corrupt or not {known.name}; delete it and download {known.url} again"
             )
     # A published file, its checksum matched, holds its known network; any other file is counted.
@@ -321,7 +321,7 @@ def _keras_conv_names(path: str) -> list[str]:
     except (OSError, KeyError, ValueError, TypeError) as err:  # h5py raises these for broken files
         raise WeightsError(f"cannot read VGG weights {path!r} as Keras HDF5: {err}") from None
     if not names:
-        raise WeightsError(f"VGG19 weights {path!r}: an HDF5 file without Keras' `layer_names` attribute")
+        raise WeightsError(f"VGG weights {path!r}: an HDF5 file without Keras' `layer_names` attribute")
     return [n for n in names if re.fullmatch(r"block\d+_conv\d+", n)]
 
 
@@ -393,7 +393,7 @@ def _take_back(partial: Path, made: list[Path]) -> None:
 def how_to_provide(reason: str) -> str:
     places = "; ".join(f"{k.name} ({k.url}) as {cache_path(k)}" for k in known_files())
     return (
-        f"VGG19 weights not found ({reason}). Copy one of these files into its cache folder, best first: {places}; "
+        f"VGG weights not found ({reason}). Copy one of these files into its cache folder, best first: {places}; "
         f"or pass --weights /path/to/file, or set {WEIGHTS_ENV}=/path/to/file. "
         f"For tests and CPU demos only, --weights random uses seeded random weights."
     )
@@ -633,9 +633,9 @@ def _torch_state(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:
-        raise WeightsError(f"cannot load VGG19 weights {path!r}: {_load_error(err)}") from None
+        raise WeightsError(f"cannot load VGG weights {path!r}: {_load_error(err)}") from None
     if not isinstance(state, dict):
-        raise WeightsError(f"VGG19 weights {path!r} hold a {type(state).__name__}, expected a state dict")
+        raise WeightsError(f"VGG weights {path!r} hold a {type(state).__name__}, expected a state dict")
     # torchvision's full-model keys (features.N.*) or a bare features dict (N.*).
     prefix = "features." if any(str(k).startswith("features.") for k in state) else ""
     return {k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)}
@@ -671,11 +671,11 @@ def _keras_state(path: str, expected: dict[str, tuple[int, ...]], network: str =
     try:
         with h5py.File(path, "r") as handle:
             if problem := handle.visititems_links(_foreign_link):
-                raise WeightsError(f"VGG19 weights {path!r}: {problem}; {_SELF_CONTAINED}")
+                raise WeightsError(f"VGG weights {path!r}: {problem}; {_SELF_CONTAINED}")
             group = handle["model_weights"] if "model_weights" in handle else handle
             names = _name_list(group, "layer_names", path)
             if not names:
-                raise WeightsError(f"VGG19 weights {path!r}: an HDF5 file without Keras' `layer_names` attribute")
+                raise WeightsError(f"VGG weights {path!r}: an HDF5 file without Keras' `layer_names` attribute")
             convs = [n for n in names if re.fullmatch(r"block\d+_conv\d+", n)]
             if (declared := _network_of(len(convs), path, "its layer_names list")) != network:
                 raise WeightsError(
@@ -694,7 +694,7 @@ def _keras_state(path: str, expected: dict[str, tuple[int, ...]], network: str =
                 weight_names = _name_list(group[name], "weight_names", path)
                 if len(weight_names) != 2:
                     raise WeightsError(
-                        f"VGG19 weights {path!r}: layer {name} lists {weight_names[:4]}, expected a kernel and a bias"
+                        f"VGG weights {path!r}: layer {name} lists {weight_names[:4]}, expected a kernel and a bias"
                     )
                 out_c, in_c, kh, kw = expected[f"{conv_index}.weight"]
                 kernel = _dataset(group[name], weight_names[0], (kh, kw, in_c, out_c), f"{name}'s kernel", path)
@@ -706,7 +706,7 @@ def _keras_state(path: str, expected: dict[str, tuple[int, ...]], network: str =
                 state[f"{conv_index}.bias"] = torch.from_numpy(np.asarray(bias, dtype=np.float32))
             return state
     except (OSError, KeyError, ValueError, TypeError) as err:  # h5py raises these for broken files
-        raise WeightsError(f"cannot read VGG19 weights {path!r} as Keras HDF5: {err}") from None
+        raise WeightsError(f"cannot read VGG weights {path!r} as Keras HDF5: {err}") from None
 
 
 _SELF_CONTAINED = (
@@ -737,7 +737,7 @@ def _name_list(node: object, attribute: str, path: str) -> list[str]:
     count = math.prod(attrs.get_id(attribute).shape or ())
     if count > MAX_NAMES:
         raise WeightsError(
-            f"VGG19 weights {path!r}: attribute {attribute} of {node.name!r} declares {count} names; "  # type: ignore[attr-defined]
+            f"VGG weights {path!r}: attribute {attribute} of {node.name!r} declares {count} names; "  # type: ignore[attr-defined]
             f"accepted: at most {MAX_NAMES}"
         )
     value = attrs[attribute]
@@ -752,8 +752,8 @@ def _dataset(group: object, name: str, shape: tuple[int, ...], what: str, path: 
 
     node = group.get(name)  # type: ignore[attr-defined]
     if node is None:
-        raise WeightsError(f"VGG19 weights {path!r}: {what} {name!r} is not in the file")
-    where = f"VGG19 weights {path!r}: {what} {node.name!r}"
+        raise WeightsError(f"VGG weights {path!r}: {what} {name!r} is not in the file")
+    where = f"VGG weights {path!r}: {what} {node.name!r}"
     if not isinstance(node, h5py.Dataset):
         raise WeightsError(f"{where} is a {type(node).__name__}, expected a dataset; {_SELF_CONTAINED}")
     if node.is_virtual:

@@ -258,6 +258,22 @@ def test_a_cached_file_with_a_wrong_checksum_is_refused(known, tmp_path, clean_e
     assert found in message and (known.md5 or known.sha256_prefix) in message
 
 
+def test_refusals_before_the_network_is_known_do_not_call_it_vgg19(tmp_path, clean_env, monkeypatch):
+    # Unreadable, missing, or a cached VGG16 file that fails its checksum: "VGG weights", whichever network.
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"not weights at all")
+    data = write_keras_h5(seeded_features(0), tmp_path / "w").read_bytes()
+    in_cache(weights_mod.VGG16_KERAS_FILE, data, monkeypatch, matching=False)
+    messages = []
+    for spec in (str(garbage), str(tmp_path / "missing.h5"), "auto"):
+        with pytest.raises(WeightsError) as info:
+            resolve_weights(spec, 0, allow_download=False)
+        messages.append(str(info.value))
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in messages[2]
+    for message in messages:
+        assert "VGG weights" in message and "VGG19" not in message, message
+
+
 def test_offline_without_weights_lists_the_three_files_and_where_each_goes(clean_env):
     with pytest.raises(WeightsError) as info:
         resolve_weights("auto", 0)
@@ -387,7 +403,7 @@ def test_non_dict_checkpoint_is_refused(tmp_path):
 
 def test_pickled_custom_object_is_refused(tmp_path):
     path = save_named({"features.0.weight": NotATensor()}, tmp_path)
-    with pytest.raises(WeightsError, match="cannot load VGG19 weights"):
+    with pytest.raises(WeightsError, match="cannot load VGG weights"):
         load_features(resolve_weights(str(path), 0))
 
 
@@ -416,5 +432,5 @@ def test_truncated_checkpoint_is_refused(tmp_path):
     data = whole.read_bytes()
     path = tmp_path / "truncated.pth"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(WeightsError, match="cannot load VGG19 weights"):
+    with pytest.raises(WeightsError, match="cannot load VGG weights"):
         load_features(resolve_weights(str(path), 0))

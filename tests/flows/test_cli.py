@@ -163,7 +163,7 @@ def test_refusals_are_one_line_and_exit_2_before_any_work(sample_catalog: Path, 
     assert_one_line(
         designs_offline("generate", str(sample_catalog), "--out", str(out), "--weights", str(pickled)),
         2,
-        "cannot load VGG19 weights",
+        "cannot load VGG weights",
     )
     for bad_out in ("Spring%20Sale", "file:///tmp/x", "s3://bucket/designs"):
         assert_one_line(
