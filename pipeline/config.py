@@ -73,9 +73,9 @@ class Config:
     )
     style_weight: float = _field(1e-2, "weight of the style loss")
     tv_weight: float = _field(30.0, "weight of the total-variation loss")
-    content_layers: tuple[str, ...] = _field(DEFAULT_CONTENT_LAYERS, "VGG19 layers for the content loss")
+    content_layers: tuple[str, ...] = _field(DEFAULT_CONTENT_LAYERS, "VGG layers for the content loss")
     content_layer_weights: tuple[float, ...] = _field((), "per-layer content weights (empty: all 1)")
-    style_layers: tuple[str, ...] = _field(DEFAULT_STYLE_LAYERS, "VGG19 layers for the style loss")
+    style_layers: tuple[str, ...] = _field(DEFAULT_STYLE_LAYERS, "VGG layers for the style loss")
     style_layer_weights: tuple[float, ...] = _field((), "per-layer style weights (empty: all 1)")
     init: str = _field(
         "content", "starting image of the optimization (pattern mode always starts from noise)", choices=INITS
@@ -93,7 +93,7 @@ class Config:
         "targets are computed (above 1: larger motifs, below 1: smaller)",
     )
     pooling: str = _field(
-        "max", "VGG19's pooling layers: 'max' (the network's own) or 'avg' (Gatys et al.: smoother)", choices=POOLINGS
+        "max", "pooling layers: 'max' (the network's own) or 'avg' (Gatys et al.: smoother)", choices=POOLINGS
     )
     format: str = _field(
         "png",
@@ -118,7 +118,7 @@ class Config:
     # --- how the run is carried out (not part of the design id) ---
     weights: str = _field(
         "auto",
-        "VGG19 weights: 'auto' ($NST_VGG19_WEIGHTS, the Keras cache, the torch hub cache, then a download "
+        "the VGG weights: 'auto' ($NST_VGG19_WEIGHTS, the Keras cache, the torch hub cache, then a download "
         "of Keras' file), a path to a Keras .h5 or a PyTorch .pth, or 'random' (tests and CPU demos)",
         identity=False,
     )
@@ -153,7 +153,7 @@ class Config:
     )
     precision: str = _field(
         "auto",
-        "VGG19 arithmetic: 'auto' (bf16 autocast on CUDA and on CPUs with native bf16, else fp32; "
+        "the network's arithmetic: 'auto' (bf16 autocast on CUDA and on CPUs with native bf16, else fp32; "
         "NST_CPU_BF16=0 or 1 in the environment answers for the CPU), "
         "'fp32' or 'bf16'; Gram matrices, losses, the image and the optimizer are always fp32; "
         "params record the precision used",
@@ -274,7 +274,7 @@ class Config:
                 self.style_scale,
                 f"a number from {MIN_SIDE / coarsest:.4g} to {MAX_STYLE_SCALE:g} at "
                 + (f"--scales {','.join(map(str, self.scales))}" if self.scales else f"--size {self.size}")
-                + f" (the style's longest side, {coarsest} px x style_scale, must keep the {MIN_SIDE} px VGG19's "
+                + f" (the style's longest side, {coarsest} px x style_scale, must keep the {MIN_SIDE} px the network's "
                 "four pools need), e.g. 0.5 or 2",
             )
         if self.mask_feather < 0:

@@ -364,7 +364,8 @@ class StyleTransfer:
                 )
             if min(p.size) < MIN_SIDE or any(min(s.shape[-2:]) < MIN_SIDE for _, s in p.styles):
                 raise ValueError(
-                    f"pairing {p.key}: images must be at least {MIN_SIDE} px on the short side (VGG19 pools four times)"
+                    f"pairing {p.key}: images must be at least {MIN_SIDE} px on the short side "
+                    "(the network pools four times)"
                 )
             if p.content is None and cfg.color != "style":
                 raise ValueError(

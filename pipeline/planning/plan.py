@@ -156,7 +156,7 @@ def _too_small(role: str, ref: ImageRef, file: InputFile, config: Config) -> str
         fix = f"{fix} or more"
     return (
         f"{role} image {ref.image_id!r} ({ref.path}, {file.width}x{file.height}) at {at} would be "
-        f"{width}x{height}; the short side must be at least {MIN_SIDE} px (VGG19 pools four times): "
+        f"{width}x{height}; the short side must be at least {MIN_SIDE} px (the network pools four times): "
         f"raise --size to {fix}, or crop the image"
     )
 
