@@ -253,8 +253,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewrite every data file sorted by design_id (a z-order), not only the small ones: its time and "
         "disk grow with the table, and the files it replaces stay for the retention",
     )
+    add_review_parser(sub)
     add_weights_parser(sub)
     return parser
+
+
+def add_review_parser(sub: Any) -> None:
+    """`designs review`: the review desk (pipeline/views/review.py)."""
+    from pipeline.views.review_defaults import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_REVIEWER
+
+    review = sub.add_parser(
+        "review",
+        allow_abbrev=False,
+        help="a local web page to review the designs: paging, filters, favourite / reject by keyboard",
+        description=(
+            "Serve the review desk of the design catalog at OUT until Ctrl-C: the designs 48 a page in curation "
+            "order (designs curate), filters, each design's page (image, params, loss curve, quality, group, "
+            "colourways, nearest designs); keys: arrows move, f favourite, x reject, u clear. Verdicts are "
+            "appended to OUT/reviews (designs query 'select * from reviews'); nothing else is written but "
+            "thumbnails under OUT/thumbnails. Exit 0: stopped; 2: refused (no catalog, a bad reviewer, a port in use)."
+        ),
+    )
+    review.add_argument(
+        "out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})"
+    )
+    review.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"the address to listen on; another than this machine's own warns: anyone who reaches it can give "
+        f"verdicts (default: {DEFAULT_HOST})",
+    )
+    review.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"the port (default: {DEFAULT_PORT})")
+    review.add_argument(
+        "--reviewer",
+        default=DEFAULT_REVIEWER,
+        metavar="NAME",
+        help=f"whose verdicts these are: letters, digits and . _ @ - (default: {DEFAULT_REVIEWER})",
+    )
 
 
 def add_weights_parser(sub: Any) -> None:
@@ -478,10 +513,30 @@ def run_command(argv: list[str] | None) -> int:
             return EXIT_ENVIRONMENT
         print("\n".join(report.lines()))
         return EXIT_OK
+    if args.command == "review":
+        return run_review(args)
     if args.command == "weights":
         return run_weights(args)
     parser.error(f"unknown command {args.command!r}")
     return EXIT_REFUSED
+
+
+def run_review(args: argparse.Namespace) -> int:
+    """`designs review`: serve until Ctrl-C (uvicorn's own handling), refused before serving."""
+    from pipeline.views.review import is_loopback, serve
+
+    if not is_loopback(args.host):
+        print(
+            f"designs review: warning: listening on {args.host}, not this machine's loopback: anyone who can "
+            f"reach port {args.port} there can see the designs and give verdicts",
+            file=sys.stderr,
+        )
+    try:
+        serve(args.out, args.host, args.port, args.reviewer)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"designs review: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
 
 
 def run_weights(args: argparse.Namespace) -> int:

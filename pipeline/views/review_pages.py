@@ -1,0 +1,501 @@
+"""What the review desk (pipeline/views/review.py) reads: a page of designs in curation order,
+design rows by id, a design's group, colourways and nearest designs; never the whole table.
+
+- A page without filters reads the curation files whose review_order statistics (the Delta
+  log's min/max) meet its range, and in them the row groups whose parquet statistics do; its
+  count is the log's record counts. Before any `designs curate`, pages are in design_id order
+  through DuckDB (a top-N over the id column: curate for speed at millions of designs).
+- Design rows by id: the design table's files whose id bounds (the log) hold one of the ids, and
+  in them the row groups whose id statistics do; only the columns asked for.
+- Filters (content, style, run, repeat, status, verdict, group) and a design's group and
+  colourways: one statement with bound parameters on a DuckDB connection that can open no file
+  (the settings of pipeline/catalog/sql.py), over the version's files as pyarrow datasets.
+
+Every file is listed from the Delta log and read only where its real path stays inside its
+table's folder (pipeline/catalog/datafiles.py). The file lists are kept per table version: a
+commit, a maintenance or a new curation is seen at the next request.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+
+from pipeline.catalog.datafiles import DataFile, _plain_type, contained_path, data_files
+from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.reviews import reviews_path, verdicts_of
+from pipeline.catalog.sql import _CONFIG, designs_files
+
+PAGE_SIZE = 48
+CURATION_DIR = "curation"  # contract with `designs curate` (pipeline/catalog/curation.py)
+EMBEDDINGS_DIR = "embeddings"
+# Nearest designs are searched live up to this many embeddings (256 float16 each: 50 MiB);
+# past it the page shows the design's curation group, which `designs curate` made from them.
+NEAREST_LIMIT = 100_000
+NEAREST_COUNT = 8
+RELATED_LIMIT = 24  # group members and colourways shown on a design's page
+_LOG_ENTRY = re.compile(r"(\d{20})\.json")
+# The grid's columns (params.repeat for the filter and the card); a design's page reads every column.
+CARD_COLUMNS = (
+    "design_id",
+    "status",
+    "content_id",
+    "style_id",
+    "run_id",
+    "output_uri",
+    "output_sha256",
+    "width",
+    "height",
+    "params",
+    "quality",
+    "parent_design_id",
+)
+FILTERS = ("content", "style", "run", "repeat", "status", "verdict", "group")
+STATUSES = ("ok", "failed")
+VERDICT_FILTERS = ("favourite", "reject", "unreviewed")
+MAX_FILTER_CHARS = 200
+
+
+class BadRequest(ValueError):
+    """A request the desk refuses (4xx): a bad filter, page or id."""
+
+
+def latest_log_entry(table_path: Path) -> str | None:
+    """The name of the newest log entry (None: no table): a listing, no file read."""
+    try:
+        with os.scandir(table_path / "_delta_log") as entries:
+            names = [e.name for e in entries if _LOG_ENTRY.fullmatch(e.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return max(names) if names else None
+
+
+@dataclass
+class _Files:
+    """A table version's data files, their real paths and (for ordered lookups) statistics."""
+
+    key: str
+    table: DeltaTable
+    files: list[DataFile]
+    real: list[str]
+    low: list[Any] = field(default_factory=list)  # per file: the lookup column's min (None: unknown)
+    high: list[Any] = field(default_factory=list)
+    rows: int = 0
+
+
+def _files(table_path: Path, key: str, stat_column: str) -> _Files:
+    table = DeltaTable(str(table_path))
+    files = data_files(table)
+    real = [contained_path(table_path, f) for f in files]
+    actions = pa.table(table.get_add_actions(flatten=True))
+    names = set(actions.column_names)
+    low = actions.column(f"min.{stat_column}").to_pylist() if f"min.{stat_column}" in names else [None] * len(files)
+    high = actions.column(f"max.{stat_column}").to_pylist() if f"max.{stat_column}" in names else [None] * len(files)
+    by_path = dict(zip(actions.column("path").to_pylist(), zip(low, high, strict=True), strict=True))
+    bounds = [by_path.get(f.path, (None, None)) for f in files]
+    return _Files(
+        key,
+        table,
+        files,
+        real,
+        [b[0] for b in bounds],
+        [b[1] for b in bounds],
+        sum(f.rows or 0 for f in files),
+    )
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Views as plain strings, nested ones too (delta-rs writes string_view; pyarrow has no
+    filter kernel for them)."""
+    columns = [column.cast(_plain_type(column.type)) for column in table.columns]
+    return pa.table(columns, names=table.column_names)
+
+
+def _row_group_bounds(meta: pq.FileMetaData, column: str) -> list[tuple[Any, Any]]:
+    """Per row group the column's (min, max) statistics, (None, None) where it has none."""
+    index = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == column), None)
+    out = []
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(index).statistics if index is not None else None
+        if stats is None or not stats.has_min_max:
+            out.append((None, None))
+        else:
+            low, high = stats.min, stats.max
+            if isinstance(low, bytes):
+                low, high = low.decode("utf-8", "replace"), high.decode("utf-8", "replace")
+            out.append((low, high))
+    return out
+
+
+def _read_groups(path: str, columns: Sequence[str] | None, keep: Any) -> pa.Table | None:
+    """The row groups of the file at `path` whose statistics `keep(low, high)` accepts, with
+    the `columns` the file has (struct fields by their parent's name); None: none kept."""
+    file = pq.ParquetFile(path)
+    meta = file.metadata
+    top = {name.split(".")[0] for name in file.schema_arrow.names}
+    groups = [g for g, (low, high) in enumerate(keep(meta)) if high is None or low is None or keep.accepts(low, high)]
+    if not groups:
+        return None
+    present = None if columns is None else [c for c in columns if c in top]
+    return _plain(file.read_row_groups(groups, columns=present))
+
+
+class _IdsIn:
+    """Row groups whose design_id range holds one of the sorted ids."""
+
+    def __init__(self, ids: list[str]):
+        self.ids = ids
+
+    def __call__(self, meta: pq.FileMetaData) -> list[tuple[Any, Any]]:
+        return _row_group_bounds(meta, "design_id")
+
+    def accepts(self, low: str, high: str) -> bool:
+        i = bisect.bisect_left(self.ids, low)
+        return i < len(self.ids) and self.ids[i] <= high
+
+
+class _OrderIn:
+    """Row groups whose review_order range meets [start, stop)."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+
+    def __call__(self, meta: pq.FileMetaData) -> list[tuple[Any, Any]]:
+        return _row_group_bounds(meta, "review_order")
+
+    def accepts(self, low: int, high: int) -> bool:
+        return low < self.stop and high >= self.start
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict[str, Any]]  # design rows (CARD_COLUMNS) in order, with "review_order" and "verdict"
+    start: int  # index of the first row among the matches
+    matches: int
+    curated: bool
+
+
+class Reader:
+    """The review desk's reads of OUT (thread-safe; DuckDB connections are made per statement)."""
+
+    def __init__(self, out: str | Path, cache_rows: int = 20_000):
+        self.out = Path(out)
+        self.catalog = DesignCatalog(self.out)
+        self._lock = threading.Lock()
+        self._designs: _Files | None = None
+        self._curation: _Files | None = None
+        self._cards: OrderedDict[str, dict[str, Any]] = OrderedDict()  # design_id -> card row, LRU
+        self._cache_rows = cache_rows
+        self._nearest: tuple[str, np.ndarray, np.ndarray] | None = None
+
+    # --- the tables' file lists, per version ---
+
+    def designs(self) -> _Files:
+        key = latest_log_entry(self.catalog.table_path)
+        if key is None:
+            raise FileNotFoundError(f"no design catalog at {self.catalog.table_path}; run `designs generate` first")
+        with self._lock:
+            if self._designs is None or self._designs.key != key:
+                self._designs = _files(self.catalog.table_path, key, "design_id")
+                self._cards.clear()
+            return self._designs
+
+    def curation(self) -> _Files | None:
+        path = self.out / CURATION_DIR
+        key = latest_log_entry(path)
+        if key is None:
+            return None
+        with self._lock:
+            if self._curation is None or self._curation.key != key:
+                self._curation = _files(path, key, "review_order")
+            return self._curation
+
+    # --- rows ---
+
+    def rows_by_id(self, ids: Iterable[str], columns: Sequence[str] | None = CARD_COLUMNS) -> dict[str, dict[str, Any]]:
+        """design_id -> row (the columns asked for; None: all) for the ids in the table; the others are absent."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        files = self.designs()
+        keep = _IdsIn(wanted)
+        value_set = pa.array(wanted, pa.string())
+        found: dict[str, dict[str, Any]] = {}
+        for i, real in enumerate(files.real):
+            f = files.files[i]
+            if f.min_id is not None and f.max_id is not None and not keep.accepts(f.min_id, f.max_id):
+                continue
+            part = _read_groups(real, None if columns is None else list(dict.fromkeys(["design_id", *columns])), keep)
+            if part is None:
+                continue
+            part = part.filter(pc.is_in(part.column("design_id"), value_set=value_set))
+            partition = dict(f.partition)  # `status`: in the file's path, not in the file
+            for row in part.to_pylist():
+                found[row["design_id"]] = {**row, **partition}
+        return found
+
+    def cards(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Card rows, from the cache where the page or an image request read them already."""
+        missing = [d for d in ids if d not in self._cards]
+        if missing:
+            fresh = self.rows_by_id(missing)
+            with self._lock:
+                for design_id, row in fresh.items():
+                    self._cards[design_id] = row
+                while len(self._cards) > self._cache_rows:
+                    self._cards.popitem(last=False)
+        with self._lock:
+            for d in ids:
+                if d in self._cards:
+                    self._cards.move_to_end(d)
+            return {d: self._cards[d] for d in ids if d in self._cards}
+
+    def card(self, design_id: str) -> dict[str, Any] | None:
+        return self.cards([design_id]).get(design_id)
+
+    # --- pages ---
+
+    def page(self, page: int, filters: dict[str, str], reviewer: str) -> Page:
+        """Page `page` (1-based) of the designs that match `filters`, in curation order."""
+        check_filters(filters)
+        start = (page - 1) * PAGE_SIZE
+        verdicts = verdicts_of(self.out, reviewer)
+        curation = self.curation()
+        if curation is not None and not filters:
+            ids, orders, matches = self._curation_slice(curation, start, PAGE_SIZE)
+        else:
+            ids, orders, matches = self._filtered(curation, start, filters, verdicts)
+        cards = self.cards(ids)
+        rows = []
+        for design_id, order in zip(ids, orders, strict=True):
+            row = dict(cards.get(design_id) or {"design_id": design_id, "status": "missing"})
+            row["review_order"] = order
+            row["verdict"] = verdicts.get(design_id)
+            rows.append(row)
+        return Page(rows, start, matches, curation is not None)
+
+    def _curation_slice(self, curation: _Files, start: int, count: int) -> tuple[list[str], list[int], int]:
+        stop = start + count
+        keep = _OrderIn(start, stop)
+        parts = []
+        for i, real in enumerate(curation.real):
+            low, high = curation.low[i], curation.high[i]
+            if low is not None and high is not None and not keep.accepts(low, high):
+                continue
+            part = _read_groups(real, ["design_id", "review_order"], keep)
+            if part is not None:
+                parts.append(
+                    part.filter(
+                        pc.and_(
+                            pc.greater_equal(part.column("review_order"), start),
+                            pc.less(part.column("review_order"), stop),
+                        )
+                    )
+                )
+        if not parts:
+            return [], [], curation.rows
+        rows = pa.concat_tables(parts).sort_by("review_order")
+        return rows.column("design_id").to_pylist(), rows.column("review_order").to_pylist(), curation.rows
+
+    def connection(self, with_curation: bool = True) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection that can open no file, with `designs` and (when curated) `curation`."""
+        designs = self.designs()
+        curation = self.curation() if with_curation else None
+        con = duckdb.connect(config=_CONFIG)
+        try:
+            con.execute("SET enable_external_access = false")
+            _register(con, "designs", designs_files(designs.table, self.catalog.table_path))
+            if curation is not None:
+                _register(con, "curation", designs_files(curation.table, self.out / CURATION_DIR))
+            con.execute("SET lock_configuration = true")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _filtered(
+        self, curation: _Files | None, start: int, filters: dict[str, str], verdicts: dict[str, str]
+    ) -> tuple[list[str], list[int], int]:
+        where: list[str] = []
+        params: list[Any] = []
+        design_filters = {
+            "content": "d.content_id = ?",
+            "style": "d.style_id = ?",
+            "run": "d.run_id = ?",
+            "repeat": "d.params.repeat = ?",
+            "status": "d.status = ?",
+        }
+        uses_designs = curation is None or any(k in filters for k in design_filters)
+        for key, clause in design_filters.items():
+            if key in filters:
+                where.append(clause)
+                params.append(filters[key])
+        if "group" in filters:
+            if curation is None:
+                raise BadRequest("group: the designs are not curated yet; run `designs curate OUT` first")
+            where.append("c.group_id = ?")
+            params.append(filters["group"])
+        picked = None
+        if "verdict" in filters:
+            wanted = filters["verdict"]
+            ids = [d for d, v in verdicts.items() if wanted == "unreviewed" or v == wanted]
+            picked = pa.table({"design_id": pa.array(ids, pa.string())})
+            key = "c.design_id" if curation is not None else "d.design_id"
+            negate = "not " if wanted == "unreviewed" else ""
+            where.append(f"{key} {negate}in (select design_id from picked)")
+        if curation is not None:
+            source = "curation c" + (" join designs d on d.design_id = c.design_id" if uses_designs else "")
+            order, id_column = "c.review_order", "c.design_id"
+        else:
+            source, order, id_column = "designs d", "d.design_id", "d.design_id"
+        condition = " where " + " and ".join(where) if where else ""
+        con = self.connection(with_curation=curation is not None)
+        try:
+            if picked is not None:
+                con.register("picked", picked)
+            page = con.execute(
+                f"select {id_column}, {order} from {source}{condition} order by {order} limit {PAGE_SIZE} offset {int(start)}",
+                params,
+            ).fetchall()
+            if not where and curation is None:
+                matches = self.designs().rows
+            else:
+                matches = con.execute(f"select count(*) from {source}{condition}", params).fetchone()[0]
+        finally:
+            con.close()
+        ids = [r[0] for r in page]
+        # An uncurated catalog's order is design_id's: a design's index there is its rank.
+        orders = [r[1] for r in page] if curation is not None else list(range(start, start + len(ids)))
+        return ids, orders, matches
+
+    def at(self, index: int, filters: dict[str, str], reviewer: str) -> str | None:
+        """The design at position `index` (0-based) of the filtered order, or None."""
+        if index < 0:
+            return None
+        page = self.page(index // PAGE_SIZE + 1, filters, reviewer)
+        offset = index - page.start
+        return page.rows[offset]["design_id"] if 0 <= offset < len(page.rows) else None
+
+    # --- a design's page ---
+
+    def curation_of(self, design_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The design's curation row and its group's members (best first), or (None, [])."""
+        if self.curation() is None:
+            return None, []
+        con = self.connection()
+        try:
+            cursor = con.execute("select * from curation where design_id = ? limit 1", [design_id])
+            names = [d[0] for d in cursor.description]
+            found = cursor.fetchone()
+            if found is None:
+                return None, []
+            row = dict(zip(names, found, strict=True))
+            members = con.execute(
+                "select design_id, rank_in_group, score from curation where group_id = ? "
+                f"order by rank_in_group, design_id limit {RELATED_LIMIT}",
+                [row["group_id"]],
+            ).fetchall()
+        finally:
+            con.close()
+        return row, [{"design_id": m[0], "rank_in_group": m[1], "score": m[2]} for m in members]
+
+    def colourways_of(self, row: dict[str, Any]) -> list[str]:
+        """The colourways made of this design, or (for a colourway) its parent's other ones."""
+        parent = row.get("parent_design_id") or row["design_id"]
+        con = self.connection(with_curation=False)
+        try:
+            found = con.execute(
+                "select design_id from designs where parent_design_id = ? and status = 'ok' "
+                f"order by design_id limit {RELATED_LIMIT}",
+                [parent],
+            ).fetchall()
+        finally:
+            con.close()
+        return [r[0] for r in found if r[0] != row["design_id"]]
+
+    def nearest(self, design_id: str) -> tuple[list[tuple[str, float]], str]:
+        """The nearest designs by embedding (cosine), and a line saying what was searched."""
+        path = self.out / EMBEDDINGS_DIR
+        key = latest_log_entry(path)
+        if key is None:
+            return [], "no embeddings yet (`designs generate` records them; older designs need a backfill)"
+        with self._lock:
+            cached = self._nearest if self._nearest is not None and self._nearest[0] == key else None
+        if cached is None:
+            table = DeltaTable(str(path))
+            total = sum(f.rows or 0 for f in data_files(table))
+            if total > NEAREST_LIMIT:
+                return [], (
+                    f"{total:,} embeddings: more than the {NEAREST_LIMIT:,} searched live; the curation group "
+                    "above holds this design's near duplicates"
+                )
+            from pipeline.catalog.embeddings import read_embeddings  # the embeddings table's reader
+
+            ids, vectors = read_embeddings(self.out)
+            matrix = vectors.astype(np.float32)
+            if matrix.size:
+                matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+            cached = (key, np.asarray(ids), matrix)
+            with self._lock:
+                self._nearest = cached
+        _, ids, matrix = cached
+        where = np.flatnonzero(ids == design_id)
+        if where.size == 0:
+            return [], "this design has no embedding"
+        scores = matrix @ matrix[where[0]]
+        scores[where[0]] = -np.inf
+        best = np.argsort(-scores)[:NEAREST_COUNT]
+        return [(str(ids[i]), float(scores[i])) for i in best if np.isfinite(scores[i])], (
+            f"cosine over {len(ids):,} embeddings"
+        )
+
+    def reviews_key(self) -> str | None:
+        return latest_log_entry(reviews_path(self.out))
+
+
+class _Stream:
+    """A dataset DuckDB reads through the Arrow stream protocol, whole (no filter pushed)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+        return self.dataset.scanner().to_reader().__arrow_c_stream__(requested_schema)
+
+
+def _register(con: duckdb.DuckDBPyConnection, name: str, files: Any) -> None:
+    """`name` in `con`: the plain files scanned with filters pushed, the string-view ones streamed."""
+    scanned, streamed = bool(files.scanned.files), bool(files.streamed.files)
+    if scanned and streamed:
+        con.register(f"{name}_scanned", files.scanned)
+        con.register(f"{name}_streamed", _Stream(files.streamed))
+        con.execute(f"create view {name} as select * from {name}_scanned union all select * from {name}_streamed")
+    else:
+        con.register(name, _Stream(files.streamed) if streamed else files.scanned)
+
+
+def check_filters(filters: dict[str, str]) -> None:
+    """BadRequest naming a filter that is unknown or whose value is not accepted."""
+    for key, value in filters.items():
+        if key not in FILTERS:
+            raise BadRequest(f"unknown filter {key[:40]!r}; accepted: {', '.join(FILTERS)}")
+        if not value or len(value) > MAX_FILTER_CHARS or any(ord(c) < 32 for c in value):
+            raise BadRequest(f"filter {key}: a value of 1 to {MAX_FILTER_CHARS} printable characters")
+        if key == "status" and value not in STATUSES:
+            raise BadRequest(f"status {value[:40]!r} is invalid; accepted: {', '.join(STATUSES)}")
+        if key == "verdict" and value not in VERDICT_FILTERS:
+            raise BadRequest(f"verdict {value[:40]!r} is invalid; accepted: {', '.join(VERDICT_FILTERS)}")
