@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="input catalog parquet (image_id, role, uri; optional collection, mask_uri, tags)",
     )
     gen.add_argument(
-        "--out", default=DEFAULT_OUT, metavar="DIR", help=f"design catalog folder (default: {DEFAULT_OUT})"
+        "--out",
+        default=None,
+        metavar="DIR",
+        help=f"design catalog folder (default: {DEFAULT_OUT}; with --more-like, its OUT)",
     )
     gen.add_argument(
         "--pairs",
@@ -87,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD=V1,V2",
         help="make every pairing once per value; repeat to multiply grids, e.g. --grid style_weight=1e-2,1e-1 "
         "--grid seed=0,1 (list fields separate values with ';') (default: none)",
+    )
+    gen.add_argument(
+        "--more-like",
+        default=None,
+        metavar="OUT",
+        help="instead of the pairings, variations of the favourites of the design catalog at OUT (the designs "
+        "whose latest verdict in OUT/reviews is favourite), --per-favourite of each, with CATALOG's images: "
+        "each keeps its favourite's params but one (style weight, seed, motif scale or repeat) and is "
+        "tagged with it (the `more_like` column) (default: none)",
     )
     add_config_flags(gen)
 
@@ -454,7 +466,15 @@ def run_command(argv: list[str] | None) -> int:
             grid = parse_grid(args.grid)
         except ValueError as err:
             generate_parser.error(str(err))
-        return run_generate(args.catalog, args.out, config, pairs=args.pairs, grid=grid)
+        if args.more_like is not None and (given := design_flags_given(args)):
+            print(
+                f"designs generate: refused: --more-like keeps each favourite's own design params; "
+                f"{', '.join(given)} would not apply (flags that change a design's pixels go without --more-like)",
+                file=sys.stderr,
+            )
+            return EXIT_REFUSED
+        out = args.out or args.more_like or DEFAULT_OUT
+        return run_generate(args.catalog, out, config, pairs=args.pairs, grid=grid, more_like=args.more_like)
     if args.command == "query":
         from pipeline.views.query import run_query
 
@@ -631,7 +651,25 @@ def run_colourways(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_generate(catalog: str, out: str, config: Config, pairs: str | None = None, grid: dict | None = None) -> int:
+def design_flags_given(args: argparse.Namespace) -> list[str]:
+    """The flags given that change a design's pixels (Config's identity fields), as spelled."""
+    from pipeline.config import config_fields
+
+    return [
+        "--" + f.name.replace("_", "-")
+        for f in config_fields()
+        if f.metadata["identity"] and getattr(args, f.name, None) is not None
+    ]
+
+
+def run_generate(
+    catalog: str,
+    out: str,
+    config: Config,
+    pairs: str | None = None,
+    grid: dict | None = None,
+    more_like: str | None = None,
+) -> int:
     """Check everything that can refuse the run, then run the flow; one line for each way it can end early."""
     from pipeline.engine.weights import WeightsError
     from pipeline.execution.preflight import CatalogFault
@@ -640,7 +678,9 @@ def run_generate(catalog: str, out: str, config: Config, pairs: str | None = Non
     try:
         # Before Prefect starts: a refusal costs no server start and prints no traceback.
         # The flow takes what was checked: the catalog and the weights are loaded once.
-        prepared = Run(catalog, out, config).prepare(pairs, grid, devices=config.runner == "thread")
+        prepared = Run(catalog, out, config).prepare(
+            pairs, grid, devices=config.runner == "thread", more_like=more_like
+        )
         if config.runner != "thread":
             from flows.task_runners import make_task_runner
 
@@ -652,6 +692,8 @@ def run_generate(catalog: str, out: str, config: Config, pairs: str | None = Non
         print(f"designs generate: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
 
+    if prepared.more_like is not None:
+        print("\n".join(prepared.more_like.lines()), flush=True)
     configure_prefect_env()
     import flows.generate
     from flows.generate import STOP, generate_flow, hand_over
@@ -667,7 +709,13 @@ def run_generate(catalog: str, out: str, config: Config, pairs: str | None = Non
         flow = generate_flow(config)
         with workers_prefect_api(config.runner, config.dask_address or None):
             summary = flow(
-                catalog=catalog, out=out, config=config, pairs=pairs, grid=grid or None, prepared=hand_over(prepared)
+                catalog=catalog,
+                out=out,
+                config=config,
+                pairs=pairs,
+                grid=grid or None,
+                more_like=more_like,
+                prepared=hand_over(prepared),
             )
     except (CatalogError, WeightsError, DeviceError) as err:  # the inputs changed since the checks
         print(f"designs generate: refused: {err}", file=sys.stderr)

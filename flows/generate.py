@@ -89,10 +89,10 @@ def hand_over(checked: Checked) -> str:
 
 # No retries: a missing catalog or a broken weights file does not mend itself.
 @task(cache_policy=NO_CACHE)
-def prepare(run: Run, pairs: str | None, grid: dict[str, list[Any]] | None) -> Checked:
+def prepare(run: Run, pairs: str | None, grid: dict[str, list[Any]] | None, more_like: str | None = None) -> Checked:
     """Run.prepare for a run that no CLI prepared (a deployment): the same checks, the input
     catalog and the weights loaded once."""
-    return run.prepare(pairs, grid, devices=run.config.runner == "thread")
+    return run.prepare(pairs, grid, devices=run.config.runner == "thread", more_like=more_like)
 
 
 @task(cache_policy=NO_CACHE)
@@ -191,6 +191,7 @@ def generate(
     pairs: str | None = None,
     grid: dict[str, list[Any]] | None = None,
     prepared: str | None = None,
+    more_like: str | None = None,
 ) -> RunSummary:
     """Make every content x style design of CATALOG not yet in the design catalog at OUT.
 
@@ -198,10 +199,12 @@ def generate(
     config overrides) instead of the cross product; grid: field -> values, every
     pairing made once per combination (see pipeline.planning.variants); prepared: the
     token of what Run.prepare checked for these arguments in this process (the CLI's,
-    `hand_over`), else the flow prepares itself."""
+    `hand_over`), else the flow prepares itself; more_like: an OUT whose favourites to vary
+    instead of the pairings (pipeline.planning.more_like)."""
     run = Run(catalog, out, config, flow_run_id=str(flow_run.id or "local"))
     devices = shard_devices(config)
-    checked = _PREPARED.pop(prepared or "", None) or prepare(run, pairs, grid)  # what can refuse the run, first
+    # What can refuse the run, first.
+    checked = _PREPARED.pop(prepared or "", None) or prepare(run, pairs, grid, more_like)
     planned = plan(run, checked.inputs, checked.weights, devices, checked.specs)
     log_plan(run, planned, devices, checked.weights)
     progress = RunProgress().start(len(planned.todo) + len(planned.failed))

@@ -198,6 +198,13 @@ class Config:
         "refuse catalogs yielding more pairings than this (times the --grid variants), before any file is read",
         identity=False,
     )
+    per_favourite: int = _field(
+        4,
+        "with --more-like: the variations planned of each favourite, the first N of: style weight x2 and x0.5, "
+        "a new seed (where the seed changes the pixels: a noise start), motif scale x1.5 and x0.75, the other "
+        "repeats (a favourite that repeats), then x4, x0.25, x2, x0.5 and further seeds",
+        identity=False,
+    )
     maintain_after_files: int = _field(
         256,
         "a run ends with what `designs maintain` does (compaction, vacuum, checkpoint) when the design catalog "
@@ -317,6 +324,8 @@ class Config:
             raise bad("max_catalog_images", self.max_catalog_images, "a positive integer")
         if self.max_pairings < 1:
             raise bad("max_pairings", self.max_pairings, "a positive integer")
+        if self.per_favourite < 1:
+            raise bad("per_favourite", self.per_favourite, "a positive integer")
         if self.maintain_after_files < 0:
             raise bad("maintain_after_files", self.maintain_after_files, "0 (never) or a positive integer")
         if self.maintain_small_file_bytes < 1:

@@ -164,6 +164,7 @@ def test_identity_dict_excludes_run_only_fields():
         "max_image_bytes",
         "max_catalog_images",
         "max_pairings",
+        "per_favourite",  # how many variations --more-like plans, not what one looks like
         "maintain_after_files",
         "maintain_small_file_bytes",
         "maintain_retention_hours",

@@ -84,6 +84,9 @@ SCHEMA = pa.schema(
         pa.field("parent_design_id", pa.string()),  # null: an optimized design
         pa.field("palette", pa.list_(pa.string())),  # "#rrggbb" colours, darkest first
         pa.field("quality", QUALITY_TYPE),  # added after parent_design_id and palette: older files read null
+        # `designs generate --more-like` (pipeline/planning/more_like.py): the favourite this design varies;
+        # null for every other design. Added after quality: older files read null.
+        pa.field("more_like", pa.string()),
     ]
 )
 

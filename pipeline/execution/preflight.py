@@ -27,6 +27,7 @@ from pipeline.engine.memory import MemoryEstimate, estimate_memory, gib
 from pipeline.engine.transfer import cpu_has_native_bf16, resolve_precision
 from pipeline.engine.weights import WeightsError, WeightsSource, load_features, resolve_weights
 from pipeline.execution.devices import CPU_BATCH_SIZE, DeviceError, resolve_devices
+from pipeline.planning.more_like import MoreLike, more_like_specs, read_favourites
 from pipeline.planning.variants import JobSpecs, job_specs
 
 __all__ = ["CatalogFault", "Checked", "Refused", "check_run", "preflight"]
@@ -42,6 +43,7 @@ class Checked:
     specs: JobSpecs
     weights: WeightsSource
     table_version: int | None
+    more_like: MoreLike | None = None  # what --more-like planned and left out
 
 
 def preflight(
@@ -51,10 +53,11 @@ def preflight(
     pairs: str | None = None,
     grid: dict[str, list[Any]] | None = None,
     devices: bool = True,
+    more_like: str | Path | None = None,
 ) -> Checked:
     """`check_run`, its faults of inputs, flags, devices and weights as one `Refused`."""
     try:
-        return check_run(catalog, out, config, pairs, grid, devices)
+        return check_run(catalog, out, config, pairs, grid, devices, more_like)
     except (CatalogError, WeightsError, DeviceError, ValueError) as err:
         raise Refused(str(err)) from None
 
@@ -66,22 +69,28 @@ def check_run(
     pairs: str | None = None,
     grid: dict[str, list[Any]] | None = None,
     devices: bool = True,
+    more_like: str | Path | None = None,
 ) -> Checked:
     """Every check, raising each fault as its own kind (CatalogError, WeightsError, DeviceError,
     ValueError, `Refused` for memory, `CatalogFault`); the input catalog and the weights are
     loaded here once. `devices=False` skips resolving config.devices (a Dask cluster's
-    workers resolve theirs)."""
+    workers resolve theirs). `more_like`: an OUT whose favourites to vary instead of the
+    pairings (pipeline/planning/more_like.py)."""
     check_out_path(out)
+    if more_like is not None and (pairs or grid):
+        raise Refused("--more-like plans its own variations; --pairs and --grid go without it")
     used = resolve_devices(config.devices) if devices else []
     cpu_has_native_bf16()  # a bad $NST_CPU_BF16 is refused here, not in every shard
+    favourites = read_favourites(more_like) if more_like is not None else None  # before the catalog: cheap
     inputs = load_input_catalog(catalog, config.allow_roots, config.max_catalog_images)
-    specs = job_specs(inputs, config, pairs, grid)
+    planned = more_like_specs(inputs, config, favourites) if favourites is not None else None
+    specs = planned.specs if planned is not None else job_specs(inputs, config, pairs, grid)
     weights = resolve_weights(config.weights, config.seed, preprocessing=config.preprocessing, network=config.network)
     check_layers(specs.configs(), weights)  # against the network the file holds
     check_memory(specs.configs(), used, weights.network)
     load_features(weights)  # a file that cannot be loaded is refused before anything is written
     version = DesignCatalog(out).check()
-    return Checked(inputs, specs, weights, version)
+    return Checked(inputs, specs, weights, version, planned)
 
 
 def check_layers(configs: list[Config], weights: WeightsSource) -> None:

@@ -106,6 +106,7 @@ class RowContext:
             "content_extra": content.extra_json if content else None,
             "style_extra": job.style.extra_json,
             "versions": dict(versions()),  # a copy: the cached dict is shared
+            "more_like": job.more_like,
         }
 
     def failed(self, job: Job, error: str) -> dict[str, Any]:
@@ -212,6 +213,7 @@ class RowContext:
             loss_tv=None,
             final_loss=None,
             quality=None,  # not optimized: the parent's row holds its quality
+            more_like=None,  # planned from its parent, not from a favourite
             seam_score=seam_score(image, repeat) if repeat != "none" else None,
             mask_leakage=None,
             device=self.device,

@@ -104,12 +104,17 @@ class Run:
     # --- the steps, in order ---
 
     def prepare(
-        self, pairs: str | None = None, grid: dict[str, list[Any]] | None = None, devices: bool = True
+        self,
+        pairs: str | None = None,
+        grid: dict[str, list[Any]] | None = None,
+        devices: bool = True,
+        more_like: str | None = None,
     ) -> Checked:
         """Everything that can refuse the run, before any work (pipeline/execution/preflight.py):
         the input catalog and the weights are loaded once here; plan() takes what it returns.
-        `devices=False` leaves config.devices to a Dask cluster's workers."""
-        return check_run(self.catalog, self.out, self.config, pairs, grid, devices)
+        `devices=False` leaves config.devices to a Dask cluster's workers. `more_like`: the OUT
+        whose favourites to vary instead of the pairings (pipeline/planning/more_like.py)."""
+        return check_run(self.catalog, self.out, self.config, pairs, grid, devices, more_like)
 
     def plan(
         self, inputs: InputCatalog, weights: WeightsSource, devices: list[str], specs: JobSpecs | None = None

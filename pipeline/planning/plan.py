@@ -57,6 +57,7 @@ class Job:
     extra_style_sha256s: tuple[str | None, ...] = ()
     style_mix: tuple[float, ...] = ()  # blend weights, one per style (empty: equal)
     config: Config | None = None  # this design's config, where a pairs row or a grid changes the run's
+    more_like: str | None = None  # the favourite this design varies (`designs generate --more-like`)
 
     @property
     def styles(self) -> tuple[ImageRef, ...]:
@@ -281,6 +282,7 @@ def plan_designs(
             extra_style_sha256s=tuple(files[s.image_id].sha256 for s in spec.styles[1:]),
             style_mix=spec.style_mix,
             config=None if cfg is config or cfg == config else cfg,
+            more_like=spec.more_like,
         )
         (failed if error else todo).append(job)
     # The same config and size batch together; sorting keeps each shard's batches full.

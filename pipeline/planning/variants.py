@@ -28,6 +28,7 @@ class JobSpec:
     styles: tuple[ImageRef, ...]
     style_mix: tuple[float, ...]  # empty: equal weights
     config: Config
+    more_like: str | None = None  # the favourite this design varies (pipeline/planning/more_like.py)
 
 
 # `tile` (the flag `repeat` replaced) stays accepted in pairs files and grids: true is repeat=block.
@@ -146,7 +147,9 @@ class JobSpecs:
     def __init__(self, catalog: InputCatalog, config: Config, rows: list[tuple] | None, variants: list[dict[str, Any]]):
         self.catalog = catalog
         self.config = config
-        self.rows = rows  # a pairs file's (content, styles, mix, overrides); None: the cross product
+        # A pairs file's (content, styles, mix, overrides), or --more-like's with the favourite's id
+        # after them; None: the cross product.
+        self.rows = rows
         self.variants = variants
         self._configs: dict[tuple, Config] = {}
         self._patterns: dict[Config, Config] = {}
@@ -164,13 +167,14 @@ class JobSpecs:
                     # Content weight 0: every content gives the same pattern, one design (plan counts the rest as duplicates).
                     yield JobSpec(None, (style,), (), pattern) if pattern else JobSpec(content, (style,), (), config)
             return
-        for content, styles, mix, overrides in self.rows:
+        for content, styles, mix, overrides, *tag in self.rows:
+            more_like = tag[0] if tag else None
             for variant in self.variants:
                 config = self._config_of({**overrides, **variant}, content, styles)
                 if content is None or config.content_weight == 0:
-                    yield JobSpec(None, styles, mix, self._pattern(config))
+                    yield JobSpec(None, styles, mix, self._pattern(config), more_like)
                 else:
-                    yield JobSpec(content, styles, mix, config)
+                    yield JobSpec(content, styles, mix, config, more_like)
 
     def configs(self) -> list[Config]:
         """Every distinct config the specs take (a pairs file's rows resolved now, which
@@ -179,7 +183,7 @@ class JobSpecs:
             return list({(self._resolved(v) if v else self.config): None for v in self.variants})
         found = {
             self._config_of({**overrides, **variant}, content, styles): None
-            for content, styles, _, overrides in self.rows
+            for content, styles, _, overrides, *_ in self.rows
             for variant in self.variants
         }
         return list(found)
