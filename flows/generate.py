@@ -20,6 +20,7 @@ from flows.artifacts import publish_run_artifacts
 from flows.progress import RunProgress, register, registered
 from flows.task_runners import THREAD_POOL_WORKERS, make_task_runner, shard_devices
 from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.embeddings import commit_embeddings
 from pipeline.catalog.inputs import InputCatalog
 from pipeline.catalog.maintenance import MaintenanceReport
 from pipeline.config import DEFAULT_OUT, Config
@@ -173,7 +174,10 @@ def maintain_catalog(run: Run) -> MaintenanceReport | None:
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=2)
 def commit(run: Run, rows: list[dict[str, Any]], note: str) -> int | None:
-    return run.designs.commit(rows, run.run_id, note)
+    version = run.designs.commit(rows, run.run_id, note)
+    # After the designs: a crash between leaves them without embeddings, which `designs curate` fills.
+    commit_embeddings(run.out, rows)
+    return version
 
 
 def commit_rows(run: Run, rows: list[dict[str, Any]], note: str) -> None:

@@ -17,9 +17,11 @@ from typing import Any
 import torch
 
 from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.embeddings import EMBEDDING_KEY
 from pipeline.catalog.images import design_file_bytes
 from pipeline.catalog.schema import params_value
 from pipeline.config import Config
+from pipeline.engine.embedding import to_bytes
 from pipeline.engine.losses import seam_score
 from pipeline.engine.transfer import DesignResult, resolve_precision
 from pipeline.engine.weights import WeightsSource
@@ -157,6 +159,8 @@ class RowContext:
                 width=int(result.image.shape[-1]),
                 height=int(result.image.shape[-2]),
             )
+            if result.embedding is not None:  # written beside the commit (pipeline/catalog/embeddings.py)
+                row[EMBEDDING_KEY] = to_bytes(result.embedding)
         row["timings"] = {
             "load_s": load_seconds,
             "targets_s": result.targets_seconds,

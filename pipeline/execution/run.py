@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.catalog.designs import DesignCatalog
+from pipeline.catalog.embeddings import commit_embeddings
 from pipeline.catalog.inputs import InputCatalog
 from pipeline.catalog.maintenance import MaintenanceReport, maintain, small_files
 from pipeline.config import Config
@@ -150,6 +151,8 @@ class Run:
     def commit(self, rows: list[dict[str, Any]], note: str) -> int | None:
         """One commit of the design catalog (the run id in its metadata); the rows count for the summary."""
         version = self.designs.commit(rows, self.run_id, note)
+        # After the designs: a crash between leaves them without embeddings, which `designs curate` fills.
+        commit_embeddings(self.out, rows)
         self.record(rows)
         return version
 

@@ -125,6 +125,17 @@ def test_generate_writes_a_delta_version_with_the_contract_columns(first_run):
     assert json.loads((run_dir / "summary.json").read_text())["ok"] == SAMPLE_PAIRINGS
 
 
+def test_every_ok_design_of_the_flow_has_its_embedding(first_run):
+    """The flow's commit task writes the shard's embeddings after its designs (OUT/embeddings)."""
+    from pipeline.catalog.embeddings import EMBEDDING_METHOD, read_embeddings
+
+    _, out, _ = first_run
+    ok = sorted(DesignCatalog(out).done_ids())
+    ids, vectors = read_embeddings(out, EMBEDDING_METHOD, network="vgg19")
+    assert ok and sorted(ids) == ok
+    assert vectors.shape == (len(ok), 256)
+
+
 def test_make_runs_lists_the_run_with_its_whole_flow_run_id(first_run, capsys):
     from flows.runs import main
 
