@@ -142,6 +142,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_timeout_flag(query, "the query")
     parse_intermixed(query)  # `designs query OUT --timeout 5 SQL`: OUT and SQL around flags
 
+    similar = sub.add_parser(
+        "similar",
+        allow_abbrev=False,
+        help="the designs nearest to one by their embeddings, with their distances",
+        description=(
+            "The K ok designs nearest to DESIGN_ID by cosine distance (1 - cos) between their embeddings "
+            "(OUT/embeddings: VGG style statistics, docs/ANALYSTS.md), nearest first; exact search. Designs "
+            "without an embedding (made before embeddings, colourways) get one from `designs curate`. "
+            "Exit 0: done; 2: refused (no catalog, an unknown design, a design without an embedding, bad output)."
+        ),
+    )
+    similar.add_argument("out", metavar="OUT", help="design catalog folder")
+    similar.add_argument("design_id", metavar="DESIGN_ID", help="the design whose neighbours to list")
+    similar.add_argument("-k", type=int, default=10, metavar="N", help="how many designs to list (default: 10)")
+    similar.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        metavar="N",
+        help="among the ok designs of table version N (default: the latest)",
+    )
+    similar.add_argument(
+        "--format",
+        choices=("table", "csv", "json", "parquet"),
+        default=None,
+        help="output format (default: a table on the terminal, or from the --output suffix)",
+    )
+    similar.add_argument(
+        "-o", "--output", default=None, metavar="FILE", help="write the result to FILE instead of the terminal"
+    )
+
     gallery = sub.add_parser(
         "gallery",
         allow_abbrev=False,
@@ -364,6 +395,20 @@ def seconds(text: str) -> float:
     return value
 
 
+def run_similar(args: argparse.Namespace) -> int:
+    from pipeline.views.query import format_for, write_result
+    from pipeline.views.similar import nearest
+
+    try:
+        fmt = format_for(args.format, args.output)
+        table = nearest(args.out, args.design_id, args.k, args.version)
+        write_result(table, fmt, args.output)
+    except (FileNotFoundError, ValueError) as err:  # QueryError (unknown design, no embedding) is a ValueError
+        print(f"designs similar: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK
+
+
 def parse_intermixed(parser: argparse.ArgumentParser) -> None:
     """Let `parser` take its positionals before, between and after its flags. argparse hands the
     positionals out per run of words between flags: `OUT --timeout 5 SQL` would give OUT to SQL,
@@ -491,6 +536,8 @@ def run_command(argv: list[str] | None) -> int:
             print(f"designs query: {err}", file=sys.stderr)
             return EXIT_REFUSED
         return EXIT_OK
+    if args.command == "similar":
+        return run_similar(args)
     if args.command == "gallery":
         from pipeline.views.gallery import build_gallery
 
