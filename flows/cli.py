@@ -34,7 +34,7 @@ from flows.options import (
     config_from_args,
     configure_prefect_env,
 )
-from pipeline.config import DEFAULT_OUT, Config, config_field
+from pipeline.config import CURATE_SCORE_WEIGHTS, CURATE_THRESHOLD, DEFAULT_OUT, Config, config_field
 
 
 class Parser(argparse.ArgumentParser):
@@ -254,6 +254,53 @@ def build_parser() -> argparse.ArgumentParser:
         "\"content_id = 'dress'\": one expression, applied as a filter of its own (default: all)",
     )
     add_timeout_flag(colourways, "the selection of the designs (--where)")
+    curate = sub.add_parser(
+        "curate",
+        allow_abbrev=False,
+        help="group near-duplicate designs, rank each group, write OUT/curation",
+        description=(
+            "Group every ok design of the catalog at OUT with its near-duplicates (embeddings at most --threshold "
+            "apart in cosine distance, computed first for designs without one; a colourway joins its parent), rank "
+            "each group by score (its best design is the representative) and write the OUT/curation table as a new "
+            "version (designs query 'select ... from curation'). Exit 0: done; 2: refused (no catalog, a bad "
+            "--where, threshold or weights); 3: the disk or a table's log failed."
+        ),
+    )
+    curate.add_argument(
+        "out", metavar="OUT", nargs="?", default=DEFAULT_OUT, help=f"design catalog folder (default: {DEFAULT_OUT})"
+    )
+    curate.add_argument("--version", type=int, default=None, metavar="N", help="curate the designs of table version N")
+    curate.add_argument(
+        "--where",
+        default=None,
+        metavar="EXPR",
+        help="curate only the designs this DuckDB expression over the designs table's columns selects, e.g. "
+        "\"content_id = 'dress'\": one expression, applied as a filter of its own (default: all)",
+    )
+    curate.add_argument(
+        "--threshold",
+        type=float,
+        default=CURATE_THRESHOLD,
+        metavar="T",
+        help=f"near-duplicates are at most this cosine distance (1 - cos) apart, in [0, 1) (default: {CURATE_THRESHOLD:g})",
+    )
+    curate.add_argument(
+        "--score-weights",
+        default=None,
+        metavar="TERM=W,...",
+        help="the weights of the score's terms, any of "
+        + ",".join(f"{k}={v:g}" for k, v in CURATE_SCORE_WEIGHTS.items())
+        + " (the defaults; docs/ANALYSTS.md)",
+    )
+    curate.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a VGG weights file to embed designs without an embedding with (where a design's own file is "
+        "elsewhere); repeatable (default: where a run finds them)",
+    )
+    add_timeout_flag(curate, "the selection of the designs (--where)")
     maintain = sub.add_parser(
         "maintain",
         allow_abbrev=False,
@@ -560,6 +607,8 @@ def run_command(argv: list[str] | None) -> int:
         return EXIT_FAILED_DESIGNS if report.problems else EXIT_OK
     if args.command == "colourways":
         return run_colourways(args)
+    if args.command == "curate":
+        return run_curate(args)
     if args.command == "maintain":
         from pipeline.catalog.designs import CatalogFault
         from pipeline.catalog.maintenance import maintain
@@ -707,6 +756,31 @@ def design_flags_given(args: argparse.Namespace) -> list[str]:
         for f in config_fields()
         if f.metadata["identity"] and getattr(args, f.name, None) is not None
     ]
+
+
+def run_curate(args: argparse.Namespace) -> int:
+    from pipeline.catalog.designs import CatalogFault
+    from pipeline.execution.curate import curate, parse_score_weights
+
+    try:
+        weights = parse_score_weights(args.score_weights)
+        report = curate(
+            args.out,
+            version=args.version,
+            where=args.where,
+            threshold=args.threshold,
+            weights=weights,
+            timeout_s=args.timeout,
+            weights_files=args.weights,
+        )
+    except (FileNotFoundError, ValueError) as err:  # QueryError is a ValueError
+        print(f"designs curate: refused: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    except CatalogFault as err:
+        print(f"designs curate: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    print("\n".join(report.lines()))
+    return EXIT_OK
 
 
 def run_generate(

@@ -19,6 +19,12 @@ from pipeline.engine.layers import LAYER_INDEX, MIN_SIDE, NETWORKS, layer_index
 from pipeline.engine.layers import PREPROCESSINGS as NETWORK_PREPROCESSINGS
 
 DEFAULT_OUT = "data/catalog"
+# `designs curate` (pipeline/execution/curate.py): two designs are near-duplicates at most this
+# cosine distance apart (1 - cos of their embeddings); the score's weights (docs/ANALYSTS.md).
+CURATE_THRESHOLD = 0.02
+CURATE_SCORE_WEIGHTS = {"style": 1.0, "content": 1.0, "seam": 1.0, "mask": 1.0}
+# Past this many ok designs the static gallery shows the curated representatives only.
+GALLERY_MAX_DESIGNS = 5_000
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise")

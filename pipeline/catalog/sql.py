@@ -18,6 +18,7 @@ import pyarrow.dataset as ds
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
+from pipeline.catalog.curation import CURATION_SCHEMA, curation_path, curation_table
 from pipeline.catalog.datafiles import OutsideTable, contained_path, data_files, dataset, fragment, plain_schema
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.embeddings import embeddings_dataset
@@ -174,15 +175,24 @@ def designs_files(table: DeltaTable, table_path: Path, which: str = "the latest 
     return DesignsFiles(dataset(split[False], schema), dataset(split[True], schema))
 
 
-def register_designs(con: duckdb.DuckDBPyConnection, files: DesignsFiles) -> None:
-    """`designs` in `con`: the scanned files, the streamed ones, or a view of both."""
+def register_designs(con: duckdb.DuckDBPyConnection, files: DesignsFiles, name: str = "designs") -> None:
+    """`designs` (or `name`) in `con`: the scanned files, the streamed ones, or a view of both."""
     scanned, streamed = bool(files.scanned.files), bool(files.streamed.files)
     if scanned and streamed:
-        con.register("designs_scanned", files.scanned)
-        con.register("designs_streamed", _Stream(files.streamed))
-        con.execute("create view designs as select * from designs_scanned union all select * from designs_streamed")
+        con.register(f"{name}_scanned", files.scanned)
+        con.register(f"{name}_streamed", _Stream(files.streamed))
+        con.execute(f"create view {name} as select * from {name}_scanned union all select * from {name}_streamed")
     else:
-        con.register("designs", _Stream(files.streamed) if streamed else files.scanned)
+        con.register(name, _Stream(files.streamed) if streamed else files.scanned)
+
+
+def curation_files(out: str | Path) -> DesignsFiles:
+    """The latest version of OUT/curation (pipeline/catalog/curation.py) as designs_files splits
+    a version; empty where `designs curate` never ran."""
+    table = curation_table(out)
+    if table is None:
+        return DesignsFiles(dataset([], CURATION_SCHEMA), dataset([], CURATION_SCHEMA))
+    return designs_files(table, curation_path(out), "the latest version of the curation table")
 
 
 def connect(
@@ -209,6 +219,7 @@ def connect(
         reviews = reviews_dataset(out)  # the designers' verdicts (pipeline/catalog/reviews.py), latest version
     except OutsideTable as err:
         raise QueryError(str(err)) from None
+    curation = curation_files(out)  # the last `designs curate` (pipeline/catalog/curation.py)
     try:
         embeddings = embeddings_dataset(out)  # one vector per design (pipeline/catalog/embeddings.py), latest version
     except OutsideTable as err:
@@ -223,6 +234,7 @@ def connect(
         con.register("commits", pa.Table.from_pylist(commits, schema=COMMITS_SCHEMA))
         con.register("embeddings", _Stream(embeddings))  # written with views by merges: read whole
         con.register("reviews", _Stream(reviews))  # small, and written with string views: read whole
+        register_designs(con, curation, "curation")
         con.execute("SET lock_configuration = true")
     except BaseException:
         con.close()
