@@ -814,7 +814,7 @@ def run_generate(
         return EXIT_ENVIRONMENT
 
     if prepared.more_like is not None:
-        print("\n".join(prepared.more_like.lines()), flush=True)
+        print("\n".join(prepared.more_like.lines(prepared.weights.identity)), flush=True)
     configure_prefect_env()
     import flows.generate
     from flows.generate import STOP, generate_flow, hand_over

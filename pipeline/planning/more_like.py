@@ -61,9 +61,18 @@ class MoreLike:
     variations: int
     not_in_catalog: tuple[str, ...] = ()  # favourites whose content or style ids are not in CATALOG
     not_designs: tuple[str, ...] = ()  # favourite ids with no ok row in OUT's designs
+    weights: tuple[str | None, ...] = ()  # the weights identity each varied favourite was made with
 
-    def lines(self) -> list[str]:
+    def lines(self, weights_identity: str | None = None) -> list[str]:
+        """What was planned and left out; with the run's weights identity, how many favourites
+        were made with other weights (their variations are made with the run's)."""
         lines = [f"more like: {self.variations} variation(s) of {self.varied} favourite(s)"]
+        other = sum(w != weights_identity for w in self.weights) if weights_identity is not None else 0
+        if other:
+            lines.append(
+                f"more like: {other} favourite(s) were made with other weights than this run's ({weights_identity}); "
+                "their variations are made with this run's (--weights)"
+            )
         if self.not_in_catalog:
             lines.append(
                 f"more like: {len(self.not_in_catalog)} favourite(s) skipped, their inputs are not in the catalog: "
@@ -205,7 +214,7 @@ def more_like_specs(inputs: InputCatalog, config: Config, favourites: Favourites
     styles = {s.image_id: s for s in inputs.styles}
     rows: list[tuple[ImageRef | None, tuple[ImageRef, ...], tuple[float, ...], dict[str, Any], str]] = []
     skipped: list[str] = []
-    varied = 0
+    varied: list[str | None] = []
     for favourite in sorted(favourites.rows, key=lambda f: f.design_id):
         content = contents.get(favourite.content_id) if favourite.content_id is not None else None
         refs = tuple(styles.get(s) for s in favourite.style_ids)
@@ -219,7 +228,8 @@ def more_like_specs(inputs: InputCatalog, config: Config, favourites: Favourites
             raise CatalogError(f"favourite {favourite.design_id}: its params are not a valid config: {err}") from None
         pattern = content is None
         changes = variations(base, pattern, config.per_favourite)
-        varied += bool(changes)
+        if changes:
+            varied.append(favourite.params.get("weights"))
         rows += [(content, refs, favourite.style_mix, {**own, **change}, favourite.design_id) for change in changes]
     if not rows:
         why = [f"the inputs of {len(skipped)} are not in the catalog {str(inputs.path)!r}"] if skipped else []
@@ -236,4 +246,6 @@ def more_like_specs(inputs: InputCatalog, config: Config, favourites: Favourites
         )
     specs = JobSpecs(inputs, config, list(rows), [{}])
     specs.configs()  # each row's config resolved once now: a bad one refuses the run here
-    return MoreLike(specs, favourites.count, varied, len(rows), tuple(skipped), favourites.not_designs)
+    return MoreLike(
+        specs, favourites.count, len(varied), len(rows), tuple(skipped), favourites.not_designs, tuple(varied)
+    )

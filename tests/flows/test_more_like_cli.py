@@ -108,7 +108,9 @@ def test_favourites_feed_the_next_run_as_tagged_designs_and_a_rerun_makes_nothin
 
     # --out left out: the variations go into the --more-like OUT.
     assert main(["generate", str(catalog), "--more-like", str(out), "--per-favourite", "3", *RUN_FLAGS]) == EXIT_OK
-    assert "more like: 3 variation(s) of 1 favourite(s)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "more like: 3 variation(s) of 1 favourite(s)" in said
+    assert "other weights" not in said  # the favourite was made with this run's weights
     rows = query(
         out,
         "select design_id, status, more_like, content_id, params.size as size, params.steps as steps, "

@@ -89,6 +89,11 @@ def test_the_variations_keep_the_favourites_params_are_tagged_and_have_their_own
     assert (planned.favourites, planned.varied, planned.variations) == (4, 3, 9)
     assert planned.not_in_catalog == ("f4",)
     assert "1 favourite(s) skipped, their inputs are not in the catalog: f4" in "\n".join(planned.lines())
+    # Made with weights other than the run's: said, as their variations are made with the run's.
+    assert "3 favourite(s) were made with other weights than this run's (sha256:x)" in "\n".join(
+        planned.lines("sha256:x")
+    )
+    assert not any("other weights" in line for line in planned.lines("auto"))  # the favourites' own
     specs = list(planned.specs)
     assert [s.more_like for s in specs] == ["f1"] * 3 + ["f2"] * 3 + ["f3"] * 3  # favourites in id order
     first = specs[0]
