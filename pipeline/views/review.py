@@ -152,7 +152,7 @@ def _page_number(request: Request) -> int:
 
 
 def _filters(request: Request) -> dict[str, str]:
-    filters = {k: v for k, v in request.query_params.items() if k not in ("page", "i") and v != ""}
+    filters = {k: v for k, v in request.query_params.items() if k not in ("page", "i", "o") and v != ""}
     check_filters(filters)
     return filters
 
@@ -207,7 +207,8 @@ def render_grid(desk: Desk, page_number: int, filters: dict[str, str]) -> str:
     for k, row in enumerate(page.rows):
         index = page.start + k
         caption = f"{row.get('content_id') or 'pattern'} × {row.get('style_id') or ''}"
-        cards.append(_figure(row, f"/design/{row['design_id']}{_query(filters, i=index)}", caption, index))
+        at = _query(filters, i=index, o=row.get("review_order") if page.curated else None)
+        cards.append(_figure(row, f"/design/{row['design_id']}{at}", caption, index))
     prev_link = (
         f'<a id="prev" rel="prev" href="/{e(_query(filters, page=page_number - 1))}">← previous</a>'
         if page_number > 1
@@ -254,14 +255,16 @@ def _table(pairs: list[tuple[str, Any]]) -> str:
     return "".join(f"<tr><th>{e(k)}</th><td>{e(fmt(v))}</td></tr>" for k, v in pairs)
 
 
-def render_design(desk: Desk, design_id: str, index: int | None, filters: dict[str, str]) -> str | None:
+def render_design(
+    desk: Desk, design_id: str, index: int | None, filters: dict[str, str], review_order: int | None = None
+) -> str | None:
     reader = desk.reader
     found = reader.rows_by_id([design_id], columns=None).get(design_id)  # every column
     if found is None:
         return None
     row = dict(found)
     row["verdict"] = verdicts_of(desk.out, desk.reviewer).get(design_id) or ""
-    curation, members = reader.curation_of(design_id)
+    curation, members = reader.curation_of(design_id, review_order)
     colourways = reader.colourways_of(row)
     nearest, nearest_note = reader.nearest(design_id)
     related_ids = [m["design_id"] for m in members] + colourways + [d for d, _ in nearest]
@@ -371,7 +374,15 @@ def render_design(desk: Desk, design_id: str, index: int | None, filters: dict[s
 
 def _prev_next(desk: Desk, index: int, filters: dict[str, str]) -> str | None:
     other = desk.reader.at(index, filters, desk.reviewer)
-    return f"{other}{_query(filters, i=index)}" if other else None
+    if other is None:
+        return None
+    order = other[1] if desk.reader.curation() is not None else None
+    return f"{other[0]}{_query(filters, i=index, o=order)}"
+
+
+def _number(text: str | None) -> int | None:
+    """A position from the query string; None where absent or not a small whole number."""
+    return int(text) if text is not None and text.isdigit() and len(text) <= 10 else None
 
 
 def _bad(err: Exception, status: int = 400) -> PlainTextResponse:
@@ -397,9 +408,8 @@ def create_app(out: str | Path, reviewer: str = DEFAULT_REVIEWER, allowed_hosts:
             return _bad(ValueError(f"design id {design_id[:40]!r} must be ASCII letters and digits"), 404)
         try:
             filters = _filters(request)
-            text = request.query_params.get("i")
-            index = int(text) if text is not None and text.isdigit() and len(text) <= 10 else None
-            body = await run_in_threadpool(render_design, desk, design_id, index, filters)
+            index, order = (_number(request.query_params.get(name)) for name in ("i", "o"))
+            body = await run_in_threadpool(render_design, desk, design_id, index, filters, order)
         except BadRequest as err:
             return _bad(err)
         if body is None:

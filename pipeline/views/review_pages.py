@@ -23,7 +23,8 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
@@ -49,7 +51,7 @@ NEAREST_LIMIT = 100_000
 NEAREST_COUNT = 8
 RELATED_LIMIT = 24  # group members and colourways shown on a design's page
 _LOG_ENTRY = re.compile(r"(\d{20})\.json")
-# The grid's columns (params.repeat for the filter and the card); a design's page reads every column.
+# The grid's columns; a design's page reads every column.
 CARD_COLUMNS = (
     "design_id",
     "status",
@@ -60,8 +62,6 @@ CARD_COLUMNS = (
     "output_sha256",
     "width",
     "height",
-    "params",
-    "quality",
     "parent_design_id",
 )
 FILTERS = ("content", "style", "run", "repeat", "status", "verdict", "group")
@@ -95,6 +95,14 @@ class _Files:
     low: list[Any] = field(default_factory=list)  # per file: the lookup column's min (None: unknown)
     high: list[Any] = field(default_factory=list)
     rows: int = 0
+    path: Path | None = None
+    _datasets: Any = None
+
+    def datasets(self) -> Any:
+        """The version's files as pipeline/catalog/sql.py's scanned and streamed datasets, made once."""
+        if self._datasets is None:
+            self._datasets = designs_files(self.table, self.path)
+        return self._datasets
 
 
 def _files(table_path: Path, key: str, stat_column: str) -> _Files:
@@ -115,6 +123,7 @@ def _files(table_path: Path, key: str, stat_column: str) -> _Files:
         [b[0] for b in bounds],
         [b[1] for b in bounds],
         sum(f.rows or 0 for f in files),
+        table_path,
     )
 
 
@@ -125,13 +134,18 @@ def _plain(table: pa.Table) -> pa.Table:
     return pa.table(columns, names=table.column_names)
 
 
+_ALL_NULL = ("", "")  # bounds no value (but the empty string, never looked up) falls in
+
+
 def _row_group_bounds(meta: pq.FileMetaData, column: str) -> list[tuple[Any, Any]]:
     """Per row group the column's (min, max) statistics, (None, None) where it has none."""
     index = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == column), None)
     out = []
     for g in range(meta.num_row_groups):
         stats = meta.row_group(g).column(index).statistics if index is not None else None
-        if stats is None or not stats.has_min_max:
+        if stats is not None and stats.has_null_count and stats.null_count == meta.row_group(g).num_rows:
+            out.append(_ALL_NULL)  # no value to match
+        elif stats is None or not stats.has_min_max:
             out.append((None, None))
         else:
             low, high = stats.min, stats.max
@@ -147,25 +161,29 @@ def _read_groups(path: str, columns: Sequence[str] | None, keep: Any) -> pa.Tabl
     file = pq.ParquetFile(path)
     meta = file.metadata
     top = {name.split(".")[0] for name in file.schema_arrow.names}
-    groups = [g for g, (low, high) in enumerate(keep(meta)) if high is None or low is None or keep.accepts(low, high)]
+    groups = [
+        g
+        for g, bounds in enumerate(keep(meta))
+        if bounds is not _ALL_NULL and (bounds[0] is None or bounds[1] is None or keep.accepts(*bounds))
+    ]
     if not groups:
         return None
     present = None if columns is None else [c for c in columns if c in top]
     return _plain(file.read_row_groups(groups, columns=present))
 
 
-class _IdsIn:
-    """Row groups whose design_id range holds one of the sorted ids."""
+class _In:
+    """Row groups whose `column` range holds one of the sorted values."""
 
-    def __init__(self, ids: list[str]):
-        self.ids = ids
+    def __init__(self, column: str, values: list[Any]):
+        self.column, self.values = column, values
 
     def __call__(self, meta: pq.FileMetaData) -> list[tuple[Any, Any]]:
-        return _row_group_bounds(meta, "design_id")
+        return _row_group_bounds(meta, self.column)
 
-    def accepts(self, low: str, high: str) -> bool:
-        i = bisect.bisect_left(self.ids, low)
-        return i < len(self.ids) and self.ids[i] <= high
+    def accepts(self, low: Any, high: Any) -> bool:
+        i = bisect.bisect_left(self.values, low)
+        return i < len(self.values) and self.values[i] <= high
 
 
 class _OrderIn:
@@ -179,6 +197,33 @@ class _OrderIn:
 
     def accepts(self, low: int, high: int) -> bool:
         return low < self.stop and high >= self.start
+
+
+def _where_in(
+    files: _Files, column: str, values: Iterable[Any], columns: Sequence[str] | None, by_file_bounds: bool
+) -> list[dict[str, Any]]:
+    """The rows whose `column` is one of `values` (the `columns` asked for and `column`; None:
+    all), partition values filled in: a file at a time, skipping the files whose log
+    statistics (`by_file_bounds`: they are of `column`) and the row groups whose parquet
+    statistics leave the values out."""
+    wanted = sorted(set(values))
+    if not wanted:
+        return []
+    keep = _In(column, wanted)
+    value_set = pa.array(wanted)
+    read = None if columns is None else list(dict.fromkeys([column, *columns]))
+    found = []
+    for i, real in enumerate(files.real):
+        low, high = files.low[i], files.high[i]
+        if by_file_bounds and low is not None and high is not None and not keep.accepts(low, high):
+            continue
+        part = _read_groups(real, read, keep)
+        if part is None or column not in part.column_names:
+            continue
+        part = part.filter(pc.is_in(part.column(column), value_set=value_set))
+        partition = dict(files.files[i].partition)  # `status`: in the file's path, not in the file
+        found.extend({**row, **partition} for row in part.to_pylist())
+    return found
 
 
 @dataclass(frozen=True)
@@ -201,6 +246,9 @@ class Reader:
         self._cards: OrderedDict[str, dict[str, Any]] = OrderedDict()  # design_id -> card row, LRU
         self._cache_rows = cache_rows
         self._nearest: tuple[str, np.ndarray, np.ndarray] | None = None
+        self._sql_lock = threading.Lock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._con_key: tuple[str, str | None] | None = None
 
     # --- the tables' file lists, per version ---
 
@@ -228,25 +276,7 @@ class Reader:
 
     def rows_by_id(self, ids: Iterable[str], columns: Sequence[str] | None = CARD_COLUMNS) -> dict[str, dict[str, Any]]:
         """design_id -> row (the columns asked for; None: all) for the ids in the table; the others are absent."""
-        wanted = sorted(set(ids))
-        if not wanted:
-            return {}
-        files = self.designs()
-        keep = _IdsIn(wanted)
-        value_set = pa.array(wanted, pa.string())
-        found: dict[str, dict[str, Any]] = {}
-        for i, real in enumerate(files.real):
-            f = files.files[i]
-            if f.min_id is not None and f.max_id is not None and not keep.accepts(f.min_id, f.max_id):
-                continue
-            part = _read_groups(real, None if columns is None else list(dict.fromkeys(["design_id", *columns])), keep)
-            if part is None:
-                continue
-            part = part.filter(pc.is_in(part.column("design_id"), value_set=value_set))
-            partition = dict(f.partition)  # `status`: in the file's path, not in the file
-            for row in part.to_pylist():
-                found[row["design_id"]] = {**row, **partition}
-        return found
+        return {row["design_id"]: row for row in _where_in(self.designs(), "design_id", ids, columns, True)}
 
     def cards(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Card rows, from the cache where the page or an image request read them already."""
@@ -311,21 +341,30 @@ class Reader:
         rows = pa.concat_tables(parts).sort_by("review_order")
         return rows.column("design_id").to_pylist(), rows.column("review_order").to_pylist(), curation.rows
 
-    def connection(self, with_curation: bool = True) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection that can open no file, with `designs` and (when curated) `curation`."""
-        designs = self.designs()
-        curation = self.curation() if with_curation else None
-        con = duckdb.connect(config=_CONFIG)
-        try:
-            con.execute("SET enable_external_access = false")
-            _register(con, "designs", designs_files(designs.table, self.catalog.table_path))
-            if curation is not None:
-                _register(con, "curation", designs_files(curation.table, self.out / CURATION_DIR))
-            con.execute("SET lock_configuration = true")
-        except BaseException:
-            con.close()
-            raise
-        return con
+    @contextmanager
+    def sql(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The DuckDB connection of the tables' current versions, one statement at a time: it
+        can open no file and holds `designs` and (when curated) `curation`; made again when a
+        version changes."""
+        designs, curation = self.designs(), self.curation()
+        key = (designs.key, curation.key if curation is not None else None)
+        with self._sql_lock:
+            if self._con is None or self._con_key != key:
+                if self._con is not None:
+                    self._con.close()
+                self._con, self._con_key = None, None
+                con = duckdb.connect(config=_CONFIG)
+                try:
+                    con.execute("SET enable_external_access = false")
+                    _register(con, "designs", designs.datasets())
+                    if curation is not None:
+                        _register(con, "curation", curation.datasets())
+                    con.execute("SET lock_configuration = true")
+                except BaseException:
+                    con.close()
+                    raise
+                self._con, self._con_key = con, key
+            yield self._con
 
     def _filtered(
         self, curation: _Files | None, start: int, filters: dict[str, str], verdicts: dict[str, str]
@@ -336,7 +375,7 @@ class Reader:
             "content": "d.content_id = ?",
             "style": "d.style_id = ?",
             "run": "d.run_id = ?",
-            "repeat": "d.params.repeat = ?",
+            "repeat": "d.repeat = ?",
             "status": "d.status = ?",
         }
         uses_designs = curation is None or any(k in filters for k in design_filters)
@@ -363,69 +402,68 @@ class Reader:
         else:
             source, order, id_column = "designs d", "d.design_id", "d.design_id"
         condition = " where " + " and ".join(where) if where else ""
-        con = self.connection(with_curation=curation is not None)
-        try:
+        with self.sql() as con:
             if picked is not None:
                 con.register("picked", picked)
+            # One scan for the page and the count of matches (a window over every match).
             page = con.execute(
-                f"select {id_column}, {order} from {source}{condition} order by {order} limit {PAGE_SIZE} offset {int(start)}",
+                f"select {id_column}, {order}, count(*) over () from {source}{condition} order by {order} "
+                f"limit {PAGE_SIZE} offset {int(start)}",
                 params,
             ).fetchall()
             if not where and curation is None:
                 matches = self.designs().rows
-            else:
+            elif page:
+                matches = page[0][2]
+            else:  # past the last page
                 matches = con.execute(f"select count(*) from {source}{condition}", params).fetchone()[0]
-        finally:
-            con.close()
+            if picked is not None:
+                con.unregister("picked")
         ids = [r[0] for r in page]
         # An uncurated catalog's order is design_id's: a design's index there is its rank.
         orders = [r[1] for r in page] if curation is not None else list(range(start, start + len(ids)))
         return ids, orders, matches
 
-    def at(self, index: int, filters: dict[str, str], reviewer: str) -> str | None:
-        """The design at position `index` (0-based) of the filtered order, or None."""
+    def at(self, index: int, filters: dict[str, str], reviewer: str) -> tuple[str, int] | None:
+        """The design at position `index` (0-based) of the filtered order and its review_order, or None."""
         if index < 0:
             return None
         page = self.page(index // PAGE_SIZE + 1, filters, reviewer)
         offset = index - page.start
-        return page.rows[offset]["design_id"] if 0 <= offset < len(page.rows) else None
+        if not 0 <= offset < len(page.rows):
+            return None
+        return page.rows[offset]["design_id"], page.rows[offset]["review_order"]
 
     # --- a design's page ---
 
-    def curation_of(self, design_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        """The design's curation row and its group's members (best first), or (None, [])."""
-        if self.curation() is None:
+    def curation_of(
+        self, design_id: str, review_order: int | None = None
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The design's curation row and its group's members (best first), or (None, []).
+        `review_order`: where the grid says it is (checked; a page of rows read instead of a scan)."""
+        curation = self.curation()
+        if curation is None:
             return None, []
-        con = self.connection()
-        try:
-            cursor = con.execute("select * from curation where design_id = ? limit 1", [design_id])
-            names = [d[0] for d in cursor.description]
-            found = cursor.fetchone()
-            if found is None:
-                return None, []
-            row = dict(zip(names, found, strict=True))
-            members = con.execute(
-                "select design_id, rank_in_group, score from curation where group_id = ? "
-                f"order by rank_in_group, design_id limit {RELATED_LIMIT}",
-                [row["group_id"]],
-            ).fetchall()
-        finally:
-            con.close()
-        return row, [{"design_id": m[0], "rank_in_group": m[1], "score": m[2]} for m in members]
+        found = None
+        if review_order is not None:
+            ids, _, _ = self._curation_slice(curation, review_order, 1)
+            if ids == [design_id]:
+                found = _where_in(curation, "review_order", [review_order], None, True)
+        if not found:
+            found = _where_in(curation, "design_id", [design_id], None, False)
+        if not found:
+            return None, []
+        row = found[0]
+        members = _where_in(curation, "group_id", [row["group_id"]], ["design_id", "rank_in_group", "score"], False)
+        members.sort(key=lambda m: (m["rank_in_group"], m["design_id"]))
+        return row, members[:RELATED_LIMIT]
 
     def colourways_of(self, row: dict[str, Any]) -> list[str]:
         """The colourways made of this design, or (for a colourway) its parent's other ones."""
         parent = row.get("parent_design_id") or row["design_id"]
-        con = self.connection(with_curation=False)
-        try:
-            found = con.execute(
-                "select design_id from designs where parent_design_id = ? and status = 'ok' "
-                f"order by design_id limit {RELATED_LIMIT}",
-                [parent],
-            ).fetchall()
-        finally:
-            con.close()
-        return [r[0] for r in found if r[0] != row["design_id"]]
+        found = _where_in(self.designs(), "parent_design_id", [parent], ["design_id"], False)
+        ids = sorted(r["design_id"] for r in found if r.get("status") == "ok" and r["design_id"] != row["design_id"])
+        return ids[:RELATED_LIMIT]
 
     def nearest(self, design_id: str) -> tuple[list[tuple[str, float]], str]:
         """The nearest designs by embedding (cosine), and a line saying what was searched."""
@@ -467,25 +505,45 @@ class Reader:
         return latest_log_entry(reviews_path(self.out))
 
 
-class _Stream:
-    """A dataset DuckDB reads through the Arrow stream protocol, whole (no filter pushed)."""
+class _Projected:
+    """A dataset DuckDB reads through the Arrow stream protocol: only the named columns (struct
+    fields too), a fresh scan each time it asks; DuckDB filters the rows itself (pyarrow
+    filters no string_view column, which the files delta-rs writes have)."""
 
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
+    def __init__(self, dataset: ds.Dataset, columns: dict[str, ds.Expression]):
+        self.dataset, self.columns = dataset, columns
 
     def __arrow_c_stream__(self, requested_schema: object = None) -> object:
-        return self.dataset.scanner().to_reader().__arrow_c_stream__(requested_schema)
+        return self.dataset.scanner(columns=self.columns).to_reader().__arrow_c_stream__(requested_schema)
+
+
+# What the filters and a design's page ask of each table, by name in SQL.
+SQL_COLUMNS = {
+    "designs": ("design_id", "status", "content_id", "style_id", "run_id", "repeat", "parent_design_id"),
+    "curation": ("design_id", "group_id", "review_order"),
+}
+
+
+def _expressions(schema: pa.Schema, names: Sequence[str]) -> dict[str, ds.Expression]:
+    """Each name as its column, `repeat` as params.repeat; null where the table has none (an old table)."""
+    out = {}
+    for name in names:
+        if name == "repeat":
+            params = schema.field("params").type if "params" in schema.names else None
+            present = params is not None and params.get_field_index("repeat") >= 0
+            out[name] = ds.field("params", "repeat") if present else ds.scalar(pa.scalar(None, pa.string()))
+        else:
+            out[name] = ds.field(name)
+    return out
 
 
 def _register(con: duckdb.DuckDBPyConnection, name: str, files: Any) -> None:
-    """`name` in `con`: the plain files scanned with filters pushed, the string-view ones streamed."""
-    scanned, streamed = bool(files.scanned.files), bool(files.streamed.files)
-    if scanned and streamed:
-        con.register(f"{name}_scanned", files.scanned)
-        con.register(f"{name}_streamed", _Stream(files.streamed))
-        con.execute(f"create view {name} as select * from {name}_scanned union all select * from {name}_streamed")
-    else:
-        con.register(name, _Stream(files.streamed) if streamed else files.scanned)
+    """`name` in `con`: the columns of SQL_COLUMNS of every file (plain and string-view ones)."""
+    schema = files.scanned.schema
+    columns = _expressions(schema, SQL_COLUMNS[name])
+    con.register(f"{name}_scanned", _Projected(files.scanned, columns))
+    con.register(f"{name}_streamed", _Projected(files.streamed, columns))
+    con.execute(f"create view {name} as select * from {name}_scanned union all select * from {name}_streamed")
 
 
 def check_filters(filters: dict[str, str]) -> None:

@@ -154,8 +154,11 @@ def test_design_page(desk):
     colourways = re.search(r"<h2>colourways</h2>(.*?)(</div>|<p)", text).group(1)
     assert re.findall(r'data-design="([0-9a-f]+)"', colourways) == [colourway]
     assert "nearest designs" in text and "no embeddings" in text
-    assert f'href="/design/{order[index + 1]}?i={index + 1}"' in text
-    assert f'href="/design/{order[index - 1]}?i={index - 1}"' in text
+    assert f'href="/design/{order[index + 1]}?i={index + 1}&amp;o={index + 1}"' in text
+    assert f'href="/design/{order[index - 1]}?i={index - 1}&amp;o={index - 1}"' in text
+    # The grid's hint of where the design is in the curation is checked, not trusted.
+    assert "<th>group_id</th><td>g1</td>" in client.get(f"/design/{parent}?o=0").text
+    assert client.get(f"/design/{parent}?o=99999999").status_code == 200
     # A colourway's page names its parent.
     assert (
         f'<h3>parent</h3><div class="strip"><a class="card" href="/design/{parent}"'
