@@ -300,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a VGG weights file to embed designs without an embedding with (where a design's own file is "
         "elsewhere); repeatable (default: where a run finds them)",
     )
+    curate.add_argument(
+        "--prefer-favourites",
+        action="store_true",
+        help="review first the groups nearest the favourites of OUT/reviews (the cosine distance of a group's "
+        "nearest member to its nearest favourite, then the score); refused where there are none",
+    )
     add_timeout_flag(curate, "the selection of the designs (--where)")
     maintain = sub.add_parser(
         "maintain",
@@ -772,6 +778,7 @@ def run_curate(args: argparse.Namespace) -> int:
             weights=weights,
             timeout_s=args.timeout,
             weights_files=args.weights,
+            prefer_favourites=args.prefer_favourites,
         )
     except (FileNotFoundError, ValueError) as err:  # QueryError is a ValueError
         print(f"designs curate: refused: {err}", file=sys.stderr)

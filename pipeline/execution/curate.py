@@ -36,6 +36,7 @@ from pipeline.catalog.curation import (
     write_curation,
 )
 from pipeline.catalog.timeout import DEFAULT_TIMEOUT_S
+from pipeline.execution.favourites import favourite_distances, favourite_ids_or_refuse, group_first
 from pipeline.execution.grouping import group
 
 NO_EMBEDDING = "no-embedding"
@@ -50,6 +51,7 @@ class CurateReport:
     embedded: int = 0  # embeddings computed by this run
     skipped: int = 0  # designs without an embedding (weights not at hand): a group of their own
     embed_line: str = ""  # the backfill's own line (pipeline/execution/embed.py)
+    prefer_line: str = ""  # --prefer-favourites' (pipeline/execution/favourites.py)
     version: int | None = None
     run_id: str = ""
     methods: list[str] = field(default_factory=list)
@@ -69,6 +71,8 @@ class CurateReport:
         ]
         if self.embed_line:
             lines.append(self.embed_line)
+        if self.prefer_line:
+            lines.append(self.prefer_line)
         return lines
 
 
@@ -137,10 +141,14 @@ class Ranked:
     review_order: np.ndarray
 
 
-def rank(labels: np.ndarray, score: np.ndarray, after: np.ndarray | None = None) -> Ranked:
+def rank(
+    labels: np.ndarray, score: np.ndarray, after: np.ndarray | None = None, first: np.ndarray | None = None
+) -> Ranked:
     """Ranks inside each group (best score first, NaN last; `after` rows (colourways) after the
     others at an equal score; then by index, the design id order); the representatives by
-    score, then every group's other members in the representatives' order, by rank."""
+    score, then every group's other members in the representatives' order, by rank. `first`
+    (--prefer-favourites, pipeline/execution/favourites.py): a value per design; groups go in
+    the order of their members' least value before their score."""
     n = len(labels)
     index = np.arange(n)
     score_key = np.where(np.isfinite(score), -score, np.inf)
@@ -159,6 +167,8 @@ def rank(labels: np.ndarray, score: np.ndarray, after: np.ndarray | None = None)
     size[order] = sizes[group_of_sorted]
     # Groups in the order of their representatives: best score first, ties by design id.
     group_order = np.lexsort((reps, score_key[reps]))
+    if first is not None:
+        group_order = np.lexsort((reps, score_key[reps], group_first(group_of_sorted, len(reps), first[order])))
     group_position = np.empty(len(reps), dtype=np.int64)
     group_position[group_order] = np.arange(len(reps))
     position = np.empty(n, dtype=np.int64)
@@ -281,11 +291,16 @@ def curate(
     seed: int = 0,
     backfill: bool = True,
     weights_files: Sequence[str | Path] = (),
+    prefer_favourites: bool = False,
 ) -> CurateReport:
-    """Group, rank and write the curation of the catalog at OUT (the module's docstring)."""
+    """Group, rank and write the curation of the catalog at OUT (the module's docstring).
+    `prefer_favourites`: the groups nearest the favourites of OUT's reviews first
+    (pipeline/execution/favourites.py)."""
     out = Path(out)
     if not 0 <= threshold < 1:
         raise ValueError(f"--threshold {threshold!r} is out of range; accepted: a cosine distance in [0, 1)")
+    if prefer_favourites:
+        favourites = favourite_ids_or_refuse(out)  # refused before any work
     weights = dict(DEFAULT_SCORE_WEIGHTS if weights is None else weights)
     report = CurateReport()
     started = datetime.now(UTC)
@@ -350,7 +365,12 @@ def curate(
             by_id = dict(zip(parents.column("design_id").to_pylist(), parent_scores.tolist()))
             for i in np.flatnonzero(outside):
                 score[i] = by_id.get(parent_ids[i], np.nan)
-    ranked = rank(labels, score, after=child)
+    near = None
+    if prefer_favourites:
+        nearness = favourite_distances(out, n, parts, favourites)
+        near = nearness.distance
+        report.prefer_line = nearness.line()
+    ranked = rank(labels, score, after=child, first=near)
     report.groups = int(np.count_nonzero(ranked.rank == 1))
     report.grouped = int(np.count_nonzero(ranked.size > 1))
     group_ids = {int(label): group_id(str(ids[label])) for label in np.unique(labels)}
