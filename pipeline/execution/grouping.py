@@ -47,7 +47,7 @@ class GroupingStats:
 
     method: str
     designs: int
-    pairs: int = 0
+    pairs: int = 0  # links found: the pairs, or (kmeans) a forest connecting the same designs
     clusters: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -154,7 +154,8 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, k: int = 2) -> np.nd
 
 def kmeans_pairs(x: np.ndarray, min_sim: float, seed: int, stats: GroupingStats) -> tuple[np.ndarray, np.ndarray]:
     """SemDeDup's pairs with a second assignment: each cluster's own members against its own and
-    those whose second-nearest centroid it is."""
+    those whose second-nearest centroid it is; returned as links that connect what the pairs
+    connect (a forest per cluster), not every pair."""
     n = len(x)
     clusters = max(1, min(n // CLUSTER_SIZE, 65_536))
     t0 = time.perf_counter()
@@ -177,23 +178,22 @@ def kmeans_pairs(x: np.ndarray, min_sim: float, seed: int, stats: GroupingStats)
         guests = by_second[second_bounds[c] : second_bounds[c + 1]] if assigned.shape[1] > 1 else own[:0]
         members = np.concatenate([own, guests])
         vectors = normalized(x[members])
+        rows_found, cols_found = [], []
         for start in range(0, len(own), BLOCK_ROWS):
             block = vectors[start : min(start + BLOCK_ROWS, len(own))]
-            sims = block @ vectors.T
-            rows, cols = np.nonzero(sims >= min_sim)
-            a, b = own[rows + start], members[cols]
-            keep = a < b  # each pair once (own-own pairs appear twice; a self pair never)
-            found_a.append(a[keep])
-            found_b.append(b[keep])
+            rows, cols = np.nonzero(block @ vectors.T >= min_sim)
+            rows_found.append(rows + start)
+            cols_found.append(cols)
+        # The cluster's pairs reduced to a forest (each member to its local component's first):
+        # at most one link a member, where a large group's pairs would be its size squared.
+        local = components(len(members), np.concatenate(rows_found), np.concatenate(cols_found))
+        linked = np.flatnonzero(local != np.arange(len(members)))
+        found_a.append(members[linked])
+        found_b.append(members[local[linked]])
     t3 = time.perf_counter()
     stats.clusters = clusters
     stats.seconds.update(kmeans=t1 - t0, assign=t2 - t1, pairs=t3 - t2)
-    a, b = _joined(found_a, found_b)
-    # A pair met in two clusters (a's cluster and b's second) counts once.
-    if a.size:
-        key = np.unique(a * n + b)
-        a, b = key // n, key % n
-    return a, b
+    return _joined(found_a, found_b)
 
 
 def group(

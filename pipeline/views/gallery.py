@@ -29,12 +29,24 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from pipeline.catalog.datafiles import read_table
+import numpy as np
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+from pipeline.catalog.curation import curation_table
+from pipeline.catalog.datafiles import (
+    data_files,
+    read_rows,
+    read_table,
+)
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.history import resolve_version
+from pipeline.config import CURATE_SCORE_WEIGHTS, GALLERY_MAX_DESIGNS
 from pipeline.files import check_output, write_output
 
 GALLERY_FILE = "gallery.html"
+# What the score reads (pipeline/execution/curate.py), for the first designs by score past the bound.
+SCORE_COLUMNS = ("style_ratio", "content_kept", "seam_score", "mask_leakage")
 # Shown on each card; every params field is in the card's <details>.
 KEY_PARAMS = (
     "size",
@@ -63,11 +75,14 @@ class GalleryReport:
     designs: int
     failed: int
     missing_images: int
+    notice: str = ""  # what a catalog past the bound leaves out
 
     def line(self) -> str:
         text = f"gallery {self.path}: {self.designs} design(s), {self.failed} failed, table version {self.version}"
         if self.missing_images:
             text += f"; {self.missing_images} PNG(s) missing (designs verify lists them)"
+        if self.notice:
+            text += f"\n{self.notice}"
         return text
 
 
@@ -355,8 +370,11 @@ def _sha256_source(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
 
-def render(rows: list[dict[str, Any]], out: Path, page: Path, version: int) -> tuple[str, int, int, int]:
-    """The page, and its counts: ok designs, failed designs, missing PNGs."""
+def render(
+    rows: list[dict[str, Any]], out: Path, page: Path, version: int, notice: str = ""
+) -> tuple[str, int, int, int]:
+    """The page, and its counts: ok designs, failed designs, missing PNGs. `notice`: a line on
+    what the page leaves out (a catalog past the gallery's bound)."""
     ok = sorted(
         (r for r in rows if r.get("status") == "ok"),
         key=lambda r: (
@@ -399,6 +417,7 @@ def render(rows: list[dict[str, Any]], out: Path, page: Path, version: int) -> t
             "<table><thead><tr><th>content</th><th>style</th><th>design_id</th><th>run</th><th>when</th><th>error</th></tr></thead>"
             f"<tbody>{''.join(_failed_row(r) for r in failed)}</tbody></table></section>"
         )
+    notice_html = f'<p class="meta notice" id="bound">{e(notice)}</p>' if notice else ""
     body = (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -411,6 +430,7 @@ def render(rows: list[dict[str, Any]], out: Path, page: Path, version: int) -> t
         f'<p class="meta">table version {version}; {len(ok)} design(s), '
         f"{failed_link}; generated {e(generated)}; "
         f'showing <b id="shown">{len(ok)}</b></p>'
+        f"{notice_html}"
         '<form id="filters" role="search">'
         f'<label>content<select id="f-content"><option value="">all</option>{_options(contents)}</select></label>'
         f'<label>style<select id="f-style"><option value="">all</option>{_options(styles)}</select></label>'
@@ -424,15 +444,96 @@ def render(rows: list[dict[str, Any]], out: Path, page: Path, version: int) -> t
     return body, len(ok), len(failed), missing
 
 
-def build_gallery(out: str | Path, version: int | None = None, output: str | Path | None = None) -> GalleryReport:
-    """Write the gallery of the design catalog at OUT (default file OUT/gallery.html)."""
+def build_gallery(
+    out: str | Path,
+    version: int | None = None,
+    output: str | Path | None = None,
+    max_designs: int | None = None,
+) -> GalleryReport:
+    """Write the gallery of the design catalog at OUT (default file OUT/gallery.html).
+
+    Up to `max_designs` (GALLERY_MAX_DESIGNS) ok designs, every row. Past it, never the whole table: the curated
+    representatives (`designs curate`'s first `max_designs` in review order) where OUT/curation
+    exists, else the first `max_designs` by score with a line saying to run `designs curate`;
+    each with its colourways, and the first `max_designs` failed rows."""
     out = Path(out)
     catalog = DesignCatalog(out)
     table = catalog.table(resolve_version(catalog, version))  # a missing catalog says so first
     resolved = table.version()
-    rows = read_table(table, catalog.table_path).to_pylist()
     page = Path(output) if output is not None else out / GALLERY_FILE
     check_output(page)  # before rendering
-    text, ok, failed, missing = render(rows, out, page, resolved)
+    ok_count = _ok_count(table, catalog.table_path)
+    max_designs = GALLERY_MAX_DESIGNS if max_designs is None else max_designs
+    notice = ""
+    if ok_count <= max_designs:
+        rows = read_table(table, catalog.table_path).to_pylist()
+    else:
+        rows, notice = _bounded_rows(out, resolved, ok_count, max_designs)
+    text, ok, failed, missing = render(rows, out, page, resolved, notice)
     write_output(page, lambda path: Path(path).write_text(text, encoding="utf-8"))
-    return GalleryReport(page, resolved, ok, failed, missing)
+    return GalleryReport(page, resolved, ok, failed, missing, notice)
+
+
+def _ok_count(table: DeltaTable, table_path: Path) -> int:
+    """The version's ok rows: from the log's row counts, else (a file without statistics, or
+    of a table made before the status partition) by reading its status column alone."""
+    files = data_files(table, "ok")
+    counted = sum(f.rows for f in files if f.rows is not None and dict(f.partition).get("status") == "ok")
+    unknown = [f for f in files if f.rows is None or dict(f.partition).get("status") != "ok"]
+    for rows in read_rows(table, table_path, ["status"], unknown):
+        counted += int(pc.sum(pc.equal(rows.column("status"), "ok")).as_py() or 0)
+    return counted
+
+
+def _bounded_rows(out: Path, version: int, ok_count: int, max_designs: int) -> tuple[list[dict[str, Any]], str]:
+    """The rows of a catalog past the bound, and the line saying which they are: only the
+    columns that choose them are read for every design (through the read-only connection,
+    pipeline/catalog/sql.py), whole rows only for those chosen."""
+    from pipeline.catalog.sql import connect
+    from pipeline.execution.curate import column_expressions, scores
+
+    con = connect(out, version)
+    try:
+        columns = con.table("designs").columns
+        colourways = "parent_design_id" in columns
+        if curation_table(out) is not None:
+            reps = con.sql(
+                "select design_id from curation where rank_in_group = 1 order by review_order limit ?",
+                params=[max_designs],
+            ).fetchall()
+            groups = con.sql("select count(*) from curation where rank_in_group = 1").fetchall()[0][0]
+            chosen = [r[0] for r in reps]
+            notice = (
+                f"{ok_count:,} designs: past the gallery's bound of {max_designs:,}, showing the {len(chosen):,} "
+                "curated representatives (each near-duplicate group's best design, from `designs curate`, in "
+                f"review order) of {groups:,} group(s)"
+            )
+        else:
+            table = con.sql(
+                f"select {', '.join(column_expressions(columns))} from designs where status = 'ok'"
+            ).to_arrow_table()
+            score = scores(
+                {k: table.column(k).to_numpy(zero_copy_only=False).astype(np.float64) for k in SCORE_COLUMNS},
+                CURATE_SCORE_WEIGHTS,
+            )
+            key = np.where(np.isfinite(score), -score, np.inf)
+            own = ~table.column("parent_design_id").is_valid().to_numpy(zero_copy_only=False)
+            ids = np.asarray(table.column("design_id").to_pylist(), dtype=object)
+            order = np.lexsort((ids, key))
+            order = order[own[order]][:max_designs]  # colourways go inside their parent's card
+            chosen = ids[order].tolist()
+            notice = (
+                f"{ok_count:,} designs: past the gallery's bound of {max_designs:,}, showing the first "
+                f"{len(chosen):,} by score. Run `designs curate` to group near-duplicates: the gallery then "
+                "shows each group's best design"
+            )
+        # The ids are bound as a parameter, never pasted into SQL.
+        chosen_rows = "design_id in (select unnest($ids))"
+        if colourways:
+            chosen_rows += " or parent_design_id in (select unnest($ids))"
+        rows = con.sql(f"select * from designs where status = 'ok' and ({chosen_rows})", params={"ids": chosen})
+        rows = rows.to_arrow_table()
+        failed = con.sql("select * from designs where status <> 'ok' limit ?", params=[max_designs]).to_arrow_table()
+    finally:
+        con.close()
+    return rows.to_pylist() + failed.to_pylist(), notice
