@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_real_weights import REAL_WEIGHTS, painting, shapes
 
 from pipeline.config import Config
 from pipeline.engine.embedding import (
@@ -119,7 +120,9 @@ def test_embed_works_from_activations_in_any_layout_and_precision(engine):
     image = stripes(32, 8)[None]
     feats = engine.features(image, TINY)
     plain = embed(feats)
-    other = embed({name: f.to(torch.bfloat16).contiguous(memory_format=torch.channels_last) for name, f in feats.items()})
+    other = embed(
+        {name: f.to(torch.bfloat16).contiguous(memory_format=torch.channels_last) for name, f in feats.items()}
+    )
     assert distance(plain[0], other[0]) < 1e-3
 
 
@@ -128,3 +131,42 @@ def test_a_failed_design_has_no_embedding(engine):
     style[:, 0, 0] = float("nan")  # its Grams, and so the design's loss, are not finite
     (result,) = engine.run([pattern("nan", style)])
     assert result.error is not None and result.embedding is None
+
+
+# --- on real weights (../shared/weights' VGG16; skipped where absent) ---
+
+
+@pytest.fixture(scope="module")
+def real_weights():
+    if not REAL_WEIGHTS.is_file():
+        pytest.skip(f"real weights absent: {REAL_WEIGHTS} (../shared/weights beside the repository)")
+    return resolve_weights(str(REAL_WEIGHTS), 0)
+
+
+def test_on_real_weights_designs_that_differ_invisibly_are_near_and_other_styles_far(real_weights):
+    """The same pairings at style weights 100 and 101 (48 px, 15 steps, in make test): each
+    design's twin is nearer than any design of another style, by orders of magnitude, and
+    designs of different styles are far apart (> 0.1 in cosine distance, where twins are < 0.001)."""
+    size = 48
+    styles = {"stripes": stripes(size, 8), "checks": checks(size, 8), "painting": painting("starry_night.jpg", size)}
+    content = shapes(size)
+    base = Config(
+        weights="test", size=size, steps=15, learning_rate=0.1, adam_beta1=0.9, loss_every=15, precision="fp32"
+    )
+    engine = StyleTransfer(base, real_weights, "cpu", precision="fp32")
+    vectors = {}
+    for weight in (100.0, 101.0):
+        pairings = [Pairing(name, "content", content, name, style) for name, style in styles.items()]
+        for name, result in zip(styles, engine.run(pairings, config=base.replace(style_weight=weight))):
+            assert result.error is None
+            vectors[name, weight] = result.embedding
+    twins = {name: distance(vectors[name, 100.0], vectors[name, 101.0]) for name in styles}
+    others = {
+        (a, b): min(distance(vectors[a, x], vectors[b, y]) for x in (100.0, 101.0) for y in (100.0, 101.0))
+        for a in styles
+        for b in styles
+        if a < b
+    }
+    assert max(twins.values()) < 1e-3, twins
+    assert min(others.values()) > 0.1, others
+    assert max(twins.values()) * 100 < min(others.values()), (twins, others)
