@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="explicit pairings instead of the cross product (as designs generate)",
     )
     parser.add_argument(
+        "--more-like",
+        default=None,
+        metavar="OUT",
+        help="each run makes variations of the favourites OUT/reviews holds then, instead of the pairings "
+        "(as designs generate --more-like; flags that change a design's pixels go without it)",
+    )
+    parser.add_argument(
         "--grid",
         action="append",
         default=None,
@@ -135,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def flow_parameters(
-    catalog: str, out: str, config: Config, pairs: str | None = None, grid: dict[str, list[Any]] | None = None
+    catalog: str,
+    out: str,
+    config: Config,
+    pairs: str | None = None,
+    grid: dict[str, list[Any]] | None = None,
+    more_like: str | None = None,
 ) -> dict[str, Any]:
     """The deployment's parameters: absolute paths, and only the config fields that differ from the defaults
     (so the Prefect UI shows what is particular to this deployment, and a custom run can change one field)."""
@@ -150,6 +162,8 @@ def flow_parameters(
         parameters["pairs"] = str(Path(pairs).resolve())
     if grid:
         parameters["grid"] = grid
+    if more_like:
+        parameters["more_like"] = str(Path(more_like).resolve())
     return parameters
 
 
@@ -185,6 +199,7 @@ def build_deployment(
     schedule: Any = None,
     pairs: str | None = None,
     grid: dict[str, list[Any]] | None = None,
+    more_like: str | None = None,
 ):
     """A RunnerDeployment of generate (with config.runner's task runner) with its parameters and schedule (default: cron 02:00)."""
     from flows.generate import generate_flow  # local: imports prefect and the engine
@@ -193,7 +208,7 @@ def build_deployment(
     return flow.to_deployment(
         name=name,
         schedule=schedule if schedule is not None else make_schedule(),
-        parameters=flow_parameters(catalog, out, config, pairs, grid),
+        parameters=flow_parameters(catalog, out, config, pairs, grid, more_like),
         description=f"generate every design of {Path(catalog).name} not yet in {out}",
         tags=["designs", name],
     )
@@ -208,6 +223,7 @@ def register_with_work_pool(
     work_pool: str,
     pairs: str | None = None,
     grid: dict[str, list[Any]] | None = None,
+    more_like: str | None = None,
 ) -> str:
     """`flow.from_source(project).deploy(...)`: the deployment runs where a worker of the pool runs,
     from this project's folder (which the worker's machine must have at the same path)."""
@@ -218,7 +234,7 @@ def register_with_work_pool(
         name=name,
         work_pool_name=work_pool,
         schedule=schedule,
-        parameters=flow_parameters(catalog, out, config, pairs, grid),
+        parameters=flow_parameters(catalog, out, config, pairs, grid, more_like),
         tags=["designs", name],
         build=False,
         push=False,
@@ -249,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.pairs and not Path(args.pairs).is_file():
         parser.error(f"pairs {args.pairs!r} is not a file")
+    if args.more_like is not None:
+        from flows.cli import design_flags_given
+
+        if args.pairs or args.grid:
+            parser.error("--more-like plans its own variations; --pairs and --grid go without it")
+        if given := design_flags_given(args):
+            parser.error(f"--more-like keeps each favourite's own design params; {', '.join(given)} would not apply")
     cron = args.cron or (
         None if args.interval is not None or args.rrule else os.environ.get("DESIGNS_CRON") or DEFAULT_CRON
     )
@@ -301,14 +324,17 @@ def _deploy(args: argparse.Namespace, config: Config, cron: str | None, grid: di
     ):  # also where prefect was imported before the server started
         if args.work_pool:
             deployment_id = register_with_work_pool(
-                args.catalog, args.out, config, args.name, schedule, args.work_pool, args.pairs, grid
+                args.catalog, args.out, config, args.name, schedule, args.work_pool, args.pairs, grid, args.more_like
             )
             print(
                 f"deployment generate/{args.name} ({deployment_id}) registered with work pool {args.work_pool!r}; "
                 f"run it with: prefect worker start --pool {args.work_pool}"
             )
             return 0
-        serve(build_deployment(args.catalog, args.out, config, args.name, schedule, args.pairs, grid), limit=args.limit)
+        deployment = build_deployment(
+            args.catalog, args.out, config, args.name, schedule, args.pairs, grid, args.more_like
+        )
+        serve(deployment, limit=args.limit)
     return 0
 
 

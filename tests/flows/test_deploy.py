@@ -220,3 +220,30 @@ def test_schedules_and_parameters():
         "data/sample/catalog.parquet", "out", Config(), "data/sample/pairs.parquet", {"seed": [0, 1]}
     )
     assert Path(sweep["pairs"]).is_absolute() and sweep["grid"] == {"seed": [0, 1]} and sweep["config"] == {}
+
+
+def test_a_nightly_deployment_can_vary_the_favourites(tmp_path: Path, capsys):
+    """--more-like: each run reads the favourites OUT/reviews holds then (the flow's more_like)."""
+    import inspect
+
+    import pytest
+
+    from flows.deploy import build_deployment
+    from flows.deploy import main as deploy_main
+    from flows.generate import generate
+
+    params = flow_parameters("data/sample/catalog.parquet", "out", Config(), more_like="out")
+    assert Path(params["more_like"]).is_absolute() and Path(params["more_like"]) == Path(params["out"])
+    assert "more_like" not in flow_parameters("data/sample/catalog.parquet", "out", Config())
+    deployment = build_deployment("data/sample/catalog.parquet", "out", Config(), more_like="out")
+    assert deployment.parameters["more_like"] == params["more_like"]
+    assert "more_like" in inspect.signature(generate.fn).parameters  # a parameter the flow takes
+
+    catalog = str(ROOT / "data" / "sample" / "catalog.parquet")
+    for flags, says in (
+        (["--size", "64"], "--size would not apply"),
+        (["--grid", "seed=0,1"], "--pairs and --grid go without it"),
+    ):
+        with pytest.raises(SystemExit) as stop:
+            deploy_main([catalog, "--more-like", str(tmp_path), *flags])
+        assert stop.value.code == 2 and says in capsys.readouterr().err

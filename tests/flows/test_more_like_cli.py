@@ -136,3 +136,14 @@ def test_favourites_feed_the_next_run_as_tagged_designs_and_a_rerun_makes_nothin
     assert main(["generate", str(catalog), "--more-like", str(out), "--per-favourite", "3", *RUN_FLAGS]) == EXIT_OK
     assert len(query(out, "select * from designs").to_pylist()) == len(rows)  # a rerun skips them
     assert DesignCatalog(out).version() == version
+
+    # The nightly deployment's way (flows/deploy.py --more-like): the flow prepares itself and reads
+    # the favourites OUT holds when it runs, today's new one included.
+    from flows.generate import generate
+
+    verdict(out, ids[1], "favourite")
+    config = Config(weights="random", devices="cpu", batch_size=4, loss_every=1, per_favourite=2)
+    summary = generate(catalog=str(catalog), out=str(out), config=config, more_like=str(out))
+    assert summary.failed == 0
+    tagged = query(out, "select more_like, count(*) as n from designs group by more_like order by n").to_pylist()
+    assert {r["more_like"]: r["n"] for r in tagged if r["more_like"]} == {ids[1]: 2, ids[0]: 3}
