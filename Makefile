@@ -30,7 +30,7 @@ help:
 	@echo "make weights [ARGS='--network vgg19 | --url URL']   # the VGG weights into the cache --weights auto reads"
 	@echo "make runs | make logs RUN=<id> | make ui   # past runs in Prefect"
 	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
-	@echo "make bench | bench-plan | bench-catalog | bench-scales | bench-max-size | bench-pipeline [ARGS=...]   # docs/BENCHMARKS.md"
+	@echo "make bench | bench-plan | bench-catalog | bench-curate | bench-scales | bench-max-size | bench-pipeline [ARGS=...]   # docs/BENCHMARKS.md"
 	@echo "make bench-gpu [GPU_PYTHON=python3] [ARGS=...]   # on a GPU machine: every GPU measurement, 8 min"
 
 install: $(STAMP)
@@ -161,6 +161,13 @@ bench-pipeline: $(STAMP)
 
 bench-plan: $(STAMP)
 	$(BIN)/python -m benchmarks --plan $(ARGS)
+
+# designs curate's grouping (benchmarks/curate.py) at 10k, 100k and 1M designs: synthetic
+# 256-dim float16 embeddings with planted near-duplicate groups; time, CPU time, peak RSS,
+# precision and recall against the planted groups, each size in its own process.
+.PHONY: bench-curate
+bench-curate: $(STAMP)
+	$(BIN)/python -m benchmarks --curate $(ARGS)
 
 # The design catalog at 10k, 100k, 1M and 10M rows (the 10M table takes ~15 GB of disk
 # under $TMPDIR, or ARGS=--catalog-dir DIR); ARGS=--catalog-sizes 10000 for a quick look.

@@ -1,5 +1,5 @@
 """`python -m benchmarks`: the engine against the naive loop (default), or
---plan, --catalog, --scales, --max-size, --pipeline; rows go to docs/BENCHMARKS.md."""
+--plan, --catalog, --scales, --max-size, --pipeline, --curate; rows go to docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -49,6 +49,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="how busy run_shard keeps the device, overlap on against off (needs pyarrow and deltalake)",
     )
+    which.add_argument(
+        "--curate",
+        action="store_true",
+        help="designs curate's near-duplicate grouping at 10k, 100k and 1M designs (synthetic embeddings with "
+        "planted groups): time, CPU time, peak RSS, precision and recall; each size in its own process",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when there is one)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -72,6 +78,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--designs", type=int, help="pairings per engine configuration (default: the largest batch size or more)"
     )
     parser.add_argument("--naive-designs", type=int, help="pairings per naive configuration")
+    parser.add_argument(
+        "--curate-sizes",
+        default="10000,100000,1000000",
+        help="--curate: designs, comma-separated (default: %(default)s)",
+    )
     parser.add_argument("--repeats", type=int, help="timed repeats per configuration (the best is kept)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for every configuration (default: torch's)")
     parser.add_argument("--weights", default="random", help="random (default), auto, or a path to vgg19-dcbb9e9d.pth")
@@ -159,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return result
     if args.catalog:
         return _run_catalog_bench(args)
+    if args.curate:
+        return _run_curate_bench(args)
     if args.scales or args.max_size or args.pipeline:
         return _run_large_output_bench(args)
     modes = bench_modes(args, bench_device(args))
@@ -185,6 +198,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def _ratios(result: dict[str, Any]) -> dict[str, Any]:
     keys = ("size", "steps", "best_engine", "engine_precision", "engine_vs_naive_default", "engine_vs_naive_fp32")
     return {k: result[k] for k in keys}
+
+
+def _run_curate_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks import curate as bench_curate
+
+    try:
+        sizes = tuple(int(v.replace("_", "")) for v in args.curate_sizes.split(","))
+    except ValueError:
+        raise SystemExit(f"--curate-sizes {args.curate_sizes!r}: give design counts, comma-separated") from None
+    json_path = Path(args.json or "bench-curate.json")
+    markdown = None if args.no_markdown else Path(args.markdown)
+    results = bench_curate.run_curate_bench(sizes, markdown=markdown, json_path=json_path)
+    print(f"results in {json_path}" + ("" if args.no_markdown else f"; rows appended to {args.markdown}"))
+    return {"sizes": results}
 
 
 def _run_catalog_bench(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,6 +19,7 @@ fixed, ties fall to the lower index, and a group's label is its smallest member'
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,11 +31,12 @@ METHODS = ("auto", "exact", "kmeans")
 EXACT_LIMIT = 20_000
 # Rows per block of a matrix product: a block of 1,024 rows against 20,000 is 80 MB of float32.
 BLOCK_ROWS = 1024
-# Designs per k-means cluster on average (SemDeDup: about n / 50,000 clusters at LAION's scale;
-# here smaller clusters keep the pairwise work, n x this x d, a few seconds at 1M).
-CLUSTER_SIZE = 1000
-# faiss' own default sample: at most 256 points per centroid train the k-means.
-SAMPLE_PER_CENTROID = 256
+# k-means clusters: about sqrt(2n), where the two costs that grow with the catalog balance:
+# assigning every design to its nearest centroids (n x clusters) and comparing the members of
+# each cluster with one another and its guests (n x 2n / clusters); n^1.5 in all.
+MAX_CLUSTERS = 65_536
+# At most this many sampled points per centroid train the k-means (faiss' default is 256).
+SAMPLE_PER_CENTROID = 128
 # Centroids each design is compared through: its own cluster's, and the second-nearest's members
 # (1: SemDeDup's plain k-means, which misses the pairs a cluster border cuts).
 ASSIGNMENTS = 2
@@ -152,12 +154,17 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, k: int = 2) -> np.nd
     return out
 
 
+def cluster_count(n: int) -> int:
+    """The k-means clusters for n designs (MAX_CLUSTERS above)."""
+    return max(1, min(round(math.sqrt(2 * n)), MAX_CLUSTERS, n))
+
+
 def kmeans_pairs(x: np.ndarray, min_sim: float, seed: int, stats: GroupingStats) -> tuple[np.ndarray, np.ndarray]:
     """SemDeDup's pairs with a second assignment: each cluster's own members against its own and
     those whose second-nearest centroid it is; returned as links that connect what the pairs
     connect (a forest per cluster), not every pair."""
     n = len(x)
-    clusters = max(1, min(n // CLUSTER_SIZE, 65_536))
+    clusters = cluster_count(n)
     t0 = time.perf_counter()
     centroids = kmeans_centroids(x, clusters, seed)
     t1 = time.perf_counter()

@@ -45,7 +45,7 @@ def test_components_label_each_node_with_the_smallest_of_its_component():
 
 @pytest.mark.parametrize("method", ["exact", "kmeans"])
 def test_planted_groups_are_found_whole_and_never_merged(method, monkeypatch):
-    monkeypatch.setattr(grouping, "CLUSTER_SIZE", 100)  # several clusters at this size
+    monkeypatch.setattr(grouping, "cluster_count", lambda n: n // 100)  # several clusters at this size
     vectors, truth = planted(groups=60, size=12)
     labels, stats = group(vectors, threshold=0.02, method=method)
     assert stats.method == method
@@ -57,7 +57,7 @@ def test_planted_groups_are_found_whole_and_never_merged(method, monkeypatch):
 def test_kmeans_finds_the_pairs_a_cluster_border_cuts(monkeypatch):
     """Clusters smaller than the groups cut through them: comparing each design with the members
     of its second-nearest centroid too finds what every pair finds; its own cluster alone does not."""
-    monkeypatch.setattr(grouping, "CLUSTER_SIZE", 8)
+    monkeypatch.setattr(grouping, "cluster_count", lambda n: n // 8)
     vectors, truth = planted(groups=100, size=8, seed=3, spread=0.01)
     exact, _ = group(vectors, threshold=0.03, method="exact")
     assert same_partition(exact, truth)
@@ -78,7 +78,7 @@ def test_a_threshold_below_the_members_distance_splits_them():
 
 
 def test_a_rerun_gives_the_same_labels_and_the_label_is_the_smallest_member(monkeypatch):
-    monkeypatch.setattr(grouping, "CLUSTER_SIZE", 100)
+    monkeypatch.setattr(grouping, "cluster_count", lambda n: n // 100)
     vectors, _ = planted(groups=40, size=10, seed=7)
     first, _ = group(vectors, threshold=0.02, method="kmeans", seed=0)
     second, _ = group(vectors, threshold=0.02, method="kmeans", seed=0)
@@ -99,7 +99,7 @@ def test_auto_compares_every_pair_of_a_small_catalog_and_clusters_a_large_one(mo
     vectors, _ = planted(groups=10, size=5)
     assert group(vectors, 0.02)[1].method == "exact"
     monkeypatch.setattr(grouping, "EXACT_LIMIT", 20)
-    monkeypatch.setattr(grouping, "CLUSTER_SIZE", 10)
+    monkeypatch.setattr(grouping, "cluster_count", lambda n: n // 10)
     assert group(vectors, 0.02)[1].method == "kmeans"
 
 
