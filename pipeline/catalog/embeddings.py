@@ -28,9 +28,9 @@ import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from pipeline.catalog.datafiles import contained_path, data_files, dataset, fragment, plain_schema, read_rows
+from pipeline.catalog.datafiles import DataFile, contained_path, data_files, dataset, fragment, plain_schema, read_rows
 from pipeline.catalog.designs import DesignCatalog, _first_line, _merge_predicate
-from pipeline.catalog.ids import id_ranges
+from pipeline.catalog.ids import DesignIds, id_ranges
 from pipeline.engine.embedding import EMBEDDING_DTYPE, EMBEDDING_METHOD
 
 __all__ = [
@@ -39,6 +39,8 @@ __all__ = [
     "EMBEDDINGS_DIR",
     "EMBEDDINGS_SCHEMA",
     "commit_embeddings",
+    "embedded_id_array",
+    "embedding_batches",
     "embedded_ids",
     "embeddings_dataset",
     "embeddings_path",
@@ -176,19 +178,24 @@ def commit_embeddings(out: str | Path, rows: Sequence[dict[str, Any]]) -> int:
     return written
 
 
-def iter_embeddings(
+def embedding_batches(
     out: str | Path,
     method: str | None = None,
     design_ids: Sequence[str] | None = None,
     network: str | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(ids, vectors float16 (n, d), networks) a data file at a time, filtered by method,
-    design ids and network: bounded memory for a scan of millions of rows."""
+) -> Iterator[tuple[pa.Array, np.ndarray, pa.Array]]:
+    """(ids, vectors float16 (n, d), networks) a data file at a time, ids and networks as Arrow
+    string arrays (no Python object a row), filtered by method, design ids and network. With
+    design ids, only the files whose id bounds (the log's statistics) hold one of them are read."""
     table = _table(out)
     if table is None:
         return
-    wanted = pa.array(sorted(set(map(str, design_ids))), pa.string()) if design_ids is not None else None
-    for rows in read_rows(table, embeddings_path(out), ["design_id", "method", "dim", "embedding", "network"]):
+    wanted = None
+    files = data_files(table)
+    if design_ids is not None:
+        wanted = np.unique(np.array([str(d).encode() for d in design_ids], dtype=bytes))
+        files = [f for f in files if may_hold(f, wanted)]
+    for rows in read_rows(table, embeddings_path(out), ["design_id", "method", "dim", "embedding", "network"], files):
         mask = None
         if method is not None:
             mask = pc.equal(rows.column("method"), method)
@@ -196,7 +203,7 @@ def iter_embeddings(
             on = pc.equal(rows.column("network"), network)
             mask = on if mask is None else pc.and_(mask, on)
         if wanted is not None:
-            on = pc.is_in(rows.column("design_id"), value_set=wanted)
+            on = pa.array(_members(rows.column("design_id"), wanted))
             mask = on if mask is None else pc.and_(mask, on)
         if mask is not None:
             rows = rows.filter(mask)
@@ -206,10 +213,47 @@ def iter_embeddings(
         for dim in dims:
             part = rows if len(dims) == 1 else rows.filter(pc.equal(rows.column("dim"), dim))
             yield (
-                np.asarray(part.column("design_id").to_pylist(), dtype=object).astype(str),
+                part.column("design_id").combine_chunks(),
                 _matrix(part.column("embedding"), int(dim)),
-                np.asarray(part.column("network").to_pylist(), dtype=object),
+                part.column("network").combine_chunks(),
             )
+
+
+def may_hold(file: DataFile, wanted: np.ndarray) -> bool:
+    """Whether a file's design_id bounds meet any wanted id (sorted bytes); True without bounds."""
+    if file.min_id is None or file.max_id is None:
+        return True
+    # delta-rs truncates a long max upwards: a bound, enough to skip a file.
+    low = np.searchsorted(wanted, file.min_id.encode(), side="left")
+    return low < len(wanted) and wanted[low] <= file.max_id.encode()
+
+
+def _members(column: pa.ChunkedArray, wanted: np.ndarray) -> np.ndarray:
+    """Whether each id is among `wanted` (sorted bytes): a binary search each, no hash table of
+    the wanted ids built per file (a million of them for `designs curate`)."""
+    ids = DesignIds.from_arrow(column, sort=False).ids
+    if len(wanted) == 0 or len(ids) == 0:
+        return np.zeros(len(ids), dtype=bool)
+    width = max(ids.dtype.itemsize, wanted.dtype.itemsize)
+    ids, keys = ids.astype(f"S{width}"), wanted.astype(f"S{width}")
+    at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+    return keys[at] == ids
+
+
+def iter_embeddings(
+    out: str | Path,
+    method: str | None = None,
+    design_ids: Sequence[str] | None = None,
+    network: str | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(ids, vectors float16 (n, d), networks) a data file at a time as numpy arrays, filtered
+    by method, design ids and network: bounded memory for a scan of millions of rows."""
+    for ids, vectors, networks in embedding_batches(out, method, design_ids, network):
+        yield (
+            np.asarray(ids.to_pylist(), dtype=object).astype(str),
+            vectors,
+            np.asarray(networks.to_pylist(), dtype=object),
+        )
 
 
 def _matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:
@@ -247,15 +291,19 @@ def read_embeddings(
     return np.concatenate(ids), np.concatenate(vectors)
 
 
+def embedded_id_array(out: str | Path, method: str = EMBEDDING_METHOD) -> pa.Array:
+    """The design ids with an embedding by `method`, as one string array (no Python object a row)."""
+    table = _table(out)
+    parts = []
+    if table is not None:
+        for rows in read_rows(table, embeddings_path(out), ["design_id", "method"]):
+            parts.append(rows.filter(pc.equal(rows.column("method"), method)).column("design_id"))
+    return pa.chunked_array(parts, pa.string()).combine_chunks() if parts else pa.array([], pa.string())
+
+
 def embedded_ids(out: str | Path, method: str = EMBEDDING_METHOD) -> set[str]:
     """The design ids with an embedding by `method`."""
-    table = _table(out)
-    if table is None:
-        return set()
-    found: set[str] = set()
-    for rows in read_rows(table, embeddings_path(out), ["design_id", "method"]):
-        found.update(rows.filter(pc.equal(rows.column("method"), method)).column("design_id").to_pylist())
-    return found
+    return set(embedded_id_array(out, method).to_pylist())
 
 
 def embeddings_dataset(out: str | Path) -> ds.Dataset:

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
 
 from pipeline.catalog.datafiles import data_files, plain_schema, read_rows
 from pipeline.catalog.designs import DesignCatalog
-from pipeline.catalog.embeddings import embedded_ids, write_embeddings
+from pipeline.catalog.embeddings import embedded_id_array, write_embeddings
 from pipeline.catalog.images import DEFAULT_MAX_BYTES, ImageLoadError, decode_rgb, read_image_bytes
 from pipeline.config import Config
 from pipeline.engine.embedding import EMBEDDING_METHOD
@@ -82,8 +83,9 @@ class _Design:
     source_path: str | None  # the path the row's weights_source names
 
 
-def _missing(out: Path, design_ids: Sequence[str] | None, version: int | None, done: set[str]) -> Iterable[_Design]:
-    """The ok designs (of `design_ids`, or all) that have no embedding in `done`."""
+def _missing(out: Path, wanted: pa.Array | None, version: int | None, done: pa.Array) -> Iterable[_Design]:
+    """The ok designs (of `wanted`, or all) that have no embedding (their ids not in `done`);
+    filtered in Arrow a file at a time, so a catalog that has them all costs no Python row."""
     catalog = DesignCatalog(out)
     table = catalog.table(version)
     params = plain_schema(table).field("params").type
@@ -96,16 +98,17 @@ def _missing(out: Path, design_ids: Sequence[str] | None, version: int | None, d
     # A table made before a params field was added has none: null (network null: the file's own).
     for name in ("weights", "preprocessing", "network"):
         columns[name] = ds.field("params", name) if params.get_field_index(name) >= 0 else ds.scalar(None)
-    wanted = set(design_ids) if design_ids is not None else None
     for rows in read_rows(table, catalog.table_path, columns, data_files(table, "ok")):  # type: ignore[arg-type]
-        rows = rows.filter(pc.equal(rows.column("status"), "ok"))  # a table made before the partitioning
-        for row in rows.to_pylist():
-            did = row["design_id"]
-            if did in done or (wanted is not None and did not in wanted) or not row["output_uri"]:
-                continue
+        ids = rows.column("design_id")
+        # status: a table made before the partitioning holds both in one file
+        keep = pc.and_(pc.equal(rows.column("status"), "ok"), pc.invert(pc.is_in(ids, value_set=done)))
+        keep = pc.and_(keep, pc.is_valid(rows.column("output_uri")))
+        if wanted is not None:
+            keep = pc.and_(keep, pc.is_in(ids, value_set=wanted))
+        for row in rows.filter(keep).to_pylist():
             found = _SOURCE_PATH.search(row["weights_source"] or "")
             yield _Design(
-                did,
+                row["design_id"],
                 row["output_uri"],
                 row["weights"],
                 row["preprocessing"],
@@ -165,14 +168,12 @@ def embed_missing(
     on_progress(n): called with the designs embedded so far, after each write."""
     out = Path(out)
     report = EmbedReport()
-    done = embedded_ids(out, EMBEDDING_METHOD)
+    done = embedded_id_array(out, EMBEDDING_METHOD)
+    wanted = pa.array(sorted(set(map(str, design_ids))), pa.string()) if design_ids is not None else None
+    report.already = len(done) if wanted is None else int(pc.sum(pc.is_in(wanted, value_set=done)).as_py() or 0)
     groups: dict[tuple[str | None, str | None, str | None], list[_Design]] = {}
-    for design in _missing(out, design_ids, version, done):
+    for design in _missing(out, wanted, version, done):
         groups.setdefault((design.weights, design.preprocessing, design.network), []).append(design)
-    if design_ids is not None:
-        report.already = len(set(design_ids) & done)
-    else:
-        report.already = len(done)
     for (identity, preprocessing, network), designs in groups.items():
         paths = [*weights, *dict.fromkeys(d.source_path for d in designs if d.source_path)]
         source = find_weights(identity, preprocessing, network, paths)
