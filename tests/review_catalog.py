@@ -20,6 +20,7 @@ from pipeline.catalog.schema import SCHEMA
 
 HOSTILE = "<script>alert(1)</script>"
 RUN_ID = "20261205T000000Z-review"
+COLOURWAYS_RUN = "20261205T010000Z-colourways"  # as `designs colourways` names its runs
 CURATION_SCHEMA = pa.schema(
     [
         pa.field("design_id", pa.string()),
@@ -65,7 +66,7 @@ def build_review_catalog(out: Path, n: int = 60, image_size: int = 16, curated: 
         rows.append(
             {
                 "design_id": did,
-                "run_id": RUN_ID,
+                "run_id": COLOURWAYS_RUN if i % 7 == 6 else RUN_ID,
                 "created_at": now,
                 "status": "ok",
                 "content_id": f"c{i % 3}",
@@ -96,7 +97,12 @@ def build_review_catalog(out: Path, n: int = 60, image_size: int = 16, curated: 
             "pairing_key": "kf",
         }
     )
-    catalog.commit([{name: row.get(name) for name in SCHEMA.names} for row in rows], RUN_ID)
+    for run in (RUN_ID, COLOURWAYS_RUN):
+        mine = [{name: row.get(name) for name in SCHEMA.names} for row in rows if row["run_id"] == run]
+        if mine:
+            catalog.commit(mine, run, "colourways: test" if run == COLOURWAYS_RUN else "shard")
+    if any(row["run_id"] == COLOURWAYS_RUN for row in rows):
+        (out / "runs" / COLOURWAYS_RUN).mkdir(parents=True, exist_ok=True)
     ok = [r["design_id"] for r in rows if r["status"] == "ok"]
     if not curated:
         return sorted(ok)

@@ -272,11 +272,14 @@ def render_design(
         related_ids.append(row["parent_design_id"])
     related = reader.cards(related_ids)
 
+    orders = {m["design_id"]: m["review_order"] for m in members if m.get("review_order") is not None}
+
     def strip(ids: list[str], labels: dict[str, str]) -> str:
         figures = []
         for other in ids:
             card = related.get(other) or {"design_id": other, "status": "missing"}
-            figures.append(_figure(card, f"/design/{other}", labels.get(other, other[:12])))
+            where = f"?o={orders[other]}" if other in orders else ""  # a member's place: no scan for it
+            figures.append(_figure(card, f"/design/{other}{where}", labels.get(other, other[:12])))
         return f'<div class="strip">{"".join(figures)}</div>' if figures else '<p class="none">none</p>'
 
     params = row.get("params") or {}

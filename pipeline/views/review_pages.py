@@ -49,7 +49,10 @@ EMBEDDINGS_DIR = "embeddings"
 # past it the page shows the design's curation group, which `designs curate` made from them.
 NEAREST_LIMIT = 100_000
 NEAREST_COUNT = 8
-RELATED_LIMIT = 24  # group members and colourways shown on a design's page
+RELATED_LIMIT = 24
+# A filter's matches are kept (in order, per table versions) up to this many, for the next pages.
+MATCHES_KEPT = 200_000
+MATCHES_CACHED = 4  # group members and colourways shown on a design's page
 _LOG_ENTRY = re.compile(r"(\d{20})\.json")
 # The grid's columns; a design's page reads every column.
 CARD_COLUMNS = (
@@ -96,6 +99,8 @@ class _Files:
     high: list[Any] = field(default_factory=list)
     rows: int = 0
     path: Path | None = None
+    run_low: list[Any] = field(default_factory=list)  # per file: run_id statistics (designs)
+    run_high: list[Any] = field(default_factory=list)
     _datasets: Any = None
 
     def datasets(self) -> Any:
@@ -111,19 +116,29 @@ def _files(table_path: Path, key: str, stat_column: str) -> _Files:
     real = [contained_path(table_path, f) for f in files]
     actions = pa.table(table.get_add_actions(flatten=True))
     names = set(actions.column_names)
-    low = actions.column(f"min.{stat_column}").to_pylist() if f"min.{stat_column}" in names else [None] * len(files)
-    high = actions.column(f"max.{stat_column}").to_pylist() if f"max.{stat_column}" in names else [None] * len(files)
-    by_path = dict(zip(actions.column("path").to_pylist(), zip(low, high, strict=True), strict=True))
-    bounds = [by_path.get(f.path, (None, None)) for f in files]
+
+    def column(name: str) -> list[Any]:
+        return actions.column(name).to_pylist() if name in names else [None] * actions.num_rows
+
+    low, high = column(f"min.{stat_column}"), column(f"max.{stat_column}")
+    run_low, run_high = column("min.run_id"), column("max.run_id")
+    by_path = {path: i for i, path in enumerate(actions.column("path").to_pylist())}
+    at = [by_path.get(f.path) for f in files]
+
+    def pick(values: list[Any]) -> list[Any]:
+        return [None if i is None else values[i] for i in at]
+
     return _Files(
         key,
         table,
         files,
         real,
-        [b[0] for b in bounds],
-        [b[1] for b in bounds],
+        pick(low),
+        pick(high),
         sum(f.rows or 0 for f in files),
         table_path,
+        pick(run_low),
+        pick(run_high),
     )
 
 
@@ -200,7 +215,12 @@ class _OrderIn:
 
 
 def _where_in(
-    files: _Files, column: str, values: Iterable[Any], columns: Sequence[str] | None, by_file_bounds: bool
+    files: _Files,
+    column: str,
+    values: Iterable[Any],
+    columns: Sequence[str] | None,
+    by_file_bounds: bool,
+    only: Iterable[int] | None = None,
 ) -> list[dict[str, Any]]:
     """The rows whose `column` is one of `values` (the `columns` asked for and `column`; None:
     all), partition values filled in: a file at a time, skipping the files whose log
@@ -213,7 +233,8 @@ def _where_in(
     value_set = pa.array(wanted)
     read = None if columns is None else list(dict.fromkeys([column, *columns]))
     found = []
-    for i, real in enumerate(files.real):
+    for i in range(len(files.real)) if only is None else only:
+        real = files.real[i]
         low, high = files.low[i], files.high[i]
         if by_file_bounds and low is not None and high is not None and not keep.accepts(low, high):
             continue
@@ -247,6 +268,7 @@ class Reader:
         self._cache_rows = cache_rows
         self._nearest: tuple[str, np.ndarray, np.ndarray] | None = None
         self._sql_lock = threading.Lock()
+        self._matches: OrderedDict[tuple, tuple[list[str], list[int]]] = OrderedDict()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._con_key: tuple[str, str | None] | None = None
 
@@ -342,10 +364,12 @@ class Reader:
         return rows.column("design_id").to_pylist(), rows.column("review_order").to_pylist(), curation.rows
 
     @contextmanager
-    def sql(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def sql(
+        self, designs_columns: Sequence[str], curation_columns: Sequence[str] = ()
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """The DuckDB connection of the tables' current versions, one statement at a time: it
-        can open no file and holds `designs` and (when curated) `curation`; made again when a
-        version changes."""
+        can open no file and holds `designs` and (when curated) `curation` with the columns
+        named (of SQL_COLUMNS: every other column is never read); made again when a version changes."""
         designs, curation = self.designs(), self.curation()
         key = (designs.key, curation.key if curation is not None else None)
         with self._sql_lock:
@@ -356,14 +380,14 @@ class Reader:
                 con = duckdb.connect(config=_CONFIG)
                 try:
                     con.execute("SET enable_external_access = false")
-                    _register(con, "designs", designs.datasets())
-                    if curation is not None:
-                        _register(con, "curation", curation.datasets())
                     con.execute("SET lock_configuration = true")
                 except BaseException:
                     con.close()
                     raise
                 self._con, self._con_key = con, key
+            _register(self._con, "designs", designs.datasets(), designs_columns)
+            if curation is not None:
+                _register(self._con, "curation", curation.datasets(), curation_columns or ["design_id"])
             yield self._con
 
     def _filtered(
@@ -378,6 +402,8 @@ class Reader:
             "repeat": "d.repeat = ?",
             "status": "d.status = ?",
         }
+        design_columns = ["design_id"] + [design_filters[k][2:].split(" ")[0] for k in design_filters if k in filters]
+        curation_columns = ["design_id", "review_order"] + (["group_id"] if "group" in filters else [])
         uses_designs = curation is None or any(k in filters for k in design_filters)
         for key, clause in design_filters.items():
             if key in filters:
@@ -402,7 +428,39 @@ class Reader:
         else:
             source, order, id_column = "designs d", "d.design_id", "d.design_id"
         condition = " where " + " and ".join(where) if where else ""
-        with self.sql() as con:
+        curated_order = curation is not None
+        key = (
+            self.designs().key,
+            curation.key if curation is not None else None,
+            tuple(sorted(filters.items())),
+            tuple(sorted(picked.column("design_id").to_pylist())) if picked is not None else None,
+        )
+        with self._lock:
+            cached = self._matches.get(key)
+            if cached is not None:
+                self._matches.move_to_end(key)
+        if cached is None and where:
+            # Every match in order, once: the next pages and a design's previous / next are slices.
+            with self.sql(design_columns, curation_columns) as con:
+                if picked is not None:
+                    con.register("picked", picked)
+                found = con.execute(
+                    f"select {id_column}, {order} from {source}{condition} order by {order} limit {MATCHES_KEPT + 1}",
+                    params,
+                ).fetchall()
+                if picked is not None:
+                    con.unregister("picked")
+            if len(found) <= MATCHES_KEPT:
+                cached = ([r[0] for r in found], [r[1] for r in found])
+                with self._lock:
+                    self._matches[key] = cached
+                    while len(self._matches) > MATCHES_CACHED:
+                        self._matches.popitem(last=False)
+        if cached is not None:
+            ids = cached[0][start : start + PAGE_SIZE]
+            orders = cached[1][start : start + PAGE_SIZE] if curated_order else list(range(start, start + len(ids)))
+            return ids, orders, len(cached[0])
+        with self.sql(design_columns, curation_columns) as con:
             if picked is not None:
                 con.register("picked", picked)
             # One scan for the page and the count of matches (a window over every match).
@@ -421,7 +479,7 @@ class Reader:
                 con.unregister("picked")
         ids = [r[0] for r in page]
         # An uncurated catalog's order is design_id's: a design's index there is its rank.
-        orders = [r[1] for r in page] if curation is not None else list(range(start, start + len(ids)))
+        orders = [r[1] for r in page] if curated_order else list(range(start, start + len(ids)))
         return ids, orders, matches
 
     def at(self, index: int, filters: dict[str, str], reviewer: str) -> tuple[str, int] | None:
@@ -454,14 +512,30 @@ class Reader:
         if not found:
             return None, []
         row = found[0]
-        members = _where_in(curation, "group_id", [row["group_id"]], ["design_id", "rank_in_group", "score"], False)
+        members = _where_in(
+            curation, "group_id", [row["group_id"]], ["design_id", "rank_in_group", "score", "review_order"], False
+        )
         members.sort(key=lambda m: (m["rank_in_group"], m["design_id"]))
         return row, members[:RELATED_LIMIT]
 
     def colourways_of(self, row: dict[str, Any]) -> list[str]:
         """The colourways made of this design, or (for a colourway) its parent's other ones."""
         parent = row.get("parent_design_id") or row["design_id"]
-        found = _where_in(self.designs(), "parent_design_id", [parent], ["design_id"], False)
+        # Colourways are committed by `designs colourways` runs (OUT/runs/<time>-colourways): only
+        # the files whose run_id statistics can hold one of those runs are read.
+        runs = sorted(p.name for p in (self.out / "runs").glob("*-colourways"))
+        if not runs:
+            return []
+        designs = self.designs()
+        keep = _In("run_id", runs)
+        only = [
+            i
+            for i in range(len(designs.real))
+            if designs.run_low[i] is None
+            or designs.run_high[i] is None
+            or keep.accepts(designs.run_low[i], designs.run_high[i])
+        ]
+        found = _where_in(designs, "parent_design_id", [parent], ["design_id"], False, only)
         ids = sorted(r["design_id"] for r in found if r.get("status") == "ok" and r["design_id"] != row["design_id"])
         return ids[:RELATED_LIMIT]
 
@@ -537,13 +611,18 @@ def _expressions(schema: pa.Schema, names: Sequence[str]) -> dict[str, ds.Expres
     return out
 
 
-def _register(con: duckdb.DuckDBPyConnection, name: str, files: Any) -> None:
-    """`name` in `con`: the columns of SQL_COLUMNS of every file (plain and string-view ones)."""
-    schema = files.scanned.schema
-    columns = _expressions(schema, SQL_COLUMNS[name])
+def _register(con: duckdb.DuckDBPyConnection, name: str, files: Any, names: Sequence[str]) -> None:
+    """`name` in `con` (replacing the last): the columns `names` (of SQL_COLUMNS) of every file,
+    plain and string-view ones."""
+    unknown = set(names) - set(SQL_COLUMNS[name])
+    if unknown:
+        raise ValueError(f"{name}: no column {sorted(unknown)}; accepted: {', '.join(SQL_COLUMNS[name])}")
+    columns = _expressions(files.scanned.schema, list(dict.fromkeys(names)))
     con.register(f"{name}_scanned", _Projected(files.scanned, columns))
     con.register(f"{name}_streamed", _Projected(files.streamed, columns))
-    con.execute(f"create view {name} as select * from {name}_scanned union all select * from {name}_streamed")
+    con.execute(
+        f"create or replace temporary view {name} as select * from {name}_scanned union all select * from {name}_streamed"
+    )
 
 
 def check_filters(filters: dict[str, str]) -> None:
