@@ -19,7 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A usage pattern, not a command: <id>, [optional], ..., or an all-caps word standing for a value.
 PLACEHOLDERS = re.compile(r"<[^>]+>|\.\.\.|\[|(?<![\w=/-])[A-Z][A-Z_]*(?![\w=])")
-SUBCOMMANDS = ("generate", "query", "gallery", "verify", "maintain", "colourways", "weights", "--version", "--help")
+SUBCOMMANDS = (
+    "generate",
+    "query",
+    "gallery",
+    "verify",
+    "maintain",
+    "colourways",
+    "weights",
+    "similar",
+    "--version",
+    "--help",
+)
 
 
 def code_lines(text: str) -> list[tuple[str, bool]]:
@@ -142,7 +153,7 @@ def test_the_demo_is_described_as_the_makefile_runs_it():
     [
         ["--version"],
         ["--help"],
-        *[[c, "--help"] for c in ("generate", "query", "gallery", "verify", "maintain", "colourways")],
+        *[[c, "--help"] for c in ("generate", "query", "gallery", "verify", "maintain", "colourways", "similar")],
     ],
 )
 def test_the_cheap_commands_run(command):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.embeddings import EMBEDDING_KEY, read_embeddings
@@ -14,7 +15,8 @@ from pipeline.catalog.inputs import load_input_catalog
 from pipeline.config import Config
 from pipeline.engine.embedding import EMBEDDING_METHOD, from_bytes
 from pipeline.engine.palette import inks_palette
-from pipeline.engine.weights import resolve_weights
+from pipeline.engine.weights import WEIGHTS_ENV, resolve_weights
+from pipeline.execution import embed
 from pipeline.execution.colourways import make_colourways
 from pipeline.execution.embed import embed_missing, find_weights
 from pipeline.execution.run import Run
@@ -110,3 +112,29 @@ def test_a_runs_commit_writes_its_designs_embeddings(sample_catalog, tmp_path):
     ids, vectors = read_embeddings(out, EMBEDDING_METHOD, network="vgg19")
     assert len(ok) == 4 and sorted(ids) == sorted(ok)
     assert vectors.shape == (4, 256) and vectors.dtype == np.float16
+
+
+def test_on_real_weights_a_design_is_embedded_with_the_file_its_row_names(sample_catalog, tmp_path, monkeypatch):
+    """The weights are found by the path in the row's weights_source and checked by SHA-256;
+    moved elsewhere and not given, its designs are skipped and counted."""
+    real = Path(__file__).resolve().parents[2] / ".." / "shared" / "weights" / "vgg16_weights_notop_keras_layout.h5"
+    if not real.is_file():
+        pytest.skip(f"real weights absent: {real} (../shared/weights beside the repository)")
+    weights = resolve_weights(str(real), 0)
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)  # nowhere else to find it
+    monkeypatch.setattr(embed, "known_files", lambda: ())
+    out = tmp_path / "out"
+    inputs = load_input_catalog(sample_catalog)
+    catalog = DesignCatalog(out)
+    config = TINY.replace(weights=str(real), steps=1)
+    plan = plan_designs(inputs, config, weights.design_identity, set(), job_specs(inputs, config))
+    rows = run_shard(plan.todo[:1], config, weights, "cpu", catalog, "r")
+    assert str(real) in rows[0]["weights_source"]
+    moved = [dict(r, weights_source=r["weights_source"].replace(str(real), str(tmp_path / "gone.h5"))) for r in rows]
+    catalog.commit(moved, "r")
+    skipped = embed_missing(out, precision="fp32")
+    assert (skipped.embedded, skipped.skipped_no_weights) == (0, 1)
+    found = embed_missing(out, precision="fp32", weights=[real])
+    assert (found.embedded, found.skipped_no_weights) == (1, 0)
+    ids, vectors = read_embeddings(out, network="vgg16")
+    assert cosine(vectors[0], from_bytes(rows[0][EMBEDDING_KEY])) > 0.999
