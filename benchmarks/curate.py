@@ -295,13 +295,105 @@ def line(result: dict[str, Any]) -> str:
     )
 
 
+def build_end_to_end(out: Path, designs: int, seed: int = 0) -> dict[str, Any]:
+    """A design catalog of `designs` ok designs (benchmarks/catalog.py's rows of the real schema,
+    with quality measures) and their embeddings (the planted groups), as `designs curate` finds
+    a night's catalog: every embedding present. Returns the planted group of each design id."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from benchmarks.catalog import _hex_ids, synthetic_rows
+    from pipeline.catalog.designs import DesignCatalog
+    from pipeline.catalog.embeddings import EMBEDDING_METHOD, write_embeddings
+
+    rng = np.random.default_rng(seed)
+    ids = np.sort(_hex_ids(rng, designs))
+    vectors, truth = planted(designs, seed)
+    catalog = DesignCatalog(out)
+    table = catalog.ensure_table()
+    t0 = time.perf_counter()
+    step = 250_000
+    for start in range(0, designs, step):
+        batch = synthetic_rows(ids[start : start + step], rng, "bench-curate", failed_every=10**12)
+        n = batch.num_rows
+        quality = pa.StructArray.from_arrays(
+            [
+                pa.array(rng.uniform(0.05, 0.9, n)),
+                pa.array(rng.uniform(0.3, 0.95, n)),
+                pa.nulls(n, pa.list_(pa.float64())),
+            ],
+            names=["style_ratio", "content_kept", "style_ratio_per_layer"],
+        )
+        batch = batch.set_column(
+            batch.schema.get_field_index("quality"), "quality", quality.cast(batch.schema.field("quality").type)
+        )
+        write_deltalake(table, batch, mode="append", target_file_size=8 * 2**20)
+        table = catalog.table()
+    designs_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    names = ids.astype(str)
+    for start in range(0, designs, step):
+        write_embeddings(out, names[start : start + step], vectors[start : start + step], EMBEDDING_METHOD, "vgg19")
+    embeddings_s = time.perf_counter() - t0
+    np.save(out / "planted.npy", truth)
+    return {"designs_s": round(designs_s, 1), "embeddings_s": round(embeddings_s, 1)}
+
+
+def end_to_end(out: Path, designs: int) -> dict[str, Any]:
+    """`designs curate OUT` in a process of its own on the catalog build_end_to_end made (kept in
+    OUT and reused): its wall time, CPU time and peak RSS, and its groups against the planted ones."""
+    built: dict[str, Any] = {}
+    if not (out / "planted.npy").is_file():
+        built = build_end_to_end(out, designs)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "curate", str(out), "--threshold", str(THRESHOLD)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"designs curate failed: {done.stderr.strip()[-2000:]}")
+    from deltalake import DeltaTable
+
+    from pipeline.catalog.curation import curation_path
+
+    rows = DeltaTable(str(curation_path(out))).to_pyarrow_table(columns=["design_id", "group_id"]).sort_by("design_id")
+    _, labels = np.unique(np.asarray(rows.column("group_id").to_pylist()), return_inverse=True)
+    precision, recall, _, _ = pair_scores(labels, np.load(out / "planted.npy"))
+    return {
+        "designs": designs,
+        "seconds": round(wall, 1),
+        "cpu_seconds": round((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), 1),
+        "peak_rss_bytes": after.ru_maxrss * 1024,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "summary": done.stdout.strip().splitlines(),
+        **built,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.curate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--designs", type=int, default=None, help="one size, in this process")
     parser.add_argument("--method", default="auto", choices=METHODS + MEASURED)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    parser.add_argument(
+        "--end-to-end",
+        metavar="OUT",
+        help="with --designs: `designs curate OUT` itself on a synthetic catalog of that many designs with their "
+        "embeddings, built in OUT the first time (reused after)",
+    )
     args = parser.parse_args(argv)
+    if args.end_to_end is not None:
+        result = end_to_end(Path(args.end_to_end), args.designs or SIZES[-1])
+        print(json.dumps(result, indent=2))
+        return 0
     if args.designs is not None:
         result = measure(args.designs, args.method, args.seed)
         print(json.dumps(result) if args.json else line(result))

@@ -8,7 +8,8 @@ missing, and makes on CPU with random weights at 24 px:
 - run 1 (steps 1): 4 ok, 2 failed (an input-faults commit, then one shard);
 - run 2 (steps 2): 4 ok, 2 failed (other params: new variants of every pairing);
 - run 3 (steps 3): commits its first shard of 2 designs, then "crashes": its
-  runs/<id>/config.json exists, its summary.json does not.
+  runs/<id>/config.json exists, its summary.json does not;
+- then `designs curate` (the curation table).
 
 The copy of the sample catalog carries hostile strings: stripes has tags, and
 tshirt a `note` column, holding `<script>alert(1)</script>` and quotes.
@@ -29,6 +30,7 @@ from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.inputs import load_input_catalog
 from pipeline.config import Config
 from pipeline.engine.weights import resolve_weights
+from pipeline.execution.curate import curate
 from pipeline.execution.run import Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +86,7 @@ def build_analyst_catalog(work: Path) -> Path:
         run_without_prefect(
             catalog, out, Config(**{**BASE, "shard_size": 2}, steps=3), RUN_IDS[2], crash_after_shards=1
         )
+        curate(out)  # the curation table ANALYSTS.md's curation queries read
     finally:
         torch.set_num_threads(threads)
     return out

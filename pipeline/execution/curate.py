@@ -64,13 +64,15 @@ class CurateReport:
         lines = [
             f"curate: {self.designs:,} design(s) in {self.groups:,} group(s) ({self.grouped:,} in groups of two "
             f"or more); curation table version {self.version}; run {self.run_id}",
-            f"embeddings: {self.embedded:,} computed now, {self.skipped:,} design(s) skipped without one "
-            "(a group of their own)",
-            f"grouped by: {', '.join(self.methods) or NO_EMBEDDING}",
+            self.embed_line or f"embeddings: {self.embedded:,} computed now",
+            f"grouped by: {', '.join(self.methods) or NO_EMBEDDING}"
+            + (
+                f"; {self.skipped:,} design(s) without an embedding (alone, or a colourway with its parent)"
+                if self.skipped
+                else ""
+            ),
             f"time: {took:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()) + ")",
         ]
-        if self.embed_line:
-            lines.append(self.embed_line)
         if self.prefer_line:
             lines.append(self.prefer_line)
         return lines
