@@ -39,6 +39,7 @@ __all__ = [
     "EMBEDDINGS_DIR",
     "EMBEDDINGS_SCHEMA",
     "commit_embeddings",
+    "compact_embeddings",
     "embedded_id_array",
     "embedding_batches",
     "embedded_ids",
@@ -153,6 +154,37 @@ def write_embeddings(
 
     catalog.retrying(attempt)
     return len(ids)
+
+
+# Compaction: each shard's commit adds a small file (a few hundred designs); a scan of a million
+# designs in thousands of files spends its time opening them. Past this many small files the
+# backfill (`designs curate` runs it first) rewrites them into files of COMPACT_TARGET_BYTES.
+SMALL_FILE_BYTES = 8 << 20
+COMPACT_DUE_FILES = 64
+COMPACT_TARGET_BYTES = 64 << 20
+
+
+def compact_embeddings(out: str | Path, due_files: int = COMPACT_DUE_FILES) -> int:
+    """Rewrite the table's small files into large ones (delta-rs' optimize, one commit that only
+    removes the files it rewrote: concurrent writes of new embeddings are kept) once there are
+    `due_files` of them. Returns the files removed (0: not due). The old files stay on disk until
+    a vacuum, as every Delta table's do."""
+    table = _table(out)
+    if table is None:
+        return 0
+    if sum(1 for f in data_files(table) if f.size < SMALL_FILE_BYTES) < due_files:
+        return 0
+
+    def attempt() -> int:
+        done = _table(out)
+        assert done is not None
+        metrics = done.optimize.compact(
+            target_size=COMPACT_TARGET_BYTES,
+            commit_properties=CommitProperties(custom_metadata={"designs.note": "embeddings: compaction"}),
+        )
+        return int(metrics.get("numFilesRemoved", 0))
+
+    return DesignCatalog(out).retrying(attempt)
 
 
 def commit_embeddings(out: str | Path, rows: Sequence[dict[str, Any]]) -> int:

@@ -27,7 +27,7 @@ import torch
 
 from pipeline.catalog.datafiles import data_files, plain_schema, read_rows
 from pipeline.catalog.designs import DesignCatalog
-from pipeline.catalog.embeddings import embedded_id_array, write_embeddings
+from pipeline.catalog.embeddings import compact_embeddings, embedded_id_array, write_embeddings
 from pipeline.catalog.images import DEFAULT_MAX_BYTES, ImageLoadError, decode_rgb, read_image_bytes
 from pipeline.config import Config
 from pipeline.engine.embedding import EMBEDDING_METHOD
@@ -58,6 +58,7 @@ class EmbedReport:
     already: int = 0  # designs that had an embedding by this method
     failed: list[str] = field(default_factory=list)  # "design_id: why" (an unreadable file)
     missing_weights: dict[str, int] = field(default_factory=dict)  # weights identity -> designs skipped
+    compacted: int = 0  # small files of the embeddings table rewritten into large ones
 
     def describe(self) -> str:
         """One line for the CLI."""
@@ -182,6 +183,8 @@ def embed_missing(
             report.missing_weights[str(identity)] = report.missing_weights.get(str(identity), 0) + len(designs)
             continue
         _embed_group(out, designs, StyleTransfer(Config(), source, device, precision=precision), report, on_progress)
+    # Each shard's commit left a small file: the scans that follow (curation, similar) read a few large ones.
+    report.compacted = compact_embeddings(out)
     return report
 
 

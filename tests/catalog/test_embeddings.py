@@ -15,6 +15,7 @@ from pipeline.catalog.embeddings import (
     EMBEDDING_KEY,
     EMBEDDING_METHOD,
     commit_embeddings,
+    compact_embeddings,
     embedded_ids,
     embeddings_path,
     iter_embeddings,
@@ -118,3 +119,17 @@ def test_designs_query_reads_the_embeddings_table(tmp_path):
     assert result.column("design_id").to_pylist() == ids[:3]
     assert set(result.column("bytes").to_pylist()) == {512}
     assert set(result.column("status").to_pylist()) == {"ok"}
+
+
+def test_the_small_files_of_shard_commits_are_compacted_once_due_and_nothing_is_lost(tmp_path):
+    ids = hex_ids(40)
+    x = vectors(40)
+    for start in range(0, 40, 5):  # eight commits, eight small files
+        write_embeddings(tmp_path, ids[start : start + 5], x[start : start + 5], EMBEDDING_METHOD, "vgg16")
+    assert compact_embeddings(tmp_path, due_files=9) == 0  # not due
+    assert len(DeltaTable(str(embeddings_path(tmp_path))).file_uris()) == 8
+    assert compact_embeddings(tmp_path, due_files=8) == 8
+    assert len(DeltaTable(str(embeddings_path(tmp_path))).file_uris()) == 1
+    got_ids, got = read_embeddings(tmp_path)
+    order = np.argsort(got_ids)
+    assert list(got_ids[order]) == ids and np.array_equal(got[order], x)
