@@ -124,3 +124,21 @@ def test_designs_query_reads_an_empty_reviews_table(tmp_path):
         assert con.execute("select count(*) from reviews").fetchone() == (0,)
     finally:
         con.close()
+
+
+def test_designs_query_refuses_a_reviews_file_linked_out_of_its_table(tmp_path):
+    from review_catalog import build_review_catalog
+
+    from pipeline.catalog.history import QueryError
+    from pipeline.catalog.sql import connect
+
+    build_review_catalog(tmp_path / "out", n=2, curated=False)
+    append_verdict(tmp_path / "out", verdict("d1", "favourite"))
+    (data,) = list((reviews.reviews_path(tmp_path / "out")).glob("*.parquet"))
+    outside = tmp_path / "outside.parquet"
+    data.rename(outside)
+    data.symlink_to(outside)
+    with pytest.raises(QueryError, match="outside its folder"):
+        connect(tmp_path / "out")
+    with pytest.raises(ValueError, match="outside its folder"):
+        read_reviews(tmp_path / "out")

@@ -454,3 +454,15 @@ def test_review_command_warns_off_loopback(tmp_path, capsys, monkeypatch):
     assert main(["review", str(out), "--host", "0.0.0.0", "--port", "8799"]) == 0
     assert served["host"] == "0.0.0.0"
     assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
+
+
+def test_thumbnails_are_never_written_through_a_link_out_of_out(tmp_path):
+    out = tmp_path / "big"
+    ids = build_review_catalog(out, n=2, image_size=400, curated=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "thumbnails").symlink_to(elsewhere)
+    client = TestClient(create_app(out, "ana", ["testserver"]))
+    response = client.get(f"/thumb/{ids[0]}")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"  # the design itself
+    assert list(elsewhere.rglob("*")) == []
