@@ -105,10 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser(
         "query",
         allow_abbrev=False,
-        help="SQL over the design catalog (DuckDB: tables designs, runs, commits)",
+        help="SQL over the design catalog (DuckDB: tables designs, runs, commits, reviews)",
         description=(
             "Run SQL (DuckDB) over the design catalog. Tables: `designs` (one row per design, at the chosen version), "
-            "`runs` (one row per run: counts, timings, throughput, devices) and `commits` (the table's versions). "
+            "`runs` (one row per run: counts, timings, throughput, devices), `commits` (the table's versions) and "
+            "`reviews` (the verdicts given in `designs review`; the latest per reviewer and design counts). "
             "DuckDB opens no file: it reads the tables Python hands it and writes nothing (-o FILE is written "
             "by Python). Exit 0: done; 2: refused (bad SQL, more than one statement, no catalog, no such version, "
             "bad output, stopped by --timeout)."
