@@ -124,7 +124,7 @@ class NaiveLoop:
         return flat @ flat.t() / (h * w)
 
     def design(self, content: torch.Tensor, style: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        cfg = self.config
+        cfg = self.config.resolved()
         content = content.unsqueeze(0).to(self.device)
         style = style.unsqueeze(0).to(self.device)
         with torch.no_grad():

@@ -9,7 +9,7 @@ import os
 import signal
 from pathlib import Path
 
-from pipeline.config import Config, coerce, config_fields, element_type, field_type
+from pipeline.config import AUTO, AUTO_FIELDS, Config, coerce, config_fields, element_type, field_type
 
 EXIT_OK, EXIT_FAILED_DESIGNS, EXIT_REFUSED, EXIT_ENVIRONMENT, EXIT_STOPPED = 0, 1, 2, 3, 130
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: what a shell shows for a writer whose reader left
@@ -37,6 +37,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in config_fields():
         flag = FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
         default = getattr(defaults, f.name)
+        if default is None and f.name in AUTO_FIELDS:
+            default = AUTO  # from --size and --steps (Config.resolved)
         help_text = f.metadata["help"]
         if field_type(f) is tuple:
             shown = ",".join(map(str, default)) or "none"

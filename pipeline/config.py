@@ -48,6 +48,31 @@ _LEGACY_IDENTITY = {"style_scale": 1.0, "pooling": "max", "format": "png"}
 # Layer names follow the paper's convention convN_M; see pipeline/engine/layers.py.
 DEFAULT_CONTENT_LAYERS = ("conv5_2",)
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+# The paper's numbers hold at its own size and step count. `learning_rate` and `tv_weight` default
+# to None ("auto"): Config.resolved() fills them in from size and steps by the formulas below,
+# chosen by measurement on the real VGG16 weights (README "Defaults at other sizes"); at 512 px and
+# 1000 steps they are exactly the paper's. An explicit value is used as given.
+PAPER_SIZE, PAPER_STEPS = 512, 1000
+PAPER_LEARNING_RATE, PAPER_TV_WEIGHT = 0.02, 30.0
+# TV sums over pixels while the content and style losses are means: per pixel, its pull against
+# the style grows with the pixel count, so the weight follows (PAPER_SIZE / size) ** TV_SIZE_EXPONENT.
+TV_SIZE_EXPONENT = 2.0
+# Adam moves a pixel by about the learning rate a step: fewer steps need longer ones.
+LR_STEPS_EXPONENT = 1.0
+MAX_AUTO_LEARNING_RATE = 0.1
+AUTO = "auto"
+
+
+def auto_tv_weight(size: int) -> float:
+    """The total-variation weight "auto" gives at `size` px: the paper's 30 at 512."""
+    return PAPER_TV_WEIGHT * (PAPER_SIZE / size) ** TV_SIZE_EXPONENT
+
+
+def auto_learning_rate(steps: int) -> float:
+    """The Adam learning rate "auto" gives for `steps` steps: the paper's 0.02 at 1000."""
+    return min(MAX_AUTO_LEARNING_RATE, PAPER_LEARNING_RATE * (PAPER_STEPS / steps) ** LR_STEPS_EXPONENT)
+
+
 # Delta's default delta.deletedFileRetentionDuration: a vacuum may not keep less.
 MIN_RETENTION_HOURS = 7 * 24
 
@@ -63,7 +88,11 @@ class Config:
     size: int = _field(512, "longest side of the output image in pixels")
     steps: int = _field(1000, "total optimization steps (the paper: 10 epochs x 100 steps)")
     optimizer: str = _field("adam", "optimizer", choices=OPTIMIZERS)
-    learning_rate: float = _field(0.02, "Adam learning rate (L-BFGS uses lbfgs_learning_rate)")
+    learning_rate: float | None = _field(
+        None,
+        "Adam learning rate (L-BFGS uses lbfgs_learning_rate); auto: the paper's 0.02 at 1000 steps, "
+        "else 0.02 x 1000 / steps up to 0.1",
+    )
     adam_beta1: float = _field(0.99, "Adam beta1 (the paper's TensorFlow run uses 0.99)")
     adam_beta2: float = _field(0.999, "Adam beta2")
     adam_eps: float = _field(0.1, "Adam epsilon (the paper's TensorFlow run uses 0.1)")
@@ -78,7 +107,9 @@ class Config:
         1e4, "weight of the content loss (0: pattern mode, from seeded noise and the style alone, as a null content_id)"
     )
     style_weight: float = _field(1e-2, "weight of the style loss")
-    tv_weight: float = _field(30.0, "weight of the total-variation loss")
+    tv_weight: float | None = _field(
+        None, "weight of the total-variation loss; auto: the paper's 30 at 512 px, else 30 x (512 / size)^2"
+    )
     content_layers: tuple[str, ...] = _field(DEFAULT_CONTENT_LAYERS, "VGG layers for the content loss")
     content_layer_weights: tuple[float, ...] = _field((), "per-layer content weights (empty: all 1)")
     style_layers: tuple[str, ...] = _field(DEFAULT_STYLE_LAYERS, "VGG layers for the style loss")
@@ -295,11 +326,11 @@ class Config:
         if self.dpi < 0:
             raise bad("dpi", self.dpi, "0 (none) or a positive integer")
         for name in ("learning_rate", "lbfgs_learning_rate", "adam_eps"):
-            if not getattr(self, name) > 0:
-                raise bad(name, getattr(self, name), "a number > 0")
+            if (value := getattr(self, name)) is not None and not value > 0:
+                raise bad(name, value, "a number > 0" + (" or auto" if name in AUTO_FIELDS else ""))
         for name in ("content_weight", "style_weight", "tv_weight"):
-            if not getattr(self, name) >= 0:
-                raise bad(name, getattr(self, name), "a number >= 0")
+            if (value := getattr(self, name)) is not None and not value >= 0:
+                raise bad(name, value, "a number >= 0" + (" or auto" if name in AUTO_FIELDS else ""))
         for layers_name in ("content_layers", "style_layers"):
             layers = getattr(self, layers_name)
             if not layers:
@@ -360,6 +391,18 @@ class Config:
         """The longest side the style is used at: style_scale times the output's (--size)."""
         return max(1, round(self.size * self.style_scale))
 
+    def resolved(self) -> Config:
+        """This config with every "auto" number (None) made concrete from its size and steps
+        (auto_learning_rate, auto_tv_weight); itself when it has none. What the engine runs,
+        what params record and what the design id hashes: an auto design has the id of the
+        same numbers given explicitly."""
+        changes: dict[str, Any] = {}
+        if self.learning_rate is None:
+            changes["learning_rate"] = auto_learning_rate(self.steps)
+        if self.tv_weight is None:
+            changes["tv_weight"] = auto_tv_weight(self.size)
+        return dataclasses.replace(self, **changes) if changes else self
+
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **tile_alias(changes))
 
@@ -379,7 +422,7 @@ class Config:
 
     def identity_dict(self) -> dict[str, Any]:
         """The fields that change a design's pixels, for hashing into design_id."""
-        values = {k: v for k, v in self.to_dict().items() if config_field(k).metadata["identity"]}
+        values = {k: v for k, v in self.resolved().to_dict().items() if config_field(k).metadata["identity"]}
         for name, legacy in _LEGACY_IDENTITY.items():
             if values[name] == legacy:
                 del values[name]
@@ -404,6 +447,8 @@ class Config:
 
 
 _IDENTITY_JSON = "_identity_json_cache"
+# The fields whose default None is "auto", resolved from size and steps (Config.resolved).
+AUTO_FIELDS = frozenset({"learning_rate", "tv_weight"})
 
 
 # The one old-params rule: `tile`, the flag that `repeat` replaced, is `repeat` 'block'; a
@@ -458,9 +503,12 @@ def config_field(name: str) -> dataclasses.Field:
 
 
 def field_type(f: dataclasses.Field) -> type:
-    """The runtime type of a field: int, float, str, bool, or tuple (of element_type)."""
+    """The runtime type of a field: int, float, str, bool, or tuple (of element_type); an
+    "auto" field (`float | None`) is its number's type."""
     hints = typing.get_type_hints(Config)
     hint = hints[f.name]
+    if f.name in AUTO_FIELDS:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     return typing.get_origin(hint) or hint
 
 
@@ -470,7 +518,10 @@ def element_type(f: dataclasses.Field) -> type:
 
 
 def coerce(f: dataclasses.Field, value: Any) -> Any:
-    """Turn a CLI string, a JSON value or a list into the field's type."""
+    """Turn a CLI string, a JSON value or a list into the field's type ("auto" or None: None
+    for the fields that take it)."""
+    if f.name in AUTO_FIELDS and (value is None or (isinstance(value, str) and value.strip().lower() == AUTO)):
+        return None
     kind = field_type(f)
     if kind is tuple:
         elem = element_type(f)

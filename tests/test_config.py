@@ -14,7 +14,7 @@ from pipeline.engine.vgg import LAYER_INDEX
 
 
 def test_defaults_are_the_papers_run():
-    cfg = Config()
+    cfg = Config().resolved()
     assert cfg.optimizer == "adam"
     assert cfg.learning_rate == 0.02
     assert (cfg.adam_beta1, cfg.adam_beta2, cfg.adam_eps) == (0.99, 0.999, 0.1)
@@ -209,7 +209,9 @@ def test_designs_made_before_the_repeat_and_motif_fields_keep_their_ids():
 
     assert digest(Config()) == "1d8b290e3130443aa280b33c98b1aaca9407053f3942e8d76d2867460dc1d9ac"
     assert digest(Config(repeat="block")) == "778b04302fd082a72befeedbbd838bcf6666920b5fd1490aecd1a1a9067f465c"
-    assert digest(Config(size=32, steps=5, repeat="block")) == (
+    # Made before the auto learning rate and TV weight: the paper's numbers, now given explicitly.
+    old_defaults = {"learning_rate": 0.02, "tv_weight": 30.0}
+    assert digest(Config(size=32, steps=5, repeat="block", **old_defaults)) == (
         "bfaf17dd8da8190bd0b699e1d97176b1c2b4a465ddaead32a6248ee44c1342ea"
     )
     assert digest(Config(repeat="half-drop")) != digest(Config(repeat="block"))
@@ -240,3 +242,56 @@ def test_a_style_scale_too_small_is_refused_by_designs_generate_in_one_line(tmp_
     assert code == EXIT_REFUSED
     assert "style_scale=1e-09 is invalid; accepted: a number from 0.03125 to 4 at --size 512" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_auto_learning_rate_and_tv_weight_are_the_papers_exactly_at_512_px_and_1000_steps():
+    cfg = Config(size=512, steps=1000)
+    assert (cfg.learning_rate, cfg.tv_weight) == (None, None)  # "auto"
+    resolved = cfg.resolved()
+    assert resolved.learning_rate == 0.02 and resolved.tv_weight == 30.0
+    # The paper's design keeps the id it had when these were plain numbers.
+    assert cfg.identity_json() == Config(learning_rate=0.02, tv_weight=30.0).identity_json()
+    assert json.loads(cfg.identity_json())["tv_weight"] == 30.0
+
+
+@pytest.mark.parametrize(
+    "size, steps, learning_rate, tv_weight",
+    [
+        (256, 1000, 0.02, 120.0),
+        (128, 1000, 0.02, 480.0),
+        (1024, 1000, 0.02, 7.5),
+        (512, 500, 0.04, 30.0),
+        (256, 300, 0.02 * 1000 / 300, 120.0),
+        (512, 100, 0.1, 30.0),  # at most MAX_AUTO_LEARNING_RATE
+        (512, 2000, 0.01, 30.0),
+    ],
+)
+def test_auto_learning_rate_follows_the_steps_and_tv_weight_the_size(size, steps, learning_rate, tv_weight):
+    resolved = Config(size=size, steps=steps).resolved()
+    assert resolved.learning_rate == pytest.approx(learning_rate)
+    assert resolved.tv_weight == pytest.approx(tv_weight)
+    # What "auto" resolves to is what the design id hashes: the same numbers given explicitly make the same design.
+    explicit = Config(size=size, steps=steps, learning_rate=resolved.learning_rate, tv_weight=resolved.tv_weight)
+    assert Config(size=size, steps=steps).identity_json() == explicit.identity_json()
+
+
+def test_explicit_learning_rate_and_tv_weight_win_over_auto():
+    cfg = Config(size=256, steps=300, learning_rate=0.02, tv_weight=30.0)
+    assert cfg.resolved() is cfg
+    assert (cfg.resolved().learning_rate, cfg.resolved().tv_weight) == (0.02, 30.0)
+    assert cfg.identity_json() != Config(size=256, steps=300).identity_json()
+    # A variant that changes the size re-resolves "auto", not the base's numbers.
+    assert Config(size=512).replace(size=256).resolved().tv_weight == Config(size=256).resolved().tv_weight
+
+
+def test_auto_is_accepted_as_a_value_and_kept_through_to_dict():
+    assert coerce(config_field("tv_weight"), "auto") is None
+    assert coerce(config_field("learning_rate"), "AUTO") is None
+    assert coerce(config_field("tv_weight"), "12") == 12.0
+    cfg = Config.from_dict({"size": 256, "tv_weight": "auto", "learning_rate": None})
+    assert cfg.to_dict()["tv_weight"] is None  # the run's config keeps "auto"; params record the numbers
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="tv_weight=-1.0 is invalid; accepted: a number >= 0 or auto"):
+        Config(tv_weight=-1.0)
+    with pytest.raises(ValueError, match="style_weight"):
+        coerce(config_field("style_weight"), "auto")

@@ -96,9 +96,9 @@ def params_value(
 ) -> dict[str, Any]:
     """The config as it made the design: the weights file's identity, the preprocessing
     that fed it, the network the file holds and the precision it ran in (resolved from
-    'auto') in place of what was asked for. `precision` None: the config's (a design no
-    device has run)."""
-    values = config.to_dict()
+    'auto') in place of what was asked for, and the learning rate and TV weight that "auto"
+    gave at its size and steps. `precision` None: the config's (a design no device has run)."""
+    values = config.resolved().to_dict()
     values["weights"] = weights_identity
     values["preprocessing"] = preprocessing
     values["network"] = network

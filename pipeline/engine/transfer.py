@@ -140,6 +140,7 @@ class Progress:
     steps: int
     designs: int
     loss_total: tuple[float, ...]  # per design in the batch
+    loss_style: tuple[float, ...] = ()  # the weighted style term per design (benchmarks/quality.py stops on it)
 
 
 @dataclass
@@ -302,7 +303,7 @@ class StyleTransfer:
         `layer_masks`: `mask` already resized to each style layer's grid
         (`_layer_masks`), for a loop that calls this every step; computed here
         when not given. `features`: the image's, when the caller has them already."""
-        cfg = config or self.config
+        cfg = (config or self.config).resolved()  # "auto" learning rate and TV weight made concrete
         feats = self.features(image, cfg) if features is None else features
         n = image.shape[0]
         if cfg.content_weight > 0 and content_t:
@@ -325,7 +326,7 @@ class StyleTransfer:
         """One optimization step of `batch` seeded synthetic designs of `size` (H, W),
         through the same code as `run`: for measuring a step's device memory
         (pipeline.execution.devices.measured_step_memory). Touches no cache."""
-        cfg = config or self.config
+        cfg = (config or self.config).resolved()
         image = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(self.device)
         self._backend_flags()
         with torch.no_grad():
@@ -350,7 +351,8 @@ class StyleTransfer:
         is retried once with a smaller one)."""
         if not pairings:
             return []
-        cfg = config or self.config
+        # "auto" learning rate and TV weight from the config's size and steps (pipeline/config.py).
+        cfg = (config or self.config).resolved()
         if cfg.optimizer == "lbfgs" and len(pairings) > 1:
             # L-BFGS couples every variable it sees through its line search and
             # history, so each design is optimized on its own to stay reproducible.
@@ -609,9 +611,15 @@ class StyleTransfer:
             if record:
                 curves[:, :, step // cfg.loss_every] = losses_at_step[0]
                 if on_progress is not None:
-                    totals = tuple(losses_at_step[0][:, 0].tolist())
+                    totals, _, styles, _ = losses_at_step[0].T.tolist()
                     on_progress(
-                        Progress(step=step_offset + step, steps=total_steps, designs=image.shape[0], loss_total=totals)
+                        Progress(
+                            step=step_offset + step,
+                            steps=total_steps,
+                            designs=image.shape[0],
+                            loss_total=tuple(totals),
+                            loss_style=tuple(styles),
+                        )
                     )
         if cfg.optimizer == "lbfgs":
             with torch.no_grad():

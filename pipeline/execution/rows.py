@@ -133,7 +133,7 @@ class RowContext:
             mask_leakage=result.mask_leakage,
         )
         if note:  # record the learning rate that made the design
-            row["params"]["learning_rate"] = cfg.learning_rate * cfg.nonfinite_retry_factor
+            row["params"]["learning_rate"] = cfg.resolved().learning_rate * cfg.nonfinite_retry_factor
             row["params"]["lbfgs_learning_rate"] = cfg.lbfgs_learning_rate * cfg.nonfinite_retry_factor
         row.update({f"loss_{k}": v for k, v in result.loss_curves.items()})
         row["final_loss"] = result.final_loss
