@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from deltalake import CommitProperties, DeltaTable
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from pipeline.catalog.datafiles import DataFile, contained_path, data_files, dataset, fragment, plain_schema, read_rows
@@ -106,9 +106,14 @@ def _ensure_table(out: str | Path) -> DeltaTable:
 def write_embeddings(
     out: str | Path, design_ids: Sequence[str], vectors: np.ndarray, method: str, network: str | None
 ) -> int:
-    """Merge the designs' embeddings (float16 (n, d), d <= 256) on design_id in one commit: a
-    design already embedded by `method` keeps its row, one embedded by another method takes
-    the new one. Returns the rows given (0: nothing written)."""
+    """Write the designs' embeddings (float16 (n, d), d <= 256) in one commit, one row a design:
+    a design already embedded by `method` keeps its row, one embedded by another method takes
+    the new one. Returns the rows written (0: every design had one).
+
+    Which designs have a row is read from the design_id column of the files whose id bounds meet
+    these ids (a shard's ids are neighbours: a few small files); new rows are appended, which reads
+    nothing else. Only a change of method merges (reading the files the ids' ranges meet). Two
+    writers of the same new design at once may both append it: readers keep one row a design."""
     ids = [str(d) for d in design_ids]
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or vectors.shape[0] != len(ids):
@@ -136,6 +141,20 @@ def write_embeddings(
         schema=EMBEDDINGS_SCHEMA,
     )
     catalog = DesignCatalog(out)
+    had = _methods_of(out, ids)
+    if not any(m != method for m in had.values()):
+        fresh = [i for i, d in enumerate(ids) if d not in had]
+        if not fresh:
+            return 0
+        rows = source if len(fresh) == len(ids) else source.take(pa.array(fresh))
+        note = CommitProperties(custom_metadata={"designs.note": f"embeddings: {method}"})
+
+        def append() -> None:
+            _ensure_table(out)
+            write_deltalake(str(embeddings_path(out)), rows, mode="append", commit_properties=note)
+
+        catalog.retrying(append)
+        return len(fresh)
 
     def attempt() -> None:
         (
@@ -153,7 +172,22 @@ def write_embeddings(
         )
 
     catalog.retrying(attempt)
-    return len(ids)
+    return sum(1 for d in ids if had.get(d) != method)
+
+
+def _methods_of(out: str | Path, ids: list[str]) -> dict[str, str]:
+    """design_id -> method of the rows these ids have, reading only the id and method columns
+    of the files whose id bounds meet them."""
+    table = _table(out)
+    if table is None or not ids:
+        return {}
+    wanted = np.unique(np.array([d.encode() for d in ids], dtype=bytes))
+    files = [f for f in data_files(table) if may_hold(f, wanted)]
+    found: dict[str, str] = {}
+    for rows in read_rows(table, embeddings_path(out), ["design_id", "method"], files):
+        rows = rows.filter(pa.array(_members(rows.column("design_id"), wanted)))
+        found.update(zip(rows.column("design_id").to_pylist(), rows.column("method").to_pylist()))
+    return found
 
 
 # Compaction: each shard's commit adds a small file (a few hundred designs); a scan of a million
@@ -320,7 +354,13 @@ def read_embeddings(
         vectors.append(part_vectors)
     if not ids:
         return np.array([], dtype=str), np.empty((0, 0), EMBEDDING_DTYPE)
-    return np.concatenate(ids), np.concatenate(vectors)
+    all_ids, all_vectors = np.concatenate(ids), np.concatenate(vectors)
+    # One row a design (two writers at once may have appended one twice): the first kept.
+    _, first = np.unique(all_ids, return_index=True)
+    if len(first) < len(all_ids):
+        first.sort()
+        all_ids, all_vectors = all_ids[first], all_vectors[first]
+    return all_ids, all_vectors
 
 
 def embedded_id_array(out: str | Path, method: str = EMBEDDING_METHOD) -> pa.Array:

@@ -56,6 +56,8 @@ def _nearest_ids(out: Path, query: np.ndarray, design_id: str, network: str | No
                 best_ids, best = [pa.concat_arrays(best_ids).take(pa.array(chosen))], best[chosen]
     names = pa.concat_arrays(best_ids).to_pylist() if best_ids else []
     pairs = sorted((float(d), i) for d, i in zip(best, names) if np.isfinite(d))
+    first = {i: d for d, i in reversed(pairs)}  # a design written twice (two writers at once): listed once
+    pairs = sorted((d, i) for i, d in first.items())
     return [i for _, i in pairs], [d for d, _ in pairs], seen
 
 

@@ -133,3 +133,32 @@ def test_the_small_files_of_shard_commits_are_compacted_once_due_and_nothing_is_
     got_ids, got = read_embeddings(tmp_path)
     order = np.argsort(got_ids)
     assert list(got_ids[order]) == ids and np.array_equal(got[order], x)
+
+
+def test_a_new_design_is_appended_reading_only_the_files_its_ids_meet_and_a_duplicate_is_read_once(
+    tmp_path, monkeypatch
+):
+    import pipeline.catalog.embeddings as embeddings
+
+    ids = hex_ids(30)
+    for start in range(0, 30, 10):  # three files, each its own id range
+        write_embeddings(tmp_path, ids[start : start + 10], vectors(10, seed=start), EMBEDDING_METHOD, "vgg16")
+    opened = []
+    real_read_rows = embeddings.read_rows
+
+    def counting(table, path, columns=None, files=None, which="the latest version"):
+        files = list(files) if files is not None else None
+        opened.append(len(files) if files is not None else -1)
+        return real_read_rows(table, path, columns, files, which)
+
+    monkeypatch.setattr(embeddings, "read_rows", counting)
+    assert write_embeddings(tmp_path, [ids[12], ids[15]], vectors(2), EMBEDDING_METHOD, "vgg16") == 0
+    assert opened == [1]  # the one file whose id bounds hold them
+    monkeypatch.undo()
+    # Two writers at once may both append a design: readers keep one row.
+    from deltalake import write_deltalake
+
+    again = DeltaTable(str(embeddings_path(tmp_path))).to_pyarrow_table().slice(0, 1)
+    write_deltalake(str(embeddings_path(tmp_path)), again, mode="append")
+    got_ids, _ = read_embeddings(tmp_path)
+    assert len(got_ids) == 30 and sorted(got_ids) == ids

@@ -131,3 +131,14 @@ def test_a_refusal_is_one_line_and_exit_2(out, capsys, args, says):
 def test_no_catalog_is_refused(tmp_path, capsys):
     code, _, err = run(capsys, str(tmp_path / "none"), "x")
     assert code == EXIT_REFUSED and "no design catalog" in err
+
+
+def test_a_design_written_twice_is_listed_once(out, capsys):
+    from deltalake import DeltaTable, write_deltalake
+
+    from pipeline.catalog.embeddings import embeddings_path
+
+    rows = DeltaTable(str(embeddings_path(out))).to_pyarrow_table()
+    write_deltalake(str(embeddings_path(out)), rows, mode="append")  # two writers at once, at worst
+    _, text, _ = run(capsys, str(out), IDS[0], "-k", "3", "--format", "csv")
+    assert [r["design_id"] for r in csv.DictReader(io.StringIO(text))] == [IDS[2], IDS[5], IDS[1]]
