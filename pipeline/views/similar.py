@@ -3,8 +3,9 @@ distance, 1 - cos, pipeline/engine/embedding.py), among the ok designs of a vers
 
 Exact search: the embeddings table is read a data file at a time and compared in blocks
 (float16 stored, float32 arithmetic), keeping the nearest candidates only: bounded memory, and
-about a second per million designs. Only designs embedded by the same method and network as the
-one asked about are compared (other networks' vectors mean other things).
+3.2 to 5.1 s a million designs on a busy 2-core machine (docs/ANALYSTS.md). Only designs
+embedded by the same method and network as the one asked about are compared (other networks'
+vectors mean other things).
 """
 
 from __future__ import annotations
