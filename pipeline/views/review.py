@@ -315,6 +315,9 @@ def render_design(
                 ("review_order", curation.get("review_order")),
                 ("method", curation.get("method")),
             ]
+        ) + (
+            f'<tr><th></th><td><a id="group" href="/{e(_query({"group": str(curation.get("group_id"))}))}">'
+            f"the group in the grid</a></td></tr>"
         )
     labels = {m["design_id"]: f"#{m['rank_in_group']} · {fmt(m['score'])}" for m in members}
     near_labels = {d: f"cos {s:.3f}" for d, s in nearest}

@@ -148,7 +148,7 @@ def test_design_page(desk):
     text = client.get(f"/design/{parent}?i={index}").text
     assert f'src="/image/{parent}?v=' in text and "<polyline" in text
     assert "<th>style_ratio</th>" in text and "<th>content_kept</th>" in text and "<th>steps</th>" in text
-    assert "<th>group_id</th><td>g1</td>" in text
+    assert "<th>group_id</th><td>g1</td>" in text and '<a id="group" href="/?group=g1">' in text
     members = re.search(r"<h3>members</h3>(.*?)</div>", text).group(1)
     assert [design_id(i) for i in (4, 5, 6, 7)] == re.findall(r'data-design="([0-9a-f]+)"', members)
     colourways = re.search(r"<h2>colourways</h2>(.*?)(</div>|<p)", text).group(1)

@@ -117,6 +117,15 @@ def test_review_desk_in_headless_chromium(browser, tmp_path: Path):  # noqa: F81
         browser.wait_for("Page.loadEventFired")
         wait_js(page, "location.search === '?page=2'")
         assert page.js(CARDS) == order[48:]
+        # Left from the first card: the previous page, its last card focused; right again: back here.
+        press(page, "ArrowLeft")
+        browser.wait_for("Page.loadEventFired")
+        wait_js(page, "location.hash === '#last'")
+        assert page.js("document.activeElement.dataset.design") == order[47]
+        press(page, "ArrowRight")
+        browser.wait_for("Page.loadEventFired")
+        wait_js(page, "location.search === '?page=2'")
+        assert page.js("document.activeElement.dataset.design") == order[48]
         press(page, "ArrowRight")
         chosen = page.js("document.activeElement.dataset.design")
         assert chosen == order[49]

@@ -52,9 +52,9 @@
     });
   }
 
-  function follow(id) {
+  function follow(id, hash) {
     var link = document.getElementById(id);
-    if (link && link.href) window.location.href = link.href;
+    if (link && link.href) window.location.href = link.href + (hash || '');
   }
 
   var cards = Array.prototype.slice.call(document.querySelectorAll('.grid .card'));
@@ -77,7 +77,7 @@
     if (i < 0) { if (cards.length) cards[0].focus(); return; }
     var j = i + delta;
     if (j >= cards.length) { follow('next'); return; }
-    if (j < 0) { follow('prev'); return; }
+    if (j < 0) { follow('prev', '#last'); return; }  // back onto the previous page's last card
     cards[j].focus();
   }
 
