@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from pipeline.catalog.reviews import VERDICTS, Verdict, append_verdict, check_reviewer, compact_reviews, verdicts_of
+from pipeline.catalog.reviews import COMPACT_FILES, VERDICTS, Verdict, append_verdict, check_reviewer, compact_reviews
 from pipeline.files import write_atomic
 from pipeline.views.gallery import e, fmt, loss_curve_svg
 from pipeline.views.review_defaults import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_REVIEWER
@@ -101,6 +101,7 @@ class Desk:
         self.reviewer = check_reviewer(reviewer)
         self.session = uuid.uuid4().hex
         self.token = secrets.token_urlsafe(32)
+        self.compact_files = COMPACT_FILES
 
     # --- images ---
 
@@ -263,7 +264,7 @@ def render_design(
     if found is None:
         return None
     row = dict(found)
-    row["verdict"] = verdicts_of(desk.out, desk.reviewer).get(design_id) or ""
+    row["verdict"] = reader.verdicts(desk.reviewer).get(design_id) or ""
     curation, members = reader.curation_of(design_id, review_order)
     colourways = reader.colourways_of(row)
     nearest, nearest_note = reader.nearest(design_id)
@@ -492,6 +493,8 @@ def create_app(out: str | Path, reviewer: str = DEFAULT_REVIEWER, allowed_hosts:
         if row is None or row.get("status") != "ok":
             return _bad(ValueError(f"no ok design {design_id} in the catalog"), 404)
         added = await run_in_threadpool(append_verdict, desk.out, record)
+        # One small file a verdict: rewritten into one as they gather, so reading them stays quick.
+        await run_in_threadpool(compact_reviews, desk.out, desk.compact_files)
         return JSONResponse({"design_id": design_id, "verdict": kind, "added": added, "reviewer": desk.reviewer})
 
     hosts = allowed_hosts if allowed_hosts is not None else list(_LOOPBACK_NAMES)

@@ -268,6 +268,7 @@ class Reader:
         self._cache_rows = cache_rows
         self._nearest: tuple[str, np.ndarray, np.ndarray] | None = None
         self._sql_lock = threading.Lock()
+        self._verdicts: tuple[tuple[str | None, str], dict[str, str]] | None = None
         self._matches: OrderedDict[tuple, tuple[list[str], list[int]]] = OrderedDict()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._con_key: tuple[str, str | None] | None = None
@@ -325,7 +326,7 @@ class Reader:
         """Page `page` (1-based) of the designs that match `filters`, in curation order."""
         check_filters(filters)
         start = (page - 1) * PAGE_SIZE
-        verdicts = verdicts_of(self.out, reviewer)
+        verdicts = self.verdicts(reviewer)
         curation = self.curation()
         if curation is not None and not filters:
             ids, orders, matches = self._curation_slice(curation, start, PAGE_SIZE)
@@ -577,6 +578,18 @@ class Reader:
 
     def reviews_key(self) -> str | None:
         return latest_log_entry(reviews_path(self.out))
+
+    def verdicts(self, reviewer: str) -> dict[str, str]:
+        """The reviewer's latest verdicts (design_id -> verdict, `clear` left out), read again
+        only when the reviews table has a new version."""
+        key = (self.reviews_key(), reviewer)
+        with self._lock:
+            if self._verdicts is not None and self._verdicts[0] == key:
+                return self._verdicts[1]
+        found = verdicts_of(self.out, reviewer)
+        with self._lock:
+            self._verdicts = (key, found)
+        return found
 
 
 class _Projected:

@@ -466,3 +466,19 @@ def test_thumbnails_are_never_written_through_a_link_out_of_out(tmp_path):
     response = client.get(f"/thumb/{ids[0]}")
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"  # the design itself
     assert list(elsewhere.rglob("*")) == []
+
+
+def test_verdicts_files_are_compacted_as_they_gather(desk):
+    from deltalake import DeltaTable
+
+    from pipeline.catalog.reviews import reviews_path
+
+    out, order, client = desk
+    client.app.state.desk.compact_files = 4
+    token = token_of(client.get("/").text)
+    for k in range(9):
+        assert post(client, token, design_id=order[k], verdict="favourite").status_code == 200
+    assert len(DeltaTable(str(reviews_path(out))).file_uris()) < 4
+    assert favourite_ids(out, "ana") == sorted(order[:9])
+    text = client.get("/").text
+    assert all(f'data-design="{d}" data-verdict="favourite"' in text for d in order[:9])
