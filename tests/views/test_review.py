@@ -441,6 +441,14 @@ def test_review_command_refuses_before_serving(tmp_path, capsys):
     assert "reviewer 'a b' is invalid" in capsys.readouterr().err
     assert main(["review", str(out), "--port", "70000"]) == EXIT_REFUSED
     assert "--port 70000" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["review", str(out), "--port", str(port)]) == EXIT_REFUSED
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_review_command_warns_off_loopback(tmp_path, capsys, monkeypatch):
