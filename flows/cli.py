@@ -305,19 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefer-favourites",
         action="store_true",
         help="review first the groups nearest the favourites of OUT/reviews (the cosine distance of a group's "
-        "nearest member to its nearest favourite, then the score); refused where there are none",
+        "nearest member to its nearest favourite, then the score); without favourites, by score as without it",
     )
     add_timeout_flag(curate, "the selection of the designs (--where)")
     maintain = sub.add_parser(
         "maintain",
         allow_abbrev=False,
-        help="compact the design catalog's small files, vacuum old ones, write a checkpoint",
+        help="compact the design catalog's small files, vacuum old ones, write a checkpoint (its side tables too)",
         description=(
             "Compact the small data files of the design catalog at OUT into large ones sorted by design_id "
             "(the whole table is re-sorted when a commit would meet more than 8 sorted layers of files, or "
             "with --resort), delete the files no version committed within the retention reads, write a "
             "checkpoint, and print the file counts and sizes before and after. --version/--as-of to a version older than the retention may then fail; "
-            "versions inside it keep working. Exit 0: done; 2: refused (no catalog, a retention under the "
+            "versions inside it keep working. The tables beside it (OUT/embeddings, OUT/curation, OUT/reviews) are "
+            "compacted when due, vacuumed with the same retention and checkpointed too, each reported. Exit 0: done; 2: refused (no catalog, a retention under the "
             "table's minimum); 3: the disk or the catalog's log failed."
         ),
     )

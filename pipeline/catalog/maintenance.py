@@ -13,6 +13,12 @@ The vacuum (pipeline/catalog/vacuum.py) deletes only files the table's log once 
 that a killed compaction recorded, inside the table's own folder and never through a link;
 a link where the table's folders or data files are is refused before anything is done.
 
+The tables beside the catalog (OUT/embeddings, OUT/curation, OUT/reviews) grow files too: a
+shard commit's embeddings, a curate run's overwrite, a verdict. Where they exist, `maintain`
+compacts the embeddings and reviews once their owners' thresholds are passed, vacuums each
+with the same retention and the same vacuum (its minimum where its own property asks for
+more), and writes its checkpoint; a link in any of them refuses the whole maintenance first.
+
 Time travel: a version stays readable while the commit that replaced its files
 is inside the retention. After a vacuum, `--version` / `--as-of` to an older
 version fails (its files are gone); every version committed within the
@@ -21,12 +27,13 @@ retention keeps working.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from pipeline.catalog.compaction import (
     MAX_LAYERS,
@@ -39,6 +46,7 @@ from pipeline.catalog.compaction import (
 from pipeline.catalog.datafiles import DataFile, data_files
 from pipeline.catalog.designs import (
     COMMIT_ATTEMPTS,
+    LOG_DIR,
     TABLE_PROPERTIES,
     CatalogFault,
     DesignCatalog,
@@ -59,6 +67,10 @@ Z_ORDER_SPILL_BYTES = 2 * 2**30
 CLUSTERED_FILE_BYTES = 8 * 2**20
 RESORT = "z-order of the whole table"
 _UNIT_HOURS = {"week": 168.0, "day": 24.0, "hour": 1.0, "minute": 1 / 60, "second": 1 / 3600}
+# The tables beside the design catalog, by their folder under OUT (embeddings.py's EMBEDDINGS_DIR,
+# curation.py's CURATION_DIR, reviews.py's REVIEWS_DIR; named here so that a maintenance without
+# an embeddings table imports no torch).
+SIDE_TABLES = ("embeddings", "curation", "reviews")
 
 
 @dataclass(frozen=True)
@@ -82,8 +94,12 @@ class MaintenanceReport:
     version: int  # the table's version when maintenance ended
     links_left: int = 0  # symbolic links in the table's folder: nothing behind them is read or deleted
     unnamed_left: int = 0  # files no log entry names (nor a killed compaction's record): left alone
+    side_tables: tuple[TableUpkeep, ...] = ()  # the tables beside it that exist, SIDE_TABLES' order
 
     def lines(self) -> list[str]:
+        return self._catalog_lines() + [line for side in self.side_tables for line in side.lines(self.dry_run)]
+
+    def _catalog_lines(self) -> list[str]:
         if self.dry_run:
             return [
                 f"design catalog {self.table_path} at version {self.version}: dry run, nothing changed",
@@ -109,12 +125,52 @@ class MaintenanceReport:
         ]
 
     def _left(self) -> str:
-        left = []
-        if self.links_left:
-            left.append(f"{self.links_left:,} symbolic link(s), not followed")
-        if self.unnamed_left:
-            left.append(f"{self.unnamed_left:,} file(s) no log entry names")
-        return f"; left alone: {', '.join(left)}" if left else ""
+        return _left(self.links_left, self.unnamed_left)
+
+
+@dataclass(frozen=True)
+class TableUpkeep:
+    """What one `maintain` did (or would do) to a table beside the design catalog."""
+
+    name: str  # SIDE_TABLES' name: embeddings, curation or reviews
+    table_path: str
+    retention_hours: int  # the one asked for, or the table's minimum where that is more
+    files: int  # data files of the latest version, after any compaction
+    bytes: int
+    compacted_files: int  # files its owner's compaction replaced (0: not due, or a dry run)
+    checkpoint_version: int | None
+    vacuumed_files: int
+    vacuumed_bytes: int
+    version: int
+    links_left: int = 0
+    unnamed_left: int = 0
+
+    def lines(self, dry_run: bool) -> list[str]:
+        if dry_run:
+            return [
+                f"{self.name} table {self.table_path} at version {self.version}: {self.files:,} data file(s) "
+                f"({_size(self.bytes)}); dry run, nothing changed",
+                f"  vacuum: would remove {self.vacuumed_files:,} file(s) ({_size(self.vacuumed_bytes)}) that no "
+                f"version of the last {self.retention_hours} h reads{_left(self.links_left, self.unnamed_left)}",
+            ]
+        compaction = (
+            f"{self.compacted_files:,} small file(s) compacted" if self.compacted_files else "nothing compacted"
+        )
+        return [
+            f"{self.name} table {self.table_path} maintained, now at version {self.version}: {self.files:,} data "
+            f"file(s) ({_size(self.bytes)}); {compaction}; checkpoint: version {self.checkpoint_version}",
+            f"  vacuum: {self.vacuumed_files:,} file(s) removed, {_size(self.vacuumed_bytes)} freed; versions of "
+            f"the last {self.retention_hours} h stay readable{_left(self.links_left, self.unnamed_left)}",
+        ]
+
+
+def _left(links: int, unnamed: int) -> str:
+    left = []
+    if links:
+        left.append(f"{links:,} symbolic link(s), not followed")
+    if unnamed:
+        left.append(f"{unnamed:,} file(s) no log entry names")
+    return f"; left alone: {', '.join(left)}" if left else ""
 
 
 def _size(n: int) -> str:
@@ -207,6 +263,7 @@ def maintain(
                 )
         before = data_files(table)
         refuse_links(catalog.table_path, table.metadata().partition_columns, (f.path for f in before))
+        sides = _side_tables(out, retention_hours, enforce_retention)  # refused here, before any change
         small = small_file_bytes or config_field("maintain_small_file_bytes").default
         strategy = _strategy(table, before, small, resort)
         compacted = written = 0
@@ -249,6 +306,7 @@ def maintain(
             table.create_checkpoint()
             checkpoint = table.version()
         version = catalog.table().version()
+        kept_up = tuple(_keep_up(out, side, dry_run, enforce_retention) for side in sides)
     except CatalogFault:
         raise
     except (DeltaError, OSError) as err:
@@ -271,6 +329,105 @@ def maintain(
         version=version,
         links_left=swept.links,
         unnamed_left=swept.unnamed,
+        side_tables=kept_up,
+    )
+
+
+@dataclass(frozen=True)
+class _Side:
+    name: str
+    path: Path
+    retention_hours: int
+    minimum_hours: float
+
+
+def _side_tables(out: str | Path, retention_hours: int, enforce_retention: bool) -> list[_Side]:
+    """The tables of SIDE_TABLES that exist, each checked as the catalog is: LinkRefused for a
+    link where its folders or data files are, ValueError for a retention property this does not
+    read. Each keeps the retention asked for, or its own minimum where that is longer."""
+    found = []
+    for name in SIDE_TABLES:
+        path = Path(out) / name
+        refuse_links(path)  # before delta-rs reads a log through one
+        if not (path / LOG_DIR).is_dir():
+            continue
+        try:
+            table = DeltaTable(str(path))
+        except TableNotFoundError:
+            continue  # a log without a first commit: nothing to keep up
+        except (DeltaError, OSError) as err:
+            raise _side_fault(name, path, err) from None
+        refuse_links(path, table.metadata().partition_columns, (f.path for f in data_files(table)))
+        minimum = minimum_retention_hours(table)
+        if minimum is None and enforce_retention:
+            text = table.metadata().configuration.get(RETENTION_PROPERTY)
+            raise ValueError(
+                f"the {name} table's {RETENTION_PROPERTY} {text!r} is in a form this does not read; accepted: "
+                "'interval <n> <weeks|days|hours|minutes|seconds>'; set it so, then run again"
+            )
+        minimum = MIN_RETENTION_HOURS if minimum is None else minimum
+        retention = max(retention_hours, math.ceil(minimum)) if enforce_retention else retention_hours
+        found.append(_Side(name, path, retention, minimum))
+    return found
+
+
+def _compact_side(out: str | Path, name: str) -> int:
+    """The owner's compaction of a side table, once its own threshold is passed; files replaced."""
+    if name == "reviews":
+        from pipeline.catalog.reviews import compact_reviews
+
+        return compact_reviews(out)
+    if name == "embeddings":
+        from pipeline.catalog.embeddings import compact_embeddings  # imports torch: only where the table is
+
+        return compact_embeddings(out)
+    return 0  # curation: each run overwrites its one version; only the vacuum has work
+
+
+def _keep_up(out: str | Path, side: _Side, dry_run: bool, enforce_retention: bool) -> TableUpkeep:
+    """Compact (when due), vacuum and checkpoint one side table; for a dry run, only count."""
+    try:
+        compacted = 0 if dry_run else _compact_side(out, side.name)
+        files = data_files(DeltaTable(str(side.path)))
+        swept = vacuum(
+            side.path,
+            (f.path for f in files),
+            side.retention_hours,
+            dry_run,
+            {"designs.note": NOTE},
+            side.minimum_hours,
+            enforce_retention,
+        )
+        checkpoint = None
+        if not dry_run:
+            table = DeltaTable(str(side.path))
+            table.create_checkpoint()
+            checkpoint = table.version()
+        version = DeltaTable(str(side.path)).version()
+    except CatalogFault:
+        raise
+    except (DeltaError, OSError) as err:
+        raise _side_fault(side.name, side.path, err) from None
+    return TableUpkeep(
+        name=side.name,
+        table_path=str(side.path),
+        retention_hours=side.retention_hours,
+        files=len(files),
+        bytes=sum(f.size for f in files),
+        compacted_files=compacted,
+        checkpoint_version=checkpoint,
+        vacuumed_files=swept.files,
+        vacuumed_bytes=swept.bytes,
+        version=version,
+        links_left=swept.links,
+        unnamed_left=swept.unnamed,
+    )
+
+
+def _side_fault(name: str, path: Path, err: BaseException) -> CatalogFault:
+    return CatalogFault(
+        f"cannot maintain the {name} table at {str(path)!r}: {_first_line(err)}; free disk space or fix the folder "
+        "(a damaged entry under _delta_log: restore it from a backup), then run again"
     )
 
 

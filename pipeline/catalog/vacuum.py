@@ -1,5 +1,6 @@
-"""The design catalog's vacuum: it deletes only files the table's log once named (or a
-killed compaction recorded), inside the table's own folder, never through a link.
+"""The vacuum of the design catalog and the tables beside it (embeddings, curation, reviews): it
+deletes only files the table's log once named (or a killed compaction recorded), inside the
+table's own folder, never through a link.
 
 delta-rs' vacuum (its full mode, which `maintain` used) lists the table's folder following
 symbolic links and deletes every old file the latest version does not read: a link inside
@@ -70,7 +71,8 @@ def refuse_links(table_path: Path, partition_columns: Iterable[str] = (), data_p
         raise _refused(
             table_path,
             table_path,
-            "; to keep the catalog on another disk, make OUT itself the link (links above OUT/designs are followed)",
+            f"; to keep the catalog on another disk, make OUT itself the link (links above OUT/{table_path.name} "
+            "are followed)",
         )
     for name in (LOG_DIR, INTENT_DIR):
         if (table_path / name).is_symlink():
@@ -100,7 +102,7 @@ def _refused(link: Path, table_path: Path, fix: str = "") -> LinkRefused:
         target = "?"
     return LinkRefused(
         f"{str(link)!r} is a symbolic link (to {target!r}): maintenance rewrites and deletes files only inside the "
-        f"design catalog's own folder {str(table_path)!r} and follows no link in it; put the folder or file itself "
+        f"table's own folder {str(table_path)!r} and follows no link in it; put the folder or file itself "
         f"in its place, or remove the link{fix}"
     )
 
@@ -223,7 +225,7 @@ def _commit_actions(path: Path) -> Iterator[tuple[str, str, int]]:
                         actions.append((kind, action[kind]["path"], _int(action[kind].get("deletionTimestamp"))))
     except (ValueError, AttributeError) as err:
         raise CatalogFault(
-            f"cannot vacuum the design catalog: log entry {str(path)!r} is unreadable ({err}); restore it from a "
+            f"cannot vacuum the table: log entry {str(path)!r} is unreadable ({err}); restore it from a "
             "backup, then run again"
         ) from None
     committed = committed if committed is not None else _mtime_ms(path)
@@ -255,7 +257,7 @@ def _checkpoint_actions(path: Path, written_ms: int) -> Iterator[tuple[str, str,
                     yield "remove", row["remove"]["path"], deleted if deleted is not None else written_ms
     except (ValueError, KeyError, TypeError) as err:  # pyarrow's errors are ValueErrors; OSError goes up
         raise CatalogFault(
-            f"cannot vacuum the design catalog: checkpoint {str(path)!r} is unreadable ({err}); remove it and "
+            f"cannot vacuum the table: checkpoint {str(path)!r} is unreadable ({err}); remove it and "
             "write another (`designs maintain` does), then run again"
         ) from None
 
@@ -392,7 +394,7 @@ def _log_entry(
         except CommitFailedError:
             version += 1
     raise CatalogFault(
-        f"cannot vacuum the design catalog at {str(table_path)!r}: {_LOG_ATTEMPTS} versions after {latest} were taken "
+        f"cannot vacuum the table at {str(table_path)!r}: {_LOG_ATTEMPTS} versions after {latest} were taken "
         "while it wrote its log entry; run `designs maintain` again when fewer runs write"
     )
 
