@@ -36,7 +36,7 @@ from pipeline.catalog.curation import (
     write_curation,
 )
 from pipeline.catalog.timeout import DEFAULT_TIMEOUT_S
-from pipeline.execution.favourites import favourite_distances, favourite_ids_or_refuse, group_first
+from pipeline.execution.favourites import favourite_distances, favourite_ids_of, group_first
 from pipeline.execution.grouping import group
 
 NO_EMBEDDING = "no-embedding"
@@ -302,7 +302,7 @@ def curate(
     if not 0 <= threshold < 1:
         raise ValueError(f"--threshold {threshold!r} is out of range; accepted: a cosine distance in [0, 1)")
     if prefer_favourites:
-        favourites = favourite_ids_or_refuse(out)  # refused before any work
+        favourites = favourite_ids_of(out)  # read before any work
     weights = dict(DEFAULT_SCORE_WEIGHTS if weights is None else weights)
     report = CurateReport()
     started = datetime.now(UTC)

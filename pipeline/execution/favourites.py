@@ -6,7 +6,9 @@ The favourites are the designs whose latest verdict in OUT/reviews is favourite
 pipeline/execution/curate.py orders the groups by the distance of their nearest member to its
 nearest favourite before their score, so the review's first pages hold the favourites and what
 looks like them (the next night's `--more-like` variations among them); groups with no
-embedding comparable with a favourite's follow, by score as without the flag.
+embedding comparable with a favourite's follow, by score as without the flag. Before the first
+favourite (no reviews yet) the order is by score, and the report's line says so: the morning's
+workflow runs the flag from the first day.
 """
 
 from __future__ import annotations
@@ -31,23 +33,19 @@ class Nearness:
 
     def line(self) -> str:
         near = int(np.isfinite(self.distance).sum())
+        if not self.favourites:
+            return "prefer favourites: no favourites in the reviews yet; the review order is by score"
         return (
             f"prefer favourites: {self.favourites:,} favourite(s), {self.embedded:,} with an embedding; "
             f"{near:,} design(s) ordered by their distance to the nearest, their groups first"
         )
 
 
-def favourite_ids_or_refuse(out: str | Path) -> list[str]:
-    """The favourites of OUT's reviews; ValueError (one line) where there are none."""
+def favourite_ids_of(out: str | Path) -> list[str]:
+    """The favourites of OUT's reviews; none where there is no reviews table yet."""
     from pipeline.catalog.reviews import favourite_ids, reviews_path
 
-    found = favourite_ids(Path(out)) if (reviews_path(out) / "_delta_log").is_dir() else []
-    if not found:
-        raise ValueError(
-            f"--prefer-favourites: no favourites in {reviews_path(out)} (no design's latest verdict is favourite); "
-            f"mark some with f in `designs review {out}`, or curate without the flag"
-        )
-    return found
+    return favourite_ids(Path(out)) if (reviews_path(out) / "_delta_log").is_dir() else []
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -65,7 +63,7 @@ def favourite_distances(
 
     distance = np.full(n, np.inf)
     embedded: set[str] = set()
-    for network, at, vectors in parts:
+    for network, at, vectors in parts if favourites else ():
         ids, found = read_embeddings(out, EMBEDDING_METHOD, favourites, network)
         if not len(ids) or found.shape[1] != vectors.shape[1]:
             continue

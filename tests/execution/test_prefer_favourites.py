@@ -1,7 +1,7 @@
 """`designs curate --prefer-favourites` (pipeline/execution/favourites.py, pipeline/execution/curate.py):
 the groups nearest the favourites of OUT/reviews come first in review_order, by the cosine distance
 of their nearest member to the nearest favourite, then by score; groups with no embedding follow,
-by score as without the flag; no favourites is one line and exit 2, and nothing is written."""
+by score as without the flag; before the first favourite the order is by score, and a line says so."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from deltalake import DeltaTable
 
-from flows.cli import EXIT_REFUSED, main
+from flows.cli import EXIT_OK, main
 from pipeline.catalog.curation import curation_path
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.embeddings import EMBEDDING_METHOD, write_embeddings
@@ -99,13 +99,15 @@ def test_the_groups_nearest_a_favourite_are_reviewed_first(catalog):
     assert again.groups == 4 and review_order(out)[:4] == [ids[6], ids[3], ids[0], ids[9]]  # the same order
 
 
-def test_no_favourites_is_refused_in_one_line_and_nothing_is_written(catalog, capsys):
+def test_without_favourites_the_order_is_by_score_and_a_line_says_so(catalog, capsys):
+    """The morning's workflow runs --prefer-favourites from the first day, before any favourite."""
     out, _ = catalog
-    with pytest.raises(ValueError, match="--prefer-favourites: no favourites in .*reviews"):
-        curate(out, backfill=False, prefer_favourites=True)
+    curate(out, threshold=0.02, backfill=False)
+    plain = review_order(out)
+    report = curate(out, threshold=0.02, backfill=False, prefer_favourites=True)  # no reviews table yet
+    assert review_order(out) == plain
+    assert "prefer favourites: no favourites in the reviews yet; the review order is by score" in report.lines()
     verdict(out, 0, "reject")
-    assert main(["curate", str(out), "--prefer-favourites"]) == EXIT_REFUSED
-    err = capsys.readouterr().err
-    assert err.startswith("designs curate: refused: --prefer-favourites: no favourites in")
-    assert len(err.strip().splitlines()) == 1
-    assert not curation_path(out).exists()
+    assert main(["curate", str(out), "--prefer-favourites", "--threshold", "0.02"]) == EXIT_OK
+    assert "no favourites in the reviews yet" in capsys.readouterr().out
+    assert review_order(out) == plain
