@@ -69,6 +69,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def url_host(host: str) -> str:
+    """--host as a URL and a Host header carry it: an IPv6 address in brackets (given with or
+    without), in the short form browsers write; anything else as given."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        return host
+    return f"[{address.compressed}]" if address.version == 6 else address.compressed
+
+
+def loopback_hosts(host: str) -> list[str]:
+    """The Host names a loopback desk accepts: the usual loopback names and its own address
+    (127.0.0.2 is loopback too; a browser sends what the URL says)."""
+    return list(dict.fromkeys((*_LOOPBACK_NAMES, url_host(host).lower())))
+
+
 class SecurityHeaders:
     """Every response: the CSP, no sniffing, no referrer, no framing."""
 
@@ -525,7 +542,8 @@ def serve(
     if not 0 < port < 65536:
         raise ValueError(f"--port {port} must be from 1 to 65535")
     loopback = is_loopback(host)
-    app = create_app(out, reviewer, None if loopback else ["*"])
+    app = create_app(out, reviewer, loopback_hosts(host) if loopback else ["*"])
+    shown = url_host(host)
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -536,7 +554,5 @@ def serve(
     removed = compact_reviews(out)
     if removed:
         print(f"reviews: {removed} small files compacted")
-    print(
-        f"review desk for {out} as {reviewer}: http://{host if ':' not in host else f'[{host}]'}:{port}/ (Ctrl-C stops)"
-    )
+    print(f"review desk for {out} as {reviewer}: http://{shown}:{port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning", server_header=False)

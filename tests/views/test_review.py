@@ -464,6 +464,44 @@ def test_review_command_warns_off_loopback(tmp_path, capsys, monkeypatch):
     assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
 
 
+def free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host.strip("[]"), 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "host, url_host",
+    [("::1", "[::1]"), ("[::1]", "[::1]"), ("0:0:0:0:0:0:0:1", "[::1]"), ("127.0.0.2", "127.0.0.2")],
+)
+def test_a_loopback_desk_answers_the_host_its_url_names(tmp_path, capsys, monkeypatch, host, url_host):
+    """`--host ::1` (or any loopback address): the printed URL is one a browser opens, the Host
+    header it sends is accepted, a verdict from that origin lands; another Host is still refused."""
+    out = tmp_path / "out"
+    ids = build_review_catalog(out, n=2, curated=False)
+    served = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, host, port, **kw: served.update(app=app, host=host))
+    port = free_port(host)
+
+    assert main(["review", str(out), "--host", host, "--port", str(port)]) == 0
+
+    printed = capsys.readouterr()
+    assert f"http://{url_host}:{port}/ (Ctrl-C stops)" in printed.out and "warning" not in printed.err
+    assert served["host"] == host.strip("[]")
+    client = TestClient(served["app"], base_url=f"http://{url_host}:{port}")
+    page = client.get("/")
+    assert page.status_code == 200
+    response = client.post(
+        "/verdict",
+        data={"verdict_id": uuid.uuid4().hex, "design_id": ids[0], "verdict": "favourite"},
+        headers={"X-CSRF-Token": token_of(page.text), "Origin": f"http://{url_host}:{port}"},
+    )
+    assert response.status_code == 200 and favourite_ids(out) == [ids[0]]
+    assert client.get("/", headers={"Host": f"evil.example:{port}"}).status_code == 400
+
+
 def test_thumbnails_are_never_written_through_a_link_out_of_out(tmp_path):
     out = tmp_path / "big"
     ids = build_review_catalog(out, n=2, image_size=400, curated=False)
