@@ -64,7 +64,7 @@ class CurateReport:
         lines = [
             f"curate: {self.designs:,} design(s) in {self.groups:,} group(s) ({self.grouped:,} in groups of two "
             f"or more); curation table version {self.version}; run {self.run_id}",
-            self.embed_line or f"embeddings: {self.embedded:,} computed now",
+            self.embed_line or "embeddings: every design selected has one",
             f"grouped by: {', '.join(self.methods) or NO_EMBEDDING}"
             + (
                 f"; {self.skipped:,} design(s) without an embedding (alone, or a colourway with its parent)"
@@ -262,24 +262,29 @@ def _backfill(
 
 
 def _embeddings(out: Path, ids: np.ndarray) -> tuple[np.ndarray, list[tuple[str, np.ndarray, np.ndarray]]]:
-    """Which of `ids` (sorted) have an embedding, and per network (indices into ids, vectors)."""
+    """Which of `ids` (sorted) have an embedding, and per network (indices into ids, in id order;
+    their vectors). The vectors land in one (n, d) array in id order, a file at a time: a
+    catalog of one network is grouped from it without a copy."""
     from pipeline.catalog.embeddings import EMBEDDING_METHOD, iter_embeddings
 
     found = np.zeros(len(ids), dtype=bool)
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for part_ids, vectors, networks in iter_embeddings(out, EMBEDDING_METHOD, ids.tolist()):
+    network_of = np.full(len(ids), -1, dtype=np.int32)
+    names: dict[str, int] = {}
+    vectors: np.ndarray | None = None
+    for part_ids, part_vectors, networks in iter_embeddings(out, EMBEDDING_METHOD, ids.tolist()):
+        if vectors is None:
+            vectors = np.zeros((len(ids), part_vectors.shape[1]), dtype=part_vectors.dtype)
         at = np.searchsorted(ids, part_ids)
-        for network in sorted({str(n) for n in networks}):
-            mine = np.asarray([str(n) == network for n in networks])
-            parts.setdefault(network, []).append((at[mine], vectors[mine]))
+        vectors[at] = part_vectors
+        codes = np.asarray([names.setdefault(str(name), len(names)) for name in networks], dtype=np.int32)
+        network_of[at] = codes
         found[at] = True
-    out_parts = []
-    for network in sorted(parts):
-        at = np.concatenate([p[0] for p in parts[network]])
-        vectors = np.concatenate([p[1] for p in parts[network]])
-        keep = np.argsort(at, kind="stable")  # design id order: ties and labels follow it
-        out_parts.append((network, at[keep], vectors[keep]))
-    return found, out_parts
+    parts = []
+    for name, code in sorted(names.items()):
+        at = np.flatnonzero(network_of == code)
+        assert vectors is not None
+        parts.append((name, at, vectors if len(at) == len(ids) else vectors[at]))
+    return found, parts
 
 
 def curate(
@@ -315,15 +320,19 @@ def curate(
     if not n:
         return report
     ids = np.asarray(table.column("design_id").to_pylist(), dtype=str)
-    if backfill:
-        t0 = time.perf_counter()
-        _backfill(out, ids.tolist(), version, weights_files, report)
-        report.seconds["embed"] = time.perf_counter() - t0
-
     t0 = time.perf_counter()
     found, parts = _embeddings(out, ids)
-    report.skipped = int(n - found.sum())
     report.seconds["read embeddings"] = time.perf_counter() - t0
+    if backfill and not found.all():
+        # Only the designs without one: a catalog that has them all costs no backfill (nor torch).
+        t0 = time.perf_counter()
+        _backfill(out, ids[~found].tolist(), version, weights_files, report)
+        report.seconds["embed"] = time.perf_counter() - t0
+        if report.embedded:
+            t0 = time.perf_counter()
+            found, parts = _embeddings(out, ids)
+            report.seconds["read embeddings"] += time.perf_counter() - t0
+    report.skipped = int(n - found.sum())
 
     # Colourways: joined to their parent where it is selected, scored as it is.
     parent_ids = table.column("parent_design_id").to_pylist()
