@@ -174,3 +174,20 @@ def test_a_missing_catalog_is_refused(tmp_path: Path, capsys):
     assert main(["curate", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("designs curate: refused:") and err.count("\n") == 1
+
+
+def test_the_backfill_is_handed_only_the_designs_without_an_embedding(catalog: Path, monkeypatch):
+    from pipeline.execution import embed
+
+    handed = []
+
+    def embed_missing(out, design_ids, **kwargs):
+        handed.append(sorted(design_ids))
+        return embed.EmbedReport(skipped_no_weights=len(design_ids))
+
+    monkeypatch.setattr(embed, "embed_missing", embed_missing)
+    curate(catalog, threshold=0.02)
+    assert handed == [[design_id(60)]]  # the colourway alone
+    # Every selected design has one: no backfill at all.
+    report = curate(catalog, where="parent_design_id is null")
+    assert len(handed) == 1 and report.lines()[1] == "embeddings: every design selected has one"
