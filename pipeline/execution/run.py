@@ -182,8 +182,9 @@ class Run:
         return summary
 
     def maintain_if_due(self) -> MaintenanceReport | None:
-        """After finish(): compact, vacuum and checkpoint the design catalog when it holds more
-        than config.maintain_after_files small data files (0: never); None when not due."""
+        """After finish(): compact, vacuum and checkpoint the design catalog (and the tables beside
+        it: maintenance.SIDE_TABLES) when it holds more than config.maintain_after_files small data
+        files (0: never); None when not due."""
         limit = self.config.maintain_after_files
         if not limit or small_files(self.out, self.config.maintain_small_file_bytes) <= limit:
             return None
