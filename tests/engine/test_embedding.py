@@ -170,3 +170,42 @@ def test_on_real_weights_designs_that_differ_invisibly_are_near_and_other_styles
     assert max(twins.values()) < 1e-3, twins
     assert min(others.values()) > 0.1, others
     assert max(twins.values()) * 100 < min(others.values()), (twins, others)
+
+
+@pytest.mark.slow
+def test_on_real_weights_painted_designs_group_by_style_not_by_content(real_weights):
+    """96 px, 60 steps, two contents x three styles (two paintings and stripes) at style weights 100
+    and 101: every design's nearest other design is its twin, and the designs of one style on the
+    two contents are nearer each other than any two designs of different styles on one content."""
+    size = 96
+    styles = {
+        "starry": painting("starry_night.jpg", size),
+        "shipwreck": painting("shipwreck.jpg", size),
+        "stripes": stripes(size, 12),
+    }
+    contents = {"shapes": shapes(size), "scream": painting("the_scream.jpg", size)}
+    contents["scream"] = torch.nn.functional.interpolate(contents["scream"][None], size=(size, size))[0]
+    base = Config(
+        weights="test", size=size, steps=60, learning_rate=0.05, adam_beta1=0.9, loss_every=60, precision="fp32"
+    )
+    engine = StyleTransfer(base, real_weights, "cpu", precision="fp32")
+    vectors = {}
+    for weight in (100.0, 101.0):
+        pairings = [
+            Pairing(f"{c}-{s}", c, content, s, style) for c, content in contents.items() for s, style in styles.items()
+        ]
+        for p, result in zip(pairings, engine.run(pairings, config=base.replace(style_weight=weight))):
+            vectors[p.key, weight] = result.embedding
+    keys = list(vectors)
+    for key in keys:
+        nearest = min((k for k in keys if k != key), key=lambda k: distance(vectors[key], vectors[k]))
+        assert nearest[0] == key[0], (key, nearest)
+    same_style = max(distance(vectors[f"shapes-{s}", 100.0], vectors[f"scream-{s}", 100.0]) for s in styles)
+    same_content = min(
+        distance(vectors[f"{c}-{a}", 100.0], vectors[f"{c}-{b}", 100.0])
+        for c in contents
+        for a in styles
+        for b in styles
+        if a < b
+    )
+    assert same_style < same_content, (same_style, same_content)
