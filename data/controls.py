@@ -19,6 +19,8 @@ Written under --work: the input catalog, the pairs file, the design catalog
 fabric, `<control>-fabric.png`), a labelled sheet of them all (`sheet-<size>.png`) and
 `controls-<size>.json` (each control's flag, design id, params and measures). With
 --thumbs DIR each control's picture also goes to DIR/<control>.jpg, --thumb-size px wide.
+The same command again makes only the designs not yet made (the catalog skips done ids).
+On a CPU shared with other work, OMP_NUM_THREADS=1 is much faster than oversubscribed threads.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from pipeline.execution.run import Run  # noqa: E402
 SAMPLE = ROOT / "data" / "sample"
 CONTENT = "hoodie"
 INKS = 4
+SHARD_SIZE = 4
 THUMB_JPEG_QUALITY = 80
 
 
@@ -214,7 +217,8 @@ def make(
     pairs = write_pairs(work / f"pairs-{size}.parquet", controls)
     out = work / f"out-{size}-{steps}"
     roots = tuple(sorted({str(SAMPLE.resolve())} | {str(p.resolve().parent) for p in styles}))
-    config = Config(size=size, steps=steps, weights=weights, allow_roots=roots)
+    # A shard per batch: each commits as it ends, so a stopped run's rerun makes only the rest.
+    config = Config(size=size, steps=steps, weights=weights, allow_roots=roots, shard_size=SHARD_SIZE)
     run = Run(catalog, out, config)
     checked = run.prepare(str(pairs))
 
