@@ -31,6 +31,7 @@ METHODS = ("auto", "exact", "kmeans")
 EXACT_LIMIT = 20_000
 # Rows per block of a matrix product: a block of 1,024 rows against 20,000 is 80 MB of float32.
 BLOCK_ROWS = 1024
+BLOCK_VALUES = 2**25  # 128 MB of float32 similarities at most in one block
 # k-means clusters: about sqrt(2n), where the two costs that grow with the catalog balance:
 # assigning every design to its nearest centroids (n x clusters) and comparing the members of
 # each cluster with one another and its guests (n x 2n / clusters); n^1.5 in all.
@@ -86,17 +87,27 @@ def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def exact_pairs(x: np.ndarray, min_sim: float) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair i < j with cos >= min_sim: blocks of rows against the rows after them."""
-    found_a, found_b = [], []
+    """Links connecting every pair i < j with cos >= min_sim: blocks of rows against the rows
+    after them, each block's pairs folded into a forest at once (one link a row, where 20,000
+    near-identical designs would be 200M pairs)."""
     n = len(x)
-    for start in range(0, n, BLOCK_ROWS):
-        block = x[start : start + BLOCK_ROWS]
+    forest_a, forest_b = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    for start in range(0, n, block_rows(n)):
+        block = x[start : start + block_rows(n)]
         sims = block @ x[start:].T
         sims[np.tril_indices(len(block))] = -np.inf  # the block's own square: only j > i
         rows, cols = np.nonzero(sims >= min_sim)
-        found_a.append(rows + start)
-        found_b.append(cols + start)
-    return _joined(found_a, found_b)
+        if rows.size:
+            labels = components(n, np.concatenate([forest_a, rows + start]), np.concatenate([forest_b, cols + start]))
+            forest_a = np.flatnonzero(labels != np.arange(n))
+            forest_b = labels[forest_a]
+    return forest_a, forest_b
+
+
+def block_rows(columns: int) -> int:
+    """Rows a block of similarities against `columns` has: BLOCK_ROWS, fewer against very many
+    columns (a cluster of many near-identical designs), so a block stays within BLOCK_VALUES."""
+    return max(1, min(BLOCK_ROWS, BLOCK_VALUES // max(1, columns)))
 
 
 def _joined(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -186,8 +197,9 @@ def kmeans_pairs(x: np.ndarray, min_sim: float, seed: int, stats: GroupingStats)
         members = np.concatenate([own, guests])
         vectors = normalized(x[members])
         rows_found, cols_found = [], []
-        for start in range(0, len(own), BLOCK_ROWS):
-            block = vectors[start : min(start + BLOCK_ROWS, len(own))]
+        step = block_rows(len(members))
+        for start in range(0, len(own), step):
+            block = vectors[start : min(start + step, len(own))]
             rows, cols = np.nonzero(block @ vectors.T >= min_sim)
             rows_found.append(rows + start)
             cols_found.append(cols)

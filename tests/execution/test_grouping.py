@@ -111,3 +111,28 @@ def test_bad_arguments_name_the_value_and_what_is_accepted(threshold, method, sa
     with pytest.raises(ValueError, match="accepted") as err:
         group(np.zeros((3, DIM), np.float16), threshold, method=method)
     assert says in str(err.value)
+
+
+def test_near_identical_designs_are_one_group_held_as_one_link_each(monkeypatch):
+    """3,000 copies of one design: 4.5M pairs, kept as a forest of 2,999 links; blocks shrink so
+    none holds more than BLOCK_VALUES similarities."""
+    rng = np.random.default_rng(5)
+    vectors = np.repeat(rng.standard_normal((1, DIM)), 3000, axis=0)
+    vectors += 1e-4 * rng.standard_normal(vectors.shape)
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    shapes = []
+    real_nonzero = np.nonzero
+
+    def nonzero(mask):
+        shapes.append(mask.shape)
+        return real_nonzero(mask)
+
+    monkeypatch.setattr(grouping, "BLOCK_VALUES", 300_000)
+    monkeypatch.setattr(grouping.np, "nonzero", nonzero)
+    for method in ("exact", "kmeans"):
+        monkeypatch.setattr(grouping, "cluster_count", lambda n: 3)
+        labels, stats = group(vectors, threshold=0.02, method=method)
+        assert set(labels.tolist()) == {0}, method
+        assert stats.pairs == len(vectors) - 1 if method == "exact" else stats.pairs < 2 * len(vectors)
+    blocks = [shape for shape in shapes if len(shape) == 2]  # the similarity blocks
+    assert blocks and max(rows * cols for rows, cols in blocks) <= 300_000
