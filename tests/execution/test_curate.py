@@ -107,6 +107,9 @@ def test_bad_score_weights_name_the_value(text, says):
 
 
 def test_the_curation_table_is_a_new_version_readable_with_designs_query(catalog: Path, capsys):
+    # Before the first curation the table is there, empty.
+    assert main(["query", str(catalog), "select count(*) as n from curation", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 0}]
     assert main(["curate", str(catalog), "--threshold", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "13 design(s) in 3 group(s)" in out and "time:" in out
