@@ -32,6 +32,7 @@ help:
 	@echo "make sample-data # regenerate data/sample from data/make_sample.py"
 	@echo "make bench | bench-plan | bench-catalog | bench-curate | bench-scales | bench-max-size | bench-pipeline [ARGS=...]   # docs/BENCHMARKS.md"
 	@echo "make bench-gpu [GPU_PYTHON=python3] [ARGS=...]   # on a GPU machine: every GPU measurement, 8 min"
+	@echo "make bench-quality [WEIGHTS=PATH] [ARGS=...]   # real weights: time to the paper's style loss at 256 px"
 
 install: $(STAMP)
 
@@ -168,6 +169,14 @@ bench-plan: $(STAMP)
 .PHONY: bench-curate
 bench-curate: $(STAMP)
 	$(BIN)/python -m benchmarks --curate $(ARGS)
+
+# Speed at equal quality on real weights (benchmarks/quality.py): the paper's loop,
+# coarse-to-fine, L-BFGS and the shipped default timed to the style loss of the paper's
+# 1000 steps at 256 px; WEIGHTS: a real VGG file (default ../shared/weights' VGG16; refused
+# in one line, status 2, where there is none). About an hour on a 2-core CPU.
+.PHONY: bench-quality
+bench-quality: $(STAMP)
+	$(BIN)/python -m benchmarks --quality $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)
 
 # The design catalog at 10k, 100k, 1M and 10M rows (the 10M table takes ~15 GB of disk
 # under $TMPDIR, or ARGS=--catalog-dir DIR); ARGS=--catalog-sizes 10000 for a quick look.

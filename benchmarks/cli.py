@@ -1,5 +1,5 @@
 """`python -m benchmarks`: the engine against the naive loop (default), or
---plan, --catalog, --scales, --max-size, --pipeline, --curate; rows go to docs/BENCHMARKS.md."""
+--plan, --catalog, --scales, --max-size, --pipeline, --quality, --curate; rows go to docs/BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how busy run_shard keeps the device, overlap on against off (needs pyarrow and deltalake)",
     )
     which.add_argument(
+        "--quality",
+        action="store_true",
+        help="speed at equal quality on the real VGG16 (--weights, default ../shared/weights'): the paper's loop, "
+        "coarse-to-fine, L-BFGS and the shipped default, timed to the paper's 1000-step style loss",
+    )
+    which.add_argument(
         "--curate",
         action="store_true",
         help="designs curate's near-duplicate grouping at 10k, 100k and 1M designs (synthetic embeddings with "
@@ -85,7 +91,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, help="timed repeats per configuration (the best is kept)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for every configuration (default: torch's)")
-    parser.add_argument("--weights", default="random", help="random (default), auto, or a path to vgg19-dcbb9e9d.pth")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="random (default; --quality: ../shared/weights/vgg16_weights_notop_keras_layout.h5), auto, or a path",
+    )
     parser.add_argument(
         "--compile", action="store_true", help="add engine-compile-bN (torch.compile of the feature extractor)"
     )
@@ -118,6 +128,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--pipeline-contents", type=int, help="--pipeline: content photos (default: 8 on a CPU, 16 on a GPU)"
     )
     parser.add_argument("--pipeline-styles", type=int, default=8, help="--pipeline: style images")
+    parser.add_argument(
+        "--quality-reuse",
+        metavar="JSON",
+        help="--quality: take the paper loop's loss curve from an earlier bench-quality.json of the same "
+        "configuration, weights, precision and inputs (loss against step is deterministic; timing is measured anew)",
+    )
+    parser.add_argument(
+        "--quality-budget",
+        type=float,
+        default=1.0,
+        help="--quality: stop a method that has not reached the target once it has cost this fraction of the "
+        "paper loop's time to it (default 1: it can no longer beat the paper; 0.34: the 3x target)",
+    )
     parser.add_argument("--plan-contents", type=int, default=1000)
     parser.add_argument("--plan-styles", type=int, default=1000)
     parser.add_argument(
@@ -156,7 +179,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="--catalog: keep the tables (in --catalog-dir) and reuse them next time: only the measurements rerun",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.weights is None and not args.quality:  # --quality's default is the real file
+        args.weights = "random"
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -172,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return _run_catalog_bench(args)
     if args.curate:
         return _run_curate_bench(args)
+    if args.quality:
+        return _run_quality_bench(args)
     if args.scales or args.max_size or args.pipeline:
         return _run_large_output_bench(args)
     modes = bench_modes(args, bench_device(args))
@@ -296,5 +324,43 @@ def _run_large_output_bench(args: argparse.Namespace) -> dict[str, Any]:
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_markdown:
         append_table_rows(Path(args.markdown), title, header, rows)
+    print(f"results in {json_path}" + ("" if args.no_markdown else f"; rows appended to {args.markdown}"))
+    return result
+
+
+def _run_quality_bench(args: argparse.Namespace) -> dict[str, Any]:
+    import sys
+
+    from benchmarks import quality as bench_quality
+    from pipeline.engine.weights import WeightsError
+
+    spec = args.weights or str(bench_quality.REAL_WEIGHTS)
+    if spec == "random":
+        print("bench-quality needs real weights: random ones say nothing about quality", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        weights = resolve_weights(spec, 0, allow_download=False)
+    except WeightsError as err:
+        print(
+            f"bench-quality needs real weights ({bench_quality.REAL_WEIGHTS} or --weights PATH): {err}".splitlines()[0],
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reuse = json.loads(Path(args.quality_reuse).read_text()) if args.quality_reuse else None
+    result = bench_quality.run_quality_bench(
+        device, weights, size=args.size or 256, paper_steps=args.steps or 1000, reuse=reuse, budget=args.quality_budget
+    )
+    json_path = Path(args.json or "bench-quality.json")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_markdown:
+        append_table_rows(
+            Path(args.markdown),
+            "Speed at equal quality",
+            bench_quality.QUALITY_TABLE,
+            bench_quality.quality_rows(result),
+        )
     print(f"results in {json_path}" + ("" if args.no_markdown else f"; rows appended to {args.markdown}"))
     return result
