@@ -10,9 +10,10 @@ are read a file at a time. The tables have no deletion vectors: the files are th
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
@@ -36,6 +37,12 @@ class DataFile:
     max_id: str | None
     null_ids: int | None  # rows whose design_id is null (None: unknown)
     modification_time: int  # milliseconds since the epoch
+    # (column, min, max) of the statistics data_files was asked for (stats_columns)
+    stats: tuple[tuple[str, Any, Any], ...] = ()
+
+    def bounds(self, column: str) -> tuple[Any, Any]:
+        """The (min, max) statistics of `column` (asked for by data_files' stats_columns), (None, None) if unknown."""
+        return next(((low, high) for name, low, high in self.stats if name == column), (None, None))
 
     def local_path(self, table_path: Path) -> str:
         """The file's local path, links not resolved."""
@@ -57,9 +64,10 @@ class OutsideTable(ValueError):
         )
 
 
-def data_files(table: DeltaTable, status: str | None = None) -> list[DataFile]:
+def data_files(table: DeltaTable, status: str | None = None, stats_columns: Sequence[str] = ()) -> list[DataFile]:
     """The version's data files; with `status`, only those that may hold rows of it: its
-    partition's, or in a table made before the partitioning those whose statistics allow it."""
+    partition's, or in a table made before the partitioning those whose statistics allow it;
+    with `stats_columns`, each file's min and max of those columns (DataFile.bounds)."""
     actions = pa.table(table.get_add_actions(flatten=True))
     names = set(actions.column_names)
     partitions = table.metadata().partition_columns
@@ -75,6 +83,7 @@ def data_files(table: DeltaTable, status: str | None = None) -> list[DataFile]:
         column("null_count.design_id"),
     )
     values = {p: column(f"partition.{p}") for p in partitions}
+    stats = {c: (column(f"min.{c}"), column(f"max.{c}")) for c in stats_columns}
     keep = [True] * actions.num_rows
     if status is not None and "status" in partitions:
         keep = [v == status for v in values["status"]]
@@ -91,6 +100,7 @@ def data_files(table: DeltaTable, status: str | None = None) -> list[DataFile]:
             max_id=high[i],
             null_ids=nulls[i],
             modification_time=times[i],
+            stats=tuple((c, low_high[0][i], low_high[1][i]) for c, low_high in stats.items()),
         )
         for i in range(actions.num_rows)
         if keep[i]

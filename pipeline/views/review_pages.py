@@ -112,33 +112,26 @@ class _Files:
 
 def _files(table_path: Path, key: str, stat_column: str) -> _Files:
     table = DeltaTable(str(table_path))
-    files = data_files(table)
+    files = data_files(table, stats_columns=(stat_column, "run_id"))
     real = [contained_path(table_path, f) for f in files]
-    actions = pa.table(table.get_add_actions(flatten=True))
-    names = set(actions.column_names)
 
-    def column(name: str) -> list[Any]:
-        return actions.column(name).to_pylist() if name in names else [None] * actions.num_rows
+    def pick(column: str, end: int) -> list[Any]:
+        return [f.bounds(column)[end] for f in files]
 
-    low, high = column(f"min.{stat_column}"), column(f"max.{stat_column}")
-    run_low, run_high = column("min.run_id"), column("max.run_id")
-    by_path = {path: i for i, path in enumerate(actions.column("path").to_pylist())}
-    at = [by_path.get(f.path) for f in files]
-
-    def pick(values: list[Any]) -> list[Any]:
-        return [None if i is None else values[i] for i in at]
+    low, high = pick(stat_column, 0), pick(stat_column, 1)
+    run_low, run_high = pick("run_id", 0), pick("run_id", 1)
 
     return _Files(
         key,
         table,
         files,
         real,
-        pick(low),
-        pick(high),
+        low,
+        high,
         sum(f.rows or 0 for f in files),
         table_path,
-        pick(run_low),
-        pick(run_high),
+        run_low,
+        run_high,
     )
 
 
