@@ -194,3 +194,11 @@ def test_the_parser_and_the_config_never_import_torch():
 
 def test_layer_names_are_torch_free():
     assert third_party(ROOT / "pipeline" / "engine" / "layers.py") <= {"__future__"}
+
+
+def test_the_catalog_readers_never_import_torch():
+    # designs query, curate, similar and the review desk read embeddings without the network
+    modules = "pipeline.catalog.sql, pipeline.catalog.embeddings, pipeline.views.similar, pipeline.views.review"
+    code = f"import {modules}; import sys; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

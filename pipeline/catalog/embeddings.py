@@ -31,7 +31,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from pipeline.catalog.datafiles import DataFile, contained_path, data_files, dataset, fragment, plain_schema, read_rows
 from pipeline.catalog.designs import DesignCatalog, _first_line, _merge_predicate
 from pipeline.catalog.ids import DesignIds, id_ranges
-from pipeline.engine.embedding import EMBEDDING_DTYPE, EMBEDDING_METHOD
+from pipeline.engine.embedding_format import EMBEDDING_DTYPE, EMBEDDING_METHOD
 
 __all__ = [
     "EMBEDDING_KEY",

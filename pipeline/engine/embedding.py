@@ -34,10 +34,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-EMBEDDING_METHOD = "vgg-style-stats-v1"
-EMBEDDING_LAYERS: tuple[str, ...] = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
-EMBEDDING_DIM = 256
-EMBEDDING_DTYPE = np.dtype("<f2")  # float16, little-endian: the bytes the table stores
+from pipeline.engine.embedding_format import (  # noqa: F401 (to_bytes, from_bytes: the format beside the maths)
+    EMBEDDING_DIM,
+    EMBEDDING_DTYPE,
+    EMBEDDING_LAYERS,
+    EMBEDDING_METHOD,
+    from_bytes,
+    to_bytes,
+)
 
 
 @functools.cache
@@ -65,12 +69,3 @@ def embed(features: Mapping[str, torch.Tensor]) -> np.ndarray:
     stats = layer_statistics(features).cpu()
     vectors = torch.nn.functional.normalize(stats @ projection(stats.shape[1]), dim=1)
     return vectors.numpy().astype(EMBEDDING_DTYPE)
-
-
-def to_bytes(vector: np.ndarray) -> bytes:
-    """One embedding as the table stores it: float16 little-endian."""
-    return np.ascontiguousarray(vector, dtype=EMBEDDING_DTYPE).tobytes()
-
-
-def from_bytes(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=EMBEDDING_DTYPE)

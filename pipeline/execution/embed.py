@@ -30,7 +30,7 @@ from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.embeddings import compact_embeddings, embedded_id_array, write_embeddings
 from pipeline.catalog.images import DEFAULT_MAX_BYTES, ImageLoadError, decode_rgb, read_image_bytes
 from pipeline.config import Config
-from pipeline.engine.embedding import EMBEDDING_METHOD
+from pipeline.engine.embedding_format import EMBEDDING_METHOD
 from pipeline.engine.transfer import StyleTransfer
 from pipeline.engine.weights import (
     WEIGHTS_ENV,

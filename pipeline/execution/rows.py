@@ -21,7 +21,7 @@ from pipeline.catalog.embeddings import EMBEDDING_KEY
 from pipeline.catalog.images import design_file_bytes
 from pipeline.catalog.schema import params_value
 from pipeline.config import Config
-from pipeline.engine.embedding import to_bytes
+from pipeline.engine.embedding_format import to_bytes
 from pipeline.engine.losses import seam_score
 from pipeline.engine.transfer import DesignResult, resolve_precision
 from pipeline.engine.weights import WeightsSource

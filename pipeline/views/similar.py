@@ -20,7 +20,7 @@ from pipeline.catalog.datafiles import data_files, read_rows
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.embeddings import embedding_batches, may_hold
 from pipeline.catalog.history import resolve_version
-from pipeline.engine.embedding import EMBEDDING_METHOD
+from pipeline.engine.embedding_format import EMBEDDING_METHOD
 from pipeline.views.query import QueryError
 
 BLOCK = 65536  # rows compared at once: 64 MiB of float32 at 256 dims
