@@ -34,7 +34,7 @@ from flows.options import (
     config_from_args,
     configure_prefect_env,
 )
-from pipeline.config import CURATE_SCORE_WEIGHTS, CURATE_THRESHOLD, DEFAULT_OUT, Config, config_field
+from pipeline.config import CURATE_SCORE_WEIGHTS, CURATE_THRESHOLD, DEFAULT_OUT, SIMILAR_K, Config, config_field
 
 
 class Parser(argparse.ArgumentParser):
@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     similar.add_argument("out", metavar="OUT", help="design catalog folder")
     similar.add_argument("design_id", metavar="DESIGN_ID", help="the design whose neighbours to list")
-    similar.add_argument("-k", type=int, default=10, metavar="N", help="how many designs to list (default: 10)")
+    similar.add_argument(
+        "-k", type=int, default=SIMILAR_K, metavar="N", help=f"how many designs to list (default: {SIMILAR_K})"
+    )
     similar.add_argument(
         "--version",
         type=int,

@@ -25,6 +25,8 @@ CURATE_THRESHOLD = 0.02
 CURATE_SCORE_WEIGHTS = {"style": 1.0, "content": 1.0, "seam": 1.0, "mask": 1.0}
 # Past this many ok designs the static gallery shows the curated representatives only.
 GALLERY_MAX_DESIGNS = 5_000
+# `designs similar` lists this many nearest designs unless -k says otherwise.
+SIMILAR_K = 10
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise")

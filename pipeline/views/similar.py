@@ -20,11 +20,11 @@ from pipeline.catalog.datafiles import data_files, read_rows
 from pipeline.catalog.designs import DesignCatalog
 from pipeline.catalog.embeddings import embedding_batches, may_hold
 from pipeline.catalog.history import resolve_version
+from pipeline.config import SIMILAR_K
 from pipeline.engine.embedding_format import EMBEDDING_METHOD
 from pipeline.views.query import QueryError
 
 BLOCK = 65536  # rows compared at once: 64 MiB of float32 at 256 dims
-DEFAULT_K = 10
 COLUMNS = ("rank", "design_id", "distance", "content_id", "style_id", "output_uri")
 
 
@@ -81,7 +81,7 @@ def _designs(out: Path, version: int | None, ids: list[str]) -> dict[str, dict]:
     return found
 
 
-def nearest(out: str | Path, design_id: str, k: int = DEFAULT_K, version: int | None = None) -> pa.Table:
+def nearest(out: str | Path, design_id: str, k: int = SIMILAR_K, version: int | None = None) -> pa.Table:
     """The k ok designs of the version nearest to `design_id`, nearest first (ties by id):
     rank, design_id, distance (1 - cos, rounded to 4 places), content_id, style_id, output_uri.
     UnknownDesign, NoEmbedding: one line each, for the CLI."""
