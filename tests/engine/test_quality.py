@@ -15,8 +15,16 @@ from pipeline.engine.transfer import Pairing, StyleTransfer, _layer_masks
 from pipeline.engine.weights import resolve_weights
 
 # The style weighted up: the paper's balance is set for pretrained features, not random ones.
+# TV 30 as given: "auto" at 32 px (7,680) would smooth a noise style's pattern away.
 BASE = Config(
-    size=32, steps=20, loss_every=10, weights="random", learning_rate=0.05, content_weight=1.0, style_weight=1e3
+    size=32,
+    steps=20,
+    loss_every=10,
+    weights="random",
+    learning_rate=0.05,
+    content_weight=1.0,
+    style_weight=1e3,
+    tv_weight=30.0,
 )
 gen = torch.Generator().manual_seed(11)
 STYLE = torch.rand(3, 32, 32, generator=gen)
