@@ -358,7 +358,7 @@ def _run_quality_bench(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_markdown:
         append_table_rows(
             Path(args.markdown),
-            "Speed at equal quality",
+            "Speed at equal quality results",
             bench_quality.QUALITY_TABLE,
             bench_quality.quality_rows(result),
         )
