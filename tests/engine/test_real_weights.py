@@ -11,7 +11,7 @@ on caffe-scale gradients) barely moves the image and the Grams mean nothing:
 - block, half-drop and brick repeats come out seamless, and a mask leaks nothing while
   the garment takes the style.
 
-The first runs in `make test` (64 px, shallow layers, fp32 as every test); the rest are slow.
+The first and L-BFGS on the paper's loss run in `make test` (64 px, fp32 as every test); the rest are slow.
 Credit: VGG16 by K. Simonyan and A. Zisserman, Visual Geometry Group, University of Oxford (CC BY 4.0).
 """
 
