@@ -178,7 +178,8 @@ def test_params_record_the_precision_that_made_the_design(native_bf16, sample_ca
 def test_bf16_loss_curve_stays_close_to_fp32():
     """A short run at the Caffe scale (the default network's): the bf16 engine's total-loss
     curve within CURVE_RTOL of fp32's at every sample, and both descending."""
-    config = Config(size=32, steps=8, loss_every=1, weights="random")
+    # The paper's learning rate and TV weight, which CURVE_RTOL was measured with (auto: 0.1, 7,680).
+    config = Config(size=32, steps=8, loss_every=1, weights="random", learning_rate=0.02, tv_weight=30.0)
     pairings = make_pairings(1, 32, seed=3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 32 px gains nothing from threads

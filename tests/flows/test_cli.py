@@ -36,7 +36,7 @@ def test_help_shows_every_config_field_with_its_default(capsys):
     for f in dataclasses.fields(Config):
         flag = "--allow-root" if f.name == "allow_roots" else "--" + f.name.replace("_", "-")
         assert flag in text, flag
-    assert "(default: 512)" in text and "(default: 0.02)" in text and "(default: conv5_2)" in text
+    assert "(default: 512)" in text and "(default: auto)" in text and "(default: conv5_2)" in text
 
 
 def test_flags_become_a_config():
