@@ -5,12 +5,12 @@ by score as without the flag; before the first favourite the order is by score, 
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from curation_catalog import design_id
+from curation_catalog import row as catalog_row
 from deltalake import DeltaTable
 
 from flows.cli import EXIT_OK, main
@@ -23,23 +23,8 @@ from pipeline.execution.curate import curate
 DIM = 16
 
 
-def design_id(i: int) -> str:
-    return hashlib.sha256(f"prefer-{i}".encode()).hexdigest()[:32]
-
-
 def row(i: int, style: str, ratio: float) -> dict:
-    return {
-        "design_id": design_id(i),
-        "pairing_key": f"key-{i}",
-        "run_id": "r1",
-        "created_at": datetime.now(UTC),
-        "status": "ok",
-        "content_id": "tshirt",
-        "style_id": style,
-        "output_uri": f"images/{i}.png",
-        "params": {"network": "vgg16", "weights": "sha256:" + "ab" * 32},
-        "quality": {"style_ratio": ratio, "content_kept": 0.8, "style_ratio_per_layer": [ratio]},
-    }
+    return catalog_row(i, style, ratio, 0.8)
 
 
 @pytest.fixture
