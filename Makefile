@@ -88,7 +88,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Tables: designs, runs, commits (docs/ANALYSTS.md).
+# Tables: designs, runs, commits, embeddings, curation, reviews (docs/ANALYSTS.md).
 query: $(STAMP)
 	@test -n "$$SQL" || { echo "usage: make query SQL=\"select ...\" [OUT=dir] [ARGS='--version N | --as-of TIME | --format csv -o FILE']" >&2; exit 2; }
 	$(BIN)/designs query --out "$(OUT)" $(ARGS) "$$SQL"

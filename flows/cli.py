@@ -45,6 +45,19 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_REFUSED, f"{self.prog}: error: {message}\nsee {self.prog} --help\n")
 
 
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """--format and -o/--output, as every command that prints a table takes them."""
+    parser.add_argument(
+        "--format",
+        choices=("table", "csv", "json", "parquet"),
+        default=None,
+        help="output format (default: a table on the terminal, or from the --output suffix)",
+    )
+    parser.add_argument(
+        "-o", "--output", default=None, metavar="FILE", help="write the result to FILE instead of the terminal"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: `--step 20` must not pass for `--steps 20`.
     parser = Parser(
@@ -105,11 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser(
         "query",
         allow_abbrev=False,
-        help="SQL over the design catalog (DuckDB: tables designs, runs, commits, reviews)",
+        help="SQL over the design catalog (DuckDB: tables designs, runs, commits, embeddings, curation, reviews)",
         description=(
             "Run SQL (DuckDB) over the design catalog. Tables: `designs` (one row per design, at the chosen version), "
-            "`runs` (one row per run: counts, timings, throughput, devices), `commits` (the table's versions) and "
-            "`reviews` (the verdicts given in `designs review`; the latest per reviewer and design counts). "
+            "`runs` (one row per run: counts, timings, throughput, devices), `commits` (the table's versions), "
+            "`embeddings` (one per design), `curation` (the latest `designs curate`: groups, scores, review order) "
+            "and `reviews` (the verdicts given in `designs review`; the latest per reviewer and design counts). "
             "DuckDB opens no file: it reads the tables Python hands it and writes nothing (-o FILE is written "
             "by Python). Exit 0: done; 2: refused (bad SQL, more than one statement, no catalog, no such version, "
             "bad output, stopped by --timeout)."
@@ -131,15 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TIMESTAMP",
         help="read the latest version committed at or before this ISO 8601 time (no zone: UTC), e.g. 2026-11-24T06:00:00Z",
     )
-    query.add_argument(
-        "--format",
-        choices=("table", "csv", "json", "parquet"),
-        default=None,
-        help="output format (default: a table on the terminal, or from the --output suffix)",
-    )
-    query.add_argument(
-        "-o", "--output", default=None, metavar="FILE", help="write the result to FILE instead of the terminal"
-    )
+    add_output_flags(query)
     add_timeout_flag(query, "the query")
     parse_intermixed(query)  # `designs query OUT --timeout 5 SQL`: OUT and SQL around flags
 
@@ -166,15 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="among the ok designs of table version N (default: the latest)",
     )
-    similar.add_argument(
-        "--format",
-        choices=("table", "csv", "json", "parquet"),
-        default=None,
-        help="output format (default: a table on the terminal, or from the --output suffix)",
-    )
-    similar.add_argument(
-        "-o", "--output", default=None, metavar="FILE", help="write the result to FILE instead of the terminal"
-    )
+    add_output_flags(similar)
 
     gallery = sub.add_parser(
         "gallery",
