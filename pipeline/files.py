@@ -24,6 +24,22 @@ def check_output(path: Path, error: type[Exception] = ValueError) -> None:
         raise error(f"--output {str(path)!r}: folder {str(path.parent)!r} does not exist")
     if path.is_dir():
         raise error(f"--output {str(path)!r} is a folder")
+    if table := _inside_table(path.parent):
+        raise error(
+            f"--output {str(path)!r} is inside the Delta table {str(table)!r}: a file there could corrupt it "
+            "(its log, its data files); write the result elsewhere"
+        )
+
+
+def _inside_table(folder: Path) -> Path | None:
+    """The Delta table (a folder holding `_delta_log`) that `folder`, links resolved, lies in, if any."""
+    real = Path(os.path.realpath(folder))
+    for candidate in (real, *real.parents):
+        if candidate.name == "_delta_log":
+            return candidate.parent
+        if (candidate / "_delta_log").is_dir():
+            return candidate
+    return None
 
 
 def write_output(path: Path, write: Callable[[str], None], error: type[Exception] = ValueError) -> None:

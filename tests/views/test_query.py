@@ -596,3 +596,16 @@ def test_the_doc_has_worked_queries():
 def test_doc_sql_runs(out: Path, sql: str):
     result = query(out, sql)
     assert result.num_rows > 0, f"no rows from:\n{sql}"
+
+
+@pytest.mark.parametrize("where", ["designs/_delta_log/00000000000000000099.json", "designs/status=ok/result.parquet"])
+def test_output_into_a_delta_table_is_refused(out: Path, tmp_path: Path, capsys, where: str):
+    # A result written as the next log entry would become a commit of the catalog.
+    copy = catalog_copy(out, tmp_path)
+    target = copy / where
+    target.parent.mkdir(exist_ok=True)
+    before = sorted(p.name for p in (copy / "designs" / "_delta_log").iterdir())
+    code, _, err = cli(capsys, "--out", str(copy), "--format", "json", "-o", str(target), "select 1")
+    assert code == EXIT_REFUSED and "inside the Delta table" in err and len(err.strip().splitlines()) == 1
+    assert not target.exists()
+    assert sorted(p.name for p in (copy / "designs" / "_delta_log").iterdir()) == before
