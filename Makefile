@@ -173,7 +173,8 @@ bench-curate: $(STAMP)
 # Speed at equal quality on real weights (benchmarks/quality.py): the paper's loop,
 # coarse-to-fine, L-BFGS and the shipped default timed to the style loss of the paper's
 # 1000 steps at 256 px; WEIGHTS: a real VGG file (default ../shared/weights' VGG16; refused
-# in one line, status 2, where there is none). About an hour on a 2-core CPU.
+# in one line, status 2, where there is none). About 6 minutes on a quiet 2-core CPU, the
+# paper's 1000 steps most of it (ARGS="--quality-reuse bench-quality.json" reuses them).
 .PHONY: bench-quality
 bench-quality: $(STAMP)
 	$(BIN)/python -m benchmarks --quality $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)

@@ -4,12 +4,12 @@ At 256 px, on the sample content and style (data/sample: tshirt x waves), with t
 real ImageNet VGG16 (../shared/weights/vgg16_weights_notop_keras_layout.h5, refused
 in one line where it is absent), four ways of making the design:
 
-- paper: the paper's single-scale Adam as written (lr 0.02, 1000 steps, TV 30);
+- paper: the paper's single-scale Adam as written (lr 0.02, 1000 steps, TV 30, one scale);
 - coarse-to-fine: the paper's numbers on the pipeline's scales (size/4, size/2, size;
   the default ladder: the steps at the first, halved at each next);
 - lbfgs: L-BFGS (strong Wolfe line search) with the paper's loss weights;
 - default: `designs generate --size 256` as shipped (Config(size=256): its "auto"
-  learning rate and TV weight, pipeline/config.py).
+  scales, learning rate and TV weight, pipeline/config.py).
 
 The target is the style loss the paper's 1000-step run ends at; a method reaches it
 at the first step of its final scale whose style loss is within 5% of it. Loss
@@ -90,7 +90,7 @@ class Curve:
 
 def method_configs(size: int, paper_steps: int, lbfgs_steps: int, default: Config | None = None) -> dict[str, Config]:
     """The four methods' configs at `size`; `default` is the shipped Config (a test passes a cheaper one)."""
-    paper = Config(size=size, steps=paper_steps, learning_rate=0.02, tv_weight=30.0, loss_every=1)
+    paper = Config(size=size, steps=paper_steps, learning_rate=0.02, tv_weight=30.0, scales=(), loss_every=1)
     shipped = (default or Config()).replace(size=size, loss_every=1)
     return {
         "paper": paper,
@@ -117,6 +117,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
 
 def _ladder_sides(cfg: Config) -> list[tuple[int, int]]:
     """[(longest side, steps)] of a config's scales, as the engine's default ladder gives them."""
+    cfg = cfg.resolved()
     if not cfg.scales:
         return [(cfg.size, cfg.steps)]
     steps = list(cfg.scale_steps) or [max(1, cfg.steps // 2**i) for i in range(len(cfg.scales))]
@@ -330,7 +331,8 @@ def _settings(cfg: Config) -> str:
         parts.append(f"lr {cfg.learning_rate:.3g}")
     parts.append(f"TV {cfg.tv_weight:.3g}")
     if cfg.scales:
-        parts.append("scales " + ",".join(map(str, cfg.scales)))
+        steps = cfg.scale_steps or [max(1, cfg.steps // 2**i) for i in range(len(cfg.scales))]
+        parts.append("scales " + ",".join(f"{side}x{n}" for side, n in zip(cfg.scales, steps)))
     return ", ".join(parts)
 
 

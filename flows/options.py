@@ -41,7 +41,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             default = AUTO  # from --size and --steps (Config.resolved)
         help_text = f.metadata["help"]
         if field_type(f) is tuple:
-            shown = ",".join(map(str, default)) or "none"
+            shown = default if default == AUTO else ",".join(map(str, default)) or "none"
             if f.name == "allow_roots":
                 group.add_argument(
                     flag,

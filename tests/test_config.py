@@ -207,8 +207,11 @@ def test_designs_made_before_the_repeat_and_motif_fields_keep_their_ids():
     def digest(cfg: Config) -> str:
         return hashlib.sha256(cfg.identity_json().encode()).hexdigest()
 
-    assert digest(Config()) == "1d8b290e3130443aa280b33c98b1aaca9407053f3942e8d76d2867460dc1d9ac"
-    assert digest(Config(repeat="block")) == "778b04302fd082a72befeedbbd838bcf6666920b5fd1490aecd1a1a9067f465c"
+    # Made before auto scales: one scale, now given explicitly (scales=(): --scales none).
+    assert digest(Config(scales=())) == "1d8b290e3130443aa280b33c98b1aaca9407053f3942e8d76d2867460dc1d9ac"
+    assert digest(Config(repeat="block", scales=())) == (
+        "778b04302fd082a72befeedbbd838bcf6666920b5fd1490aecd1a1a9067f465c"
+    )
     # Made before the auto learning rate and TV weight: the paper's numbers, now given explicitly.
     old_defaults = {"learning_rate": 0.02, "tv_weight": 30.0}
     assert digest(Config(size=32, steps=5, repeat="block", **old_defaults)) == (
@@ -240,7 +243,8 @@ def test_a_style_scale_too_small_is_refused_by_designs_generate_in_one_line(tmp_
         code = stop.code
     err = capsys.readouterr().err
     assert code == EXIT_REFUSED
-    assert "style_scale=1e-09 is invalid; accepted: a number from 0.03125 to 4 at --size 512" in err
+    # The default's coarsest scale (auto: 128 px at --size 512) must keep the network's 16 px.
+    assert "style_scale=1e-09 is invalid; accepted: a number from 0.125 to 4 at --scales 128,256,512" in err
     assert "Traceback" not in err and not out.exists()
 
 
@@ -257,13 +261,14 @@ def test_auto_learning_rate_and_tv_weight_are_the_papers_exactly_at_512_px_and_1
 @pytest.mark.parametrize(
     "size, steps, learning_rate, tv_weight",
     [
-        (256, 1000, 0.02, 120.0),
-        (128, 1000, 0.02, 480.0),
-        (1024, 1000, 0.02, 7.5),
-        (512, 500, 0.04, 30.0),
-        (256, 300, 0.02 * 1000 / 300, 120.0),
-        (512, 100, 0.1, 30.0),  # at most MAX_AUTO_LEARNING_RATE
-        (512, 2000, 0.01, 30.0),
+        (256, 1000, 0.02, 60.0),
+        (128, 1000, 0.02, 120.0),
+        (1024, 1000, 0.02, 15.0),
+        (512, 500, 0.02 * 2**0.5, 30.0),
+        (256, 300, 0.02 * (1000 / 300) ** 0.5, 60.0),
+        (512, 100, 0.02 * 10**0.5, 30.0),
+        (512, 20, 0.1, 30.0),  # at most MAX_AUTO_LEARNING_RATE
+        (512, 2000, 0.02 / 2**0.5, 30.0),
     ],
 )
 def test_auto_learning_rate_follows_the_steps_and_tv_weight_the_size(size, steps, learning_rate, tv_weight):
@@ -276,7 +281,7 @@ def test_auto_learning_rate_follows_the_steps_and_tv_weight_the_size(size, steps
 
 
 def test_explicit_learning_rate_and_tv_weight_win_over_auto():
-    cfg = Config(size=256, steps=300, learning_rate=0.02, tv_weight=30.0)
+    cfg = Config(size=256, steps=300, learning_rate=0.02, tv_weight=30.0, scales=())
     assert cfg.resolved() is cfg
     assert (cfg.resolved().learning_rate, cfg.resolved().tv_weight) == (0.02, 30.0)
     assert cfg.identity_json() != Config(size=256, steps=300).identity_json()
@@ -295,3 +300,44 @@ def test_auto_is_accepted_as_a_value_and_kept_through_to_dict():
         Config(tv_weight=-1.0)
     with pytest.raises(ValueError, match="style_weight"):
         coerce(config_field("style_weight"), "auto")
+
+
+@pytest.mark.parametrize(
+    "size, steps, scales, scale_steps",
+    [
+        (512, 1000, (128, 256, 512), (400, 200, 400)),
+        (256, 1000, (64, 128, 256), (400, 200, 400)),
+        (256, 300, (64, 128, 256), (120, 60, 120)),
+        (300, 77, (75, 150, 300), (31, 15, 31)),
+        (128, 300, (64, 128), (180, 120)),
+        (200, 1000, (100, 200), (600, 400)),
+        (127, 1000, (), ()),  # below two of the coarsest 64 px: one scale
+        (512, 49, (), ()),  # too few steps to spread: one scale
+    ],
+)
+def test_auto_scales_spread_the_steps_coarse_to_fine(size, steps, scales, scale_steps):
+    resolved = Config(size=size, steps=steps).resolved()
+    assert (resolved.scales, resolved.scale_steps) == (scales, scale_steps)
+    assert sum(resolved.scale_steps or (steps,)) == steps  # --steps is still the design's step count
+    explicit = Config(size=size, steps=steps, scales=scales, scale_steps=scale_steps)
+    assert Config(size=size, steps=steps).identity_json() == explicit.identity_json()
+
+
+def test_scales_none_is_the_papers_single_scale_and_keeps_old_ids():
+    assert coerce(config_field("scales"), "none") == ()
+    assert coerce(config_field("scales"), "auto") is None
+    assert coerce(config_field("scales"), "64,128") == (64, 128)
+    single = Config.from_dict({"scales": "none"})
+    assert single.resolved().scales == () and single.resolved().scale_steps == ()
+    # The default design of the releases before auto scales, now asked for with --scales none.
+    digest = hashlib.sha256(single.identity_json().encode()).hexdigest()
+    assert digest == "1d8b290e3130443aa280b33c98b1aaca9407053f3942e8d76d2867460dc1d9ac"
+    assert Config().identity_json() != single.identity_json()  # the coarse-to-fine default is another design
+
+
+def test_scale_steps_need_explicit_scales():
+    with pytest.raises(ValueError, match=r"scale_steps=\(1, 2, 3\) is invalid; accepted: empty with scales auto"):
+        Config(scale_steps=(1, 2, 3))
+    assert Config(scales=(256, 512), scale_steps=(10, 5)).resolved().scale_steps == (10, 5)
+    with pytest.raises(ValueError, match=r"scale_steps=\(5,\) is invalid; accepted: empty with one scale"):
+        Config(scales=(), scale_steps=(5,))

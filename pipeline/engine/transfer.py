@@ -12,6 +12,10 @@ The network and its input are the paper's by default: the Caffe-trained VGG19
 Adam with Keras' epsilon convention (`adam_convention`). Departure from the
 paper: a VGG16 file runs on VGG16 (the network comes from the file; the paper's
 layers all exist in it, its activations and so its loss balance differ).
+Departure from the paper's defaults: the config's `scales` auto runs this loop
+coarse-to-fine (size/4, size/2, size) instead of once at the output size, and the
+learning rate and TV weight follow the size and steps (pipeline/config.py); the
+engine runs whatever Config.resolved() gives.
 
 Textile controls beyond the paper: seamless repeats (block, half-drop, brick:
 every convolution padded and the TV term wrapped as the repeat lays the tiles
@@ -404,7 +408,7 @@ class StyleTransfer:
             targets_seconds += time.perf_counter() - t0
             if image is None:
                 image = self._initial_image(contents, cfg, n, (h, w), pattern)
-            else:  # coarse-to-fine: start from the previous scale, upsampled
+            else:  # coarse-to-fine (the default ladder departs from the paper): the previous scale, upsampled
                 image = F.interpolate(image, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
             image, scale_curves = self._optimize(
                 image, content_t, style_t, masks, cfg, steps, done_steps, total_steps, on_progress, learning_rate_scale

@@ -29,7 +29,7 @@ def test_the_quality_bench_times_every_method_to_the_papers_style_loss(tmp_path)
     rows = {row["method"]: row for row in result["rows"]}
     assert list(rows) == ["paper", "coarse-to-fine", "lbfgs", "default"]
     assert rows["paper"]["settings"] == "adam, 8 steps, lr 0.02, TV 30"
-    assert rows["coarse-to-fine"]["settings"].endswith("scales 16,32,64")
+    assert rows["coarse-to-fine"]["settings"].endswith("scales 16x8,32x4,64x2")  # side x steps
     # The default's "auto" numbers, resolved at 64 px and 6 steps, are what it records.
     auto = Config(size=64, steps=6).resolved()
     assert f"lr {auto.learning_rate:.3g}, TV {auto.tv_weight:.3g}" in rows["default"]["settings"]

@@ -76,12 +76,17 @@ def test_targets_differ_per_style_scale_and_pooling_and_are_cached_for_each():
     assert len(engine.targets.style) == 3
 
 
-@pytest.mark.parametrize("bad", [0.0, -1.0, 5.0, 1e-9, 0.03, float("nan")])
+@pytest.mark.parametrize("bad", [0.0, -1.0, 5.0, 1e-9, 0.03, float("nan")])  # 0.03: under 16 px at 512
 def test_a_style_scale_out_of_range_is_refused(bad: float):
+    # The default's coarsest scale (auto: 128 px at 512) bounds it; one scale, the output size.
+    with pytest.raises(
+        ValueError, match=rf"style_scale={bad!r} is invalid; accepted: a number from 0.125 to 4 at --scales 128,256,512"
+    ):
+        Config(style_scale=bad)
     with pytest.raises(
         ValueError, match=rf"style_scale={bad!r} is invalid; accepted: a number from 0.03125 to 4 at --size 512"
     ):
-        Config(style_scale=bad)
+        Config(style_scale=bad, scales=())
 
 
 def test_the_least_style_scale_keeps_16_px_at_the_coarsest_scale():
