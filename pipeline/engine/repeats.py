@@ -83,6 +83,25 @@ def neighbour_differences(image: torch.Tensor, repeat: str) -> tuple[torch.Tenso
     return dy, dx
 
 
+# Bicubic interpolation reads two source pixels on each side.
+_BICUBIC_REACH = 2
+
+
+def upsample_tile(x: torch.Tensor, size: tuple[int, int], repeat: str) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, *size), bicubic, reading across the edges what the repeat puts
+    there: a coarse scale's seamless tile stays seamless at the next (coarse-to-fine). With
+    'none', the plain resize (its edges replicated)."""
+    _check(repeat)
+    if repeat == "none":
+        return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+    h, w = x.shape[-2:]
+    pad = min(_BICUBIC_REACH, h, w)
+    top, left = round(pad * size[0] / h), round(pad * size[1] / w)
+    padded = repeat_pad(x, repeat, pad)
+    out = F.interpolate(padded, size=(size[0] + 2 * top, size[1] + 2 * left), mode="bicubic", align_corners=False)
+    return out[..., top : top + size[0], left : left + size[1]]
+
+
 def fabric(tile: torch.Tensor, repeat: str, rows: int = 3, columns: int = 3) -> torch.Tensor:
     """(C, H, W) tile -> (C, rows H, columns W): the fabric laid out as the repeat says,
     tile (0, 0) at the top left."""

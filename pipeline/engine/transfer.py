@@ -44,7 +44,7 @@ from pipeline.engine.embedding import EMBEDDING_LAYERS, embed
 from pipeline.engine.losses import LOSS_NAMES, _layer_weights, content_loss, gram, seam_score, style_loss, tv_loss
 from pipeline.engine.optim import PaperAdam
 from pipeline.engine.quality import Quality, measure
-from pipeline.engine.repeats import RepeatConv2d
+from pipeline.engine.repeats import RepeatConv2d, upsample_tile
 from pipeline.engine.targets import TargetCache
 from pipeline.engine.vgg import MIN_SIDE, FeatureExtractor, layer_index
 from pipeline.engine.weights import WeightsSource, load_features
@@ -409,7 +409,7 @@ class StyleTransfer:
             if image is None:
                 image = self._initial_image(contents, cfg, n, (h, w), pattern)
             else:  # coarse-to-fine (the default ladder departs from the paper): the previous scale, upsampled
-                image = F.interpolate(image, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+                image = upsample_tile(image, (h, w), cfg.repeat).clamp(0, 1)
             image, scale_curves = self._optimize(
                 image, content_t, style_t, masks, cfg, steps, done_steps, total_steps, on_progress, learning_rate_scale
             )

@@ -12,7 +12,7 @@ from helpers import fabric_seams
 
 from pipeline.config import REPEATS, Config
 from pipeline.engine.losses import seam_score, tv_loss
-from pipeline.engine.repeats import fabric, repeat_pad
+from pipeline.engine.repeats import fabric, repeat_pad, upsample_tile
 from pipeline.engine.transfer import Pairing, StyleTransfer
 from pipeline.engine.weights import resolve_weights
 
@@ -112,3 +112,20 @@ def test_repeat_changes_the_design_id_and_tile_stays_its_alias():
         Config().replace(tile=True, repeat="none")
     with pytest.raises(ValueError, match="repeat='zigzag' is invalid; accepted: none, block, half-drop, brick"):
         Config(repeat="zigzag")
+
+
+@pytest.mark.parametrize("repeat", TILED)
+def test_coarse_to_fine_upsamples_a_tile_as_its_fabric(repeat: str):
+    """The next scale starts from the coarse tile upsampled as part of its fabric, so a seamless
+    coarse tile stays seamless: the middle tile of the upsampled fabric, not a resize whose
+    edges replicate the border."""
+    tile = torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(5))
+    up = upsample_tile(tile, (24, 32), repeat)
+    cloth = F.interpolate(fabric(tile[0], repeat).unsqueeze(0), size=(72, 96), mode="bicubic", align_corners=False)
+    # The fabric's middle cell is the tile as its column (half-drop) or row (brick) shifts it.
+    middle = cloth[..., 24:48, 32:64]
+    middle = {"half-drop": middle.roll(-12, dims=-2), "brick": middle.roll(-16, dims=-1)}.get(repeat, middle)
+    torch.testing.assert_close(up, middle, rtol=0, atol=1e-5)
+    plain = F.interpolate(tile, size=(24, 32), mode="bicubic", align_corners=False)
+    assert not torch.allclose(plain, middle, atol=1e-3)  # the edges differ
+    torch.testing.assert_close(upsample_tile(tile, (24, 32), "none"), plain)
