@@ -48,9 +48,9 @@ generate: $(STAMP)
 
 # The weights: WEIGHTS=PATH (any known file), else --weights auto where it finds a
 # file or can download the paper's, else random weights with one line saying so
-# (python -m flows.demo_weights). Real weights: the paper's defaults (style 1e-2,
-# content 1e4, TV 30, lr 0.02) at a CPU size, 192 px and 200 steps: the six sample
-# designs took 9.5 minutes on 2 cores shared with other work (README, "Try it on a CPU").
+# (python -m flows.demo_weights). Real weights: the shipped defaults at a CPU size,
+# 192 px and 200 steps (auto: coarse-to-fine at 96 and 192 px): the six sample designs
+# took 78 s on 2 cores (README, "Try it on a CPU").
 WEIGHTS ?=
 DEMO_FLAGS := --size 192 --steps 200
 # Random weights: a TV weight for 128 px instead of 512 (TV sums over pixels), a

@@ -435,7 +435,9 @@ def run_bench(args: argparse.Namespace, log: Callable[[str], None] = print, mode
     torch.manual_seed(0)
 
     weights = resolve_weights(args.weights, 0, allow_download=args.weights != "random")
-    config = Config(size=sizes.size, steps=sizes.steps, weights=args.weights, devices=str(device))
+    # One scale, as the naive loops: this compares the cost of a step (the default ladder's gain
+    # is measured at equal quality by --quality).
+    config = Config(size=sizes.size, steps=sizes.steps, weights=args.weights, devices=str(device), scales=())
     flops = step_flops(sizes.size, sizes.size, config.content_layers, config.style_layers, weights.network)
     name = device_label(device)
     peak = peak_bf16_tflops(name) if device.type == "cuda" else None

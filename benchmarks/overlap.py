@@ -72,7 +72,9 @@ def run_pipeline_bench(
     from pipeline.execution.shard import engine_for, run_shard
     from pipeline.planning.plan import cut_shards, plan_designs
 
-    config = Config(size=size, steps=steps, batch_size=batch_size, devices=str(device))
+    config = Config(
+        size=size, steps=steps, batch_size=batch_size, devices=str(device), scales=()
+    )  # one scale: per-step load
     name = device_label(device)
     modes = {"overlap": config.replace(overlap="on"), "in-line": config.replace(overlap="off")}
     seconds: dict[str, list[float]] = {m: [] for m in modes}
