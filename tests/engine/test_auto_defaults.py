@@ -1,4 +1,4 @@
-"""The "auto" learning rate and TV weight (pipeline/config.py): the engine runs the numbers they
+"""The "auto" learning rate, TV weight and scales (pipeline/config.py): the engine runs the numbers they
 resolve to at the design's size and steps, rows record those numbers, and the design id is the
 one the same numbers given explicitly have."""
 
@@ -47,3 +47,20 @@ def test_rows_record_the_resolved_numbers_and_the_explicit_designs_id(sample_cat
     assert row["status"] == "ok"
     assert row["params"]["learning_rate"] == auto_learning_rate(2)
     assert row["params"]["tv_weight"] == auto_tv_weight(32)
+
+
+def test_auto_scales_run_coarse_to_fine_as_the_explicit_ladder():
+    """At 128 px and 50 steps "auto" is the ladder 64, 128 px with 30 and 20 steps: the engine runs
+    it (the progress climbs the scales) and makes the design the explicit ladder makes."""
+    content = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(3))
+    auto = Config(size=128, steps=50, weights="random", loss_every=10)
+    assert (auto.resolved().scales, auto.resolved().scale_steps) == ((64, 128), (30, 20))
+    engine = StyleTransfer(auto, WEIGHTS, "cpu", precision="fp32")
+    seen: list[int] = []
+    (result,) = engine.run([Pairing("p", "c", content, "s", STYLE)], on_progress=lambda p: seen.append(p.step))
+    assert seen == [0, 10, 20, 30, 40] and result.curve_steps == [0, 10, 20, 30, 40, 50]  # then the final image
+    explicit = auto.replace(scales=(64, 128), scale_steps=(30, 20))
+    (same,) = engine.run([Pairing("p", "c", content, "s", STYLE)], config=explicit)
+    torch.testing.assert_close(result.image, same.image, rtol=0, atol=0)
+    (single,) = engine.run([Pairing("p", "c", content, "s", STYLE)], config=auto.replace(scales=()))
+    assert not torch.equal(result.image, single.image)
