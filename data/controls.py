@@ -48,6 +48,7 @@ from pipeline.config import Config  # noqa: E402
 from pipeline.engine.palette import Palette  # noqa: E402
 from pipeline.execution.colourways import make_colourways  # noqa: E402
 from pipeline.execution.run import Run  # noqa: E402
+from pipeline.planning.variants import pattern_config  # noqa: E402
 
 SAMPLE = ROOT / "data" / "sample"
 CONTENT = "hoodie"
@@ -89,6 +90,8 @@ CONTROLS = (
 COLOURWAY = "colourway"  # the block repeat in INKS flat inks (designs colourways --inks 4)
 NAMES = tuple(c.name for c in CONTROLS) + (COLOURWAY,)
 OVERRIDE_COLUMNS = ("color", "pooling", "style_scale", "repeat")
+# What the "auto" defaults resolve to: a design made under older defaults is not today's.
+RESOLVED_COLUMNS = ("learning_rate", "tv_weight", "scales", "scale_steps")
 
 
 def write_catalog(work: Path, styles: tuple[Path, Path]) -> Path:
@@ -142,7 +145,14 @@ def _matches(control: Control, row: dict[str, Any]) -> bool:
     if row["content_id"] != control.content or len(row["style_ids"]) != (2 if control.second_style else 1):
         return False
     defaults = Config()
-    return all(params[name] == control.overrides.get(name, getattr(defaults, name)) for name in OVERRIDE_COLUMNS)
+    if not all(params[name] == control.overrides.get(name, getattr(defaults, name)) for name in OVERRIDE_COLUMNS):
+        return False
+    # Made with today's defaults at its size and steps (a catalog may keep designs of older ones).
+    today = Config(size=params["size"], steps=params["steps"], **control.overrides)
+    if control.content is None:
+        today = pattern_config(today)
+    today = today.resolved()
+    return all(_plain(params[name]) == _plain(getattr(today, name)) for name in RESOLVED_COLUMNS)
 
 
 def designs_of(out: Path, controls: tuple[Control, ...]) -> dict[str, dict[str, Any]]:

@@ -341,3 +341,12 @@ def test_scale_steps_need_explicit_scales():
     assert Config(scales=(256, 512), scale_steps=(10, 5)).resolved().scale_steps == (10, 5)
     with pytest.raises(ValueError, match=r"scale_steps=\(5,\) is invalid; accepted: empty with one scale"):
         Config(scales=(), scale_steps=(5,))
+
+
+def test_auto_scales_are_one_scale_for_a_pattern():
+    """Texture synthesis from noise gains nothing from the ladder (README, Defaults at other sizes)."""
+    pattern = Config(size=256, steps=300, content_weight=0.0, init="noise").resolved()
+    assert (pattern.scales, pattern.scale_steps) == ((), ())
+    assert Config(size=256, steps=300, content_weight=0.0, scales=(64, 256)).resolved().scales == (64, 256)
+    # Its coarsest scale is the output size, so a small motif scale is allowed again.
+    Config(size=512, content_weight=0.0, style_scale=0.05)

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.config import Config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -113,3 +115,18 @@ def test_controls_refuses_an_unknown_control(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "stripes" in err and "half-drop" in err  # the bad name and those accepted
     assert not (tmp_path / "w").exists()
+
+
+def test_controls_shows_designs_of_todays_defaults_only():
+    """A work folder keeps designs made under older defaults; the pictures are today's."""
+    plain = next(c for c in controls_script.CONTROLS if c.name == "plain")
+    pattern = next(c for c in controls_script.CONTROLS if c.name == "pattern")
+    today = Config(size=256, steps=300).resolved().to_dict()
+    row = {"content_id": plain.content, "style_ids": ["s"], "params": controls_script._plain(today)}
+    assert controls_script._matches(plain, row)
+    older = {**row, "params": {**row["params"], "scales": [], "scale_steps": [], "tv_weight": 120.0}}
+    assert not controls_script._matches(plain, older)
+    # A pattern's defaults are pattern mode's: one scale, from noise.
+    todays_pattern = Config(size=256, steps=300, content_weight=0.0, init="noise").resolved().to_dict()
+    pattern_row = {"content_id": None, "style_ids": ["s"], "params": controls_script._plain(todays_pattern)}
+    assert controls_script._matches(pattern, pattern_row) and not controls_script._matches(plain, pattern_row)
