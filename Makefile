@@ -49,8 +49,8 @@ generate: $(STAMP)
 # The weights: WEIGHTS=PATH (any known file), else --weights auto where it finds a
 # file or can download the paper's, else random weights with one line saying so
 # (python -m flows.demo_weights). Real weights: the shipped defaults at a CPU size,
-# 192 px and 200 steps (auto: coarse-to-fine at 96 and 192 px): the six sample designs
-# took 78 s on 2 cores (README, "Try it on a CPU").
+# 192 px and 200 steps (auto: coarse-to-fine at 96 and 192 px for the garments): the six
+# sample designs took 101 s on 2 cores (README, "Try it on a CPU").
 WEIGHTS ?=
 DEMO_FLAGS := --size 192 --steps 200
 # Random weights: a TV weight for 128 px instead of 512 (TV sums over pixels), a
