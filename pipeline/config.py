@@ -66,9 +66,9 @@ LR_STEPS_EXPONENT = 0.5
 MAX_AUTO_LEARNING_RATE = 0.1
 # `scales` auto, a departure from the paper's single scale (README "Defaults at other sizes"):
 # size/4, size/2 and size, those at least AUTO_COARSEST px, for AUTO_MIN_STEPS steps or more and
-# designs with a content (patterns run one scale: Config.resolved_scales); the
-# steps spread over them with AUTO_FINAL_SHARE at the output size and each coarser scale twice the
-# next finer one's (coarse steps are cheap: a 64 px step costs 0.12 of a 256 px one).
+# designs with a content (patterns run one scale: Config.resolved_scales). The steps spread over
+# them with AUTO_FINAL_SHARE at the output size and each coarser scale twice the next finer one's
+# (coarse steps are cheap: a 64 px step costs 0.12 of a 256 px one).
 # On the real VGG16 at 256 px this reaches the paper's 1000-step style loss 5x sooner.
 AUTO_COARSEST = 64
 AUTO_LEVELS = 3
