@@ -41,7 +41,7 @@ from PIL import Image
 
 from benchmarks.common import device_label, fmt, utc_now
 from pipeline.config import Config
-from pipeline.engine.transfer import Pairing, Progress, StyleTransfer
+from pipeline.engine.transfer import Pairing, Progress, StyleTransfer, _scale_ladder
 from pipeline.engine.weights import WeightsSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,12 +116,8 @@ def load_image(path: Path, size: int) -> torch.Tensor:
 
 
 def _ladder_sides(cfg: Config) -> list[tuple[int, int]]:
-    """[(longest side, steps)] of a config's scales, as the engine's default ladder gives them."""
-    cfg = cfg.resolved()
-    if not cfg.scales:
-        return [(cfg.size, cfg.steps)]
-    steps = list(cfg.scale_steps) or [max(1, cfg.steps // 2**i) for i in range(len(cfg.scales))]
-    return list(zip(cfg.scales, steps))
+    """[(longest side, steps)] of a config's scales: the engine's own ladder, read at a square."""
+    return [(max(side), steps) for side, steps in _scale_ladder(cfg.resolved(), cfg.size, cfg.size)]
 
 
 def run_curve(
@@ -331,8 +327,7 @@ def _settings(cfg: Config) -> str:
         parts.append(f"lr {cfg.learning_rate:.3g}")
     parts.append(f"TV {cfg.tv_weight:.3g}")
     if cfg.scales:
-        steps = cfg.scale_steps or [max(1, cfg.steps // 2**i) for i in range(len(cfg.scales))]
-        parts.append("scales " + ",".join(f"{side}x{n}" for side, n in zip(cfg.scales, steps)))
+        parts.append("scales " + ",".join(f"{side}x{n}" for side, n in _ladder_sides(cfg)))
     return ", ".join(parts)
 
 
